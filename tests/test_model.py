@@ -1,0 +1,350 @@
+"""Behaviour of the model against transformers' contract: causality, backends, cache, padding,
+heads, gradient checkpointing, outputs, and the errors a user meets."""
+
+import warnings
+
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    DynamicCache,
+)
+
+from hf_gpt_scratch import (
+    GPTScratchConfig,
+    GPTScratchForCausalLM,
+    GPTScratchForSequenceClassification,
+    GPTScratchModel,
+)
+
+
+def perturbed(model):
+    """Random norms and biases so that no parameter is an identity or a zero."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def lm(**overrides):
+    return perturbed(GPTScratchForCausalLM(tiny_config(**overrides)))
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_are_the_books_124m():
+    cfg = GPTScratchConfig()
+    assert (cfg.vocab_size, cfg.context_length, cfg.emb_dim, cfg.n_heads, cfg.n_layers) == (50257, 1024, 768, 12, 12)
+    assert cfg.drop_rate == 0.1 and cfg.qkv_bias is False and cfg.tie_word_embeddings is False
+    assert cfg.model_type == "gpt_scratch"
+
+
+def test_config_standard_names_are_aliases():
+    cfg = GPTScratchConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=128)
+    assert (cfg.emb_dim, cfg.n_heads, cfg.n_layers, cfg.context_length) == (64, 4, 3, 128)
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers) == (64, 4, 3)
+    assert GPTScratchConfig(num_labels=3).num_labels == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(emb_dim=100, n_heads=3), ["emb_dim", "100", "n_heads", "3"]),
+        (dict(n_layers=0), ["n_layers", "0"]),
+        (dict(vocab_size=-5), ["vocab_size", "-5"]),
+        (dict(context_length=2.5), ["context_length", "2.5"]),
+        (dict(drop_rate=1.0), ["drop_rate", "1.0"]),
+        (dict(drop_rate=-0.1), ["drop_rate", "-0.1"]),
+        (dict(vocab_size=10, pad_token_id=10), ["pad_token_id", "10"]),
+    ],
+)
+def test_config_rejects_nonsense(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        GPTScratchConfig(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_tie_word_embeddings_honoured_through_save_and_load(tmp_path, tie):
+    model = GPTScratchForCausalLM(tiny_config(tie_word_embeddings=tie))
+    assert (model.out_head.weight is model.model.tok_emb.weight) is tie
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.tie_word_embeddings is tie
+    assert (loaded.out_head.weight is loaded.model.tok_emb.weight) is tie
+    torch.testing.assert_close(loaded.out_head.weight, model.out_head.weight)
+
+
+def test_auto_classes_build_our_models():
+    cfg = tiny_config()
+    assert type(AutoConfig.for_model("gpt_scratch")) is GPTScratchConfig
+    assert type(AutoModel.from_config(cfg)) is GPTScratchModel
+    assert type(AutoModelForCausalLM.from_config(cfg)) is GPTScratchForCausalLM
+    assert type(AutoModelForSequenceClassification.from_config(cfg)) is GPTScratchForSequenceClassification
+
+
+def test_residual_projections_get_scaled_init():
+    torch.manual_seed(0)
+    model = GPTScratchForCausalLM(tiny_config(emb_dim=256, n_heads=4, n_layers=8))
+    block = model.model.trf_blocks[0]
+    expected = 0.02 / (2 * 8) ** 0.5
+    assert abs(block.att.out_proj.weight.std().item() - expected) < 0.15 * expected
+    assert abs(block.ff.layers[2].weight.std().item() - expected) < 0.15 * expected
+    assert abs(block.att.W_query.weight.std().item() - 0.02) < 0.1 * 0.02
+    assert torch.all(block.norm1.weight == 1) and torch.all(block.ff.layers[0].bias == 0)
+
+
+# ---------------------------------------------------------------- the forward pass
+
+
+def test_causal_future_tokens_do_not_change_the_past():
+    model = lm()
+    x = torch.randint(0, 97, (2, 12))
+    y = x.clone()
+    y[:, 7:] = torch.randint(0, 97, (2, 5))
+    a, b = model(x).logits, model(y).logits
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_eager_equals_sdpa(qkv_bias):
+    sdpa = lm(qkv_bias=qkv_bias)
+    eager = AutoModelForCausalLM.from_config(tiny_config(qkv_bias=qkv_bias), attn_implementation="eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    assert sdpa.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+    x = torch.randint(0, 97, (3, 20))
+    mask = torch.ones_like(x)
+    mask[0, :5] = 0  # left padding
+    mask[1, 15:] = 0  # right padding
+    torch.testing.assert_close(eager(x).logits, sdpa(x).logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        eager(x, attention_mask=mask).logits[mask.bool()], sdpa(x, attention_mask=mask).logits[mask.bool()],
+        atol=1e-5, rtol=1e-5,
+    )
+
+
+def test_labels_give_the_shifted_cross_entropy():
+    model = lm()
+    x = torch.randint(0, 97, (2, 10))
+    labels = x.clone()
+    labels[0, :3] = -100
+    out = model(x, labels=labels)
+    expected = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_logits_to_keep():
+    model = lm()
+    x = torch.randint(0, 97, (2, 10))
+    full = model(x).logits
+    last = model(x, logits_to_keep=1).logits
+    assert last.shape == (2, 1, 97)
+    torch.testing.assert_close(last, full[:, -1:])
+
+
+def test_positions_come_from_the_attention_mask():
+    """Left padding must not shift the positions of the real tokens."""
+    model = lm()
+    x = torch.randint(1, 97, (1, 8))
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), x], dim=1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 4:], model(x).logits, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- cache and generate
+
+
+def test_incremental_decoding_with_cache_equals_full_forward():
+    model = lm()
+    x = torch.randint(0, 97, (2, 12))
+    full = model(x).logits
+    cache = DynamicCache(config=model.config)
+    first = model(x[:, :8], cache=cache, use_cache=True)
+    assert first.cache.get_seq_length() == 8
+    steps = [model(x[:, i : i + 1], cache=cache, use_cache=True).logits for i in range(8, 12)]
+    torch.testing.assert_close(torch.cat([first.logits, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_and_uncached_generation_give_identical_tokens():
+    model = lm()
+    x = torch.randint(0, 97, (2, 5))
+    kwargs = dict(max_new_tokens=12, pad_token_id=0)
+    greedy = model.generate(x, do_sample=False, **kwargs)
+    assert greedy.shape == (2, 17)
+    assert torch.equal(greedy, model.generate(x, do_sample=False, use_cache=False, **kwargs))
+    torch.manual_seed(1)
+    sampled = model.generate(x, do_sample=True, top_k=20, temperature=0.8, **kwargs)
+    torch.manual_seed(1)
+    assert torch.equal(sampled, model.generate(x, do_sample=True, top_k=20, temperature=0.8, use_cache=False, **kwargs))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_left_padded_batch_generates_like_each_prompt_alone(attn):
+    model = AutoModelForCausalLM.from_config(tiny_config(pad_token_id=0), attn_implementation=attn)
+    perturbed(model)
+    short, long = torch.randint(1, 97, (1, 3)), torch.randint(1, 97, (1, 7))
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long])
+    mask = (torch.arange(7) >= torch.tensor([[4], [0]])).long()
+    out = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    alone_short = model.generate(short, max_new_tokens=6, do_sample=False)
+    alone_long = model.generate(long, max_new_tokens=6, do_sample=False)
+    assert torch.equal(out[0, 4:], alone_short[0])
+    assert torch.equal(out[1], alone_long[0])
+
+
+def test_past_key_values_keyword_still_works_with_a_deprecation_warning():
+    model = lm()
+    x = torch.randint(0, 97, (1, 6))
+    cache = DynamicCache(config=model.config)
+    model(x[:, :5], cache=cache, use_cache=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step = model(x[:, 5:], past_key_values=cache, use_cache=True)
+    assert any("past_key_values" in str(w.message) for w in caught)
+    torch.testing.assert_close(step.logits[:, -1], model(x).logits[:, -1], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the forward contract
+
+
+def test_output_attentions_and_hidden_states_are_real_tensors():
+    model = AutoModelForCausalLM.from_config(tiny_config(), attn_implementation="eager").eval()
+    x = torch.randint(0, 97, (2, 9))
+    out = model(x, output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 9, 9)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 9))
+    assert torch.all(out.attentions[0].triu(1) == 0)  # causal
+    assert len(out.hidden_states) == 3 and all(h.shape == (2, 9, 32) for h in out.hidden_states)
+    # the last hidden state is the final-normed output that feeds the head
+    torch.testing.assert_close(model.out_head(out.hidden_states[-1]), out.logits)
+
+
+def test_return_dict_false_returns_tuples():
+    model = lm()
+    x = torch.randint(0, 97, (2, 6))
+    out = model(x, labels=x, return_dict=False)
+    assert isinstance(out, tuple)
+    torch.testing.assert_close(out[0], model(x, labels=x).loss)
+    torch.testing.assert_close(out[1], model(x).logits)
+    base = GPTScratchModel(tiny_config())(x, return_dict=False)
+    assert isinstance(base, tuple) and base[0].shape == (2, 6, 32)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = lm()
+    model.train()  # dropout is 0, so train mode is deterministic
+    x = torch.randint(0, 97, (2, 10))
+
+    def grads():
+        model.zero_grad()
+        model(x, labels=x).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert all(b.gradient_checkpointing for b in model.model.trf_blocks)
+    checkpointed = grads()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_no_split_modules_name_the_block():
+    model = lm()
+    assert set(model._no_split_modules) == {"TransformerBlock"}
+    assert type(model.model.trf_blocks[0]).__name__ == "TransformerBlock"
+
+
+# ---------------------------------------------------------------- sequence classification
+
+
+def classifier(**overrides):
+    return perturbed(GPTScratchForSequenceClassification(tiny_config(pad_token_id=0, **overrides)))
+
+
+def test_classifier_pools_the_last_real_token_whatever_the_padding():
+    model = classifier(num_labels=3)
+    a, b = torch.randint(1, 97, (1, 4)), torch.randint(1, 97, (1, 9))
+    alone = torch.cat([model(a).logits, model(b).logits])
+    assert alone.shape == (2, 3)
+    zeros = torch.zeros(1, 5, dtype=torch.long)
+    right = torch.cat([torch.cat([a, zeros], 1), b])
+    left = torch.cat([torch.cat([zeros, a], 1), b])
+    right_mask, left_mask = (right != 0).long(), (left != 0).long()
+    torch.testing.assert_close(model(right, attention_mask=right_mask).logits, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(left, attention_mask=left_mask).logits, alone, atol=1e-5, rtol=1e-5)
+    # without a mask, right padding is found through pad_token_id
+    torch.testing.assert_close(model(right).logits, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_batch_without_pad_token_id_is_a_clear_error():
+    model = GPTScratchForSequenceClassification(tiny_config()).eval()
+    model(torch.randint(0, 97, (1, 5)))  # a single sequence is fine
+    with pytest.raises(ValueError, match="pad_token_id"):
+        model(torch.randint(0, 97, (2, 5)))
+
+
+@pytest.mark.parametrize(
+    "num_labels, labels, problem",
+    [
+        (2, torch.tensor([0, 1, 1]), "single_label_classification"),
+        (1, torch.tensor([0.5, -1.0, 2.0]), "regression"),
+        (3, torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]), "multi_label_classification"),
+    ],
+)
+def test_classifier_losses_match_transformers_heads(num_labels, labels, problem):
+    model = classifier(num_labels=num_labels)
+    x = torch.randint(1, 97, (3, 6))
+    out = model(x, labels=labels)
+    assert model.config.problem_type == problem
+    if problem == "single_label_classification":
+        expected = torch.nn.functional.cross_entropy(out.logits, labels)
+    elif problem == "regression":
+        expected = torch.nn.functional.mse_loss(out.logits.squeeze(), labels)
+    else:
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels)
+    torch.testing.assert_close(out.loss, expected)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_too_long_input_names_both_lengths():
+    model = lm()
+    with pytest.raises(ValueError, match=r"40.*context_length is 32"):
+        model(torch.randint(0, 97, (1, 40)))
+    cache = DynamicCache(config=model.config)
+    model(torch.randint(0, 97, (1, 30)), cache=cache, use_cache=True)
+    with pytest.raises(ValueError, match=r"33 tokens long \(30 cached \+ 3 new\)"):
+        model(torch.randint(0, 97, (1, 3)), cache=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("bad", [97, 1000, -1])
+def test_unknown_token_ids_mention_the_vocabulary(bad):
+    model = lm()
+    x = torch.randint(0, 97, (1, 5))
+    x[0, 2] = bad
+    with pytest.raises(ValueError, match=rf"{bad}.*vocab_size=97"):
+        model(x)
+
+
+def test_truncated_weights_file_is_an_error_not_a_random_model(tmp_path):
+    GPTScratchForCausalLM(tiny_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception) as err:
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert "safetensors" in str(err.value).lower() or "header" in str(err.value).lower() or "incomplete" in str(err.value).lower()
+    weights.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(Exception):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
