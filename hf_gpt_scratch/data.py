@@ -1,0 +1,660 @@
+"""Data for the book's three workflows: pretraining text, spam classification (ch. 6) and
+instruction finetuning (ch. 7), as `datasets` objects and a collator for the transformers Trainer.
+
+Book files are never shipped with the package. `fetch_book_file(name)` looks for them in the data
+directory (`--data_dir`, else `$HF_GPT_SCRATCH_DATA`, else `~/.cache/hf_gpt_scratch`), verifies
+their sha256, and downloads them from their public origin only when they are missing.
+
+Splits reproduce the book's code exactly (same rows, same order):
+
+* spam: `balance_and_split_spam` = `create_balanced_dataset` + `random_split(df, 0.7, 0.1)` of
+  `llms_from_scratch.ch06` (pandas sampling with `random_state=123`), 1045/149/300 rows;
+* instructions: `split_instruction_data` = the 85% / 10% / rest slicing of ch. 7, 935/55/110 rows
+  (returned as train, validation, test; the book slices train, test, validation in that order).
+
+Pretraining: `pack_into_blocks` (the `group_texts` of transformers' run_clm) and `book_windows`
+(the book's `GPTDatasetV1` windows, with the book's exact targets in a `shift_labels` column; the
+Trainer only forwards that column with `remove_unused_columns=False`, see `book_windows`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+__all__ = [
+    "DATA_ENV",
+    "BOOK_FILES",
+    "ChecksumMismatchError",
+    "resolve_data_dir",
+    "fetch_book_file",
+    "load_text",
+    "split_text",
+    "load_sms_spam",
+    "load_text_classification_file",
+    "balanced_split",
+    "balance_and_split_spam",
+    "load_instruction_data",
+    "format_alpaca_prompt",
+    "format_alpaca_response",
+    "split_instruction_data",
+    "tokenize_instruction",
+    "InstructionCollator",
+    "pack_into_blocks",
+    "book_windows",
+]
+
+DATA_ENV = "HF_GPT_SCRATCH_DATA"
+DEFAULT_DATA_DIR = Path("~/.cache/hf_gpt_scratch")
+
+_RAW = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
+
+# name -> (url, sha256 of the file as stored in the data directory)
+BOOK_FILES: dict[str, tuple[str, str]] = {
+    "the-verdict.txt": (
+        _RAW + "ch02/01_main-chapter-code/the-verdict.txt",
+        "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+    ),
+    "instruction-data.json": (
+        _RAW + "ch07/01_main-chapter-code/instruction-data.json",
+        "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+    ),
+    "instruction-data-with-preference.json": (
+        _RAW + "ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
+        "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",
+    ),
+    # UCI's zip holds `SMSSpamCollection`; it is extracted, CRLF -> LF, and stored with the book's
+    # `.tsv` name. The sha256 is that of the stored (LF) file.
+    "SMSSpamCollection.tsv": (
+        "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+        "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+    ),
+}
+
+# Fallback origins, tried in order after BOOK_FILES' url (the book's own backup for the UCI zip).
+_MIRRORS: dict[str, tuple[str, ...]] = {
+    "SMSSpamCollection.tsv": (
+        "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
+    ),
+}
+# Files that arrive inside a zip: name -> member to extract.
+_ZIP_MEMBERS = {"SMSSpamCollection.tsv": "SMSSpamCollection"}
+
+SPAM_LABELS = ("ham", "spam")
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+
+
+class ChecksumMismatchError(ValueError):
+    """A data file's sha256 is not the expected one."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data directory and book files
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data directory: `data_dir` if given, else `$HF_GPT_SCRATCH_DATA`, else
+    `~/.cache/hf_gpt_scratch`. Nothing is created."""
+    if data_dir is None or str(data_dir) == "":
+        data_dir = os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
+    return Path(data_dir).expanduser()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, expected: str, actual: str) -> None:
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"{path.name}: sha256 mismatch for {path}: expected {expected}, got {actual}. "
+            f"The file is not the book's {path.name}; delete it to download it again, or point "
+            f"--data_dir / ${DATA_ENV} at a folder with the right file."
+        )
+
+
+def _download(url: str, dest: Path) -> None:
+    """Download `url` into `dest` with a tqdm progress bar (urllib; no retries)."""
+    from tqdm.auto import tqdm
+
+    request = urllib.request.Request(url, headers={"User-Agent": "hf-gpt-scratch"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with open(dest, "wb") as out, tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name
+        ) as bar:
+            for chunk in iter(lambda: response.read(1 << 16), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
+
+
+def _payload(name: str, downloaded: Path) -> bytes:
+    """The bytes to store for `name`, from what was downloaded (extracts zipped files)."""
+    member = _ZIP_MEMBERS.get(name)
+    if member is None:
+        return downloaded.read_bytes()
+    with zipfile.ZipFile(downloaded) as archive:
+        matches = [m for m in archive.namelist() if m.rsplit("/", 1)[-1] == member]
+        if not matches:
+            raise ValueError(f"{name}: the downloaded zip has no member {member!r}: {archive.namelist()}")
+        data = archive.read(matches[0])
+    return data.replace(b"\r\n", b"\n")
+
+
+def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the book file `name` in the data directory, downloaded there if missing.
+
+    A file already present is verified against its sha256 (`ChecksumMismatchError` names the
+    file, the expected and the actual hash). A missing file is downloaded from its public origin
+    (see `BOOK_FILES`), verified, then written; nothing is written when verification fails.
+    """
+    if name not in BOOK_FILES:
+        raise ValueError(f"unknown book file {name!r}; known files: {', '.join(sorted(BOOK_FILES))}")
+    url, expected = BOOK_FILES[name]
+    directory = resolve_data_dir(data_dir)
+    path = directory / name
+    if path.exists():
+        _check_sha256(path, expected, _sha256_file(path))
+        return path
+
+    directory.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for source in (url, *_MIRRORS.get(name, ())):
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
+            downloaded = Path(tmp) / urllib.parse.unquote(Path(urllib.parse.urlparse(source).path).name)
+            try:
+                _download(source, downloaded)
+                payload = _payload(name, downloaded)
+            except (OSError, urllib.error.URLError, zipfile.BadZipFile, ValueError) as err:
+                failures.append(f"{source}: {err}")
+                continue
+            actual = hashlib.sha256(payload).hexdigest()
+            if actual != expected:
+                failures.append(f"{source}: sha256 mismatch: expected {expected}, got {actual}")
+                continue
+            partial = Path(tmp) / (name + ".part")
+            partial.write_bytes(payload)
+            shutil.move(str(partial), str(path))
+            return path
+    raise OSError(
+        f"could not get {name} into {directory}:\n  " + "\n  ".join(failures)
+        + f"\nDownload it by hand into that folder (or set ${DATA_ENV} / --data_dir)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain text (pretraining)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file as the book reads it (`open(path, encoding="utf-8").read()`: universal
+    newlines, so CRLF and CR become LF; a leading BOM is dropped).
+
+    Raises FileNotFoundError for a missing file, ValueError for an empty file or for bytes that are
+    not UTF-8 (naming the file and the byte offset).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file not found: {path}")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ValueError(f"text file is empty: {path}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = raw[err.start : err.end]
+        raise ValueError(
+            f"{path} is not valid UTF-8: byte {bad[:1].hex()!r} at offset {err.start} ({err.reason}); "
+            f"convert it, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+    text = text.removeprefix("\ufeff")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
+    """The book's ch. 5 split of raw text at a character index: `int(train_ratio * len(text))`."""
+    if not 0.0 < train_ratio < 1.0:
+        raise ValueError(f"train_ratio must be in (0, 1), got {train_ratio}")
+    split_idx = int(train_ratio * len(text))
+    return text[:split_idx], text[split_idx:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification (ch. 6)
+# ---------------------------------------------------------------------------------------------
+
+
+def _classification_dataset(texts: list[str], labels: list[int], names: Sequence[str]) -> datasets.Dataset:
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))}
+    )
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def load_sms_spam(
+    path: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    quoting: int = csv.QUOTE_NONE,
+) -> datasets.Dataset:
+    """The SMS Spam Collection as a Dataset with `text` (str) and `label` (0 ham, 1 spam; a
+    `ClassLabel` named ("ham", "spam")).
+
+    Read with pandas as a headerless TSV `label<TAB>text`. With `quoting=csv.QUOTE_NONE` (default)
+    every line is one message: 5,574 rows (4,827 ham, 747 spam). The book's notebook reads it with
+    pandas' default quoting (`quoting=csv.QUOTE_MINIMAL`), which strips some quote characters and
+    merges lines: 5,572 rows (4,825 ham); pass that to get the book's exact rows.
+    Without `path`, `fetch_book_file("SMSSpamCollection.tsv", data_dir)`.
+    """
+    import pandas as pd
+
+    path = Path(path) if path is not None else fetch_book_file("SMSSpamCollection.tsv", data_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"SMS spam file not found: {path}")
+    if quoting == csv.QUOTE_NONE:
+        df = pd.read_csv(
+            path, sep="\t", header=None, names=["Label", "Text"], quoting=csv.QUOTE_NONE,
+            dtype=str, keep_default_na=False, encoding="utf-8",
+        )
+    else:  # exactly the book's read_csv call, with the requested quoting
+        df = pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"], quoting=quoting)
+    if df.empty:
+        raise ValueError(f"SMS spam file is empty: {path}")
+    bad = ~df["Label"].isin(SPAM_LABELS)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise ValueError(
+            f"{path}: row {row} has label {df['Label'].iloc[row]!r}; expected one of {SPAM_LABELS} "
+            f"(format: label<TAB>text, no header)"
+        )
+    if df["Text"].isna().any():
+        row = int(df["Text"].isna().to_numpy().nonzero()[0][0])
+        raise ValueError(f"{path}: row {row} has no text (format: label<TAB>text, no header)")
+    labels = [SPAM_LABELS.index(v) for v in df["Label"]]
+    return _classification_dataset(df["Text"].astype(str).tolist(), labels, SPAM_LABELS)
+
+
+def _read_records(path: Path) -> tuple[list[str], list[dict]]:
+    """(column names, rows) of a CSV/TSV (with header) or JSON (list of objects) / JSONL file."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        text = load_text(path)
+        if suffix == ".tsv":
+            reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.DictReader(io.StringIO(text))
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+    if suffix in (".json", ".jsonl"):
+        text = load_text(path)
+        try:
+            if suffix == ".jsonl":
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON: {err}") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
+        columns: dict[str, None] = {}
+        for row in rows:
+            columns.update(dict.fromkeys(row))
+        return list(columns), rows
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+
+
+def _as_int_label(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def load_text_classification_file(
+    path: str | os.PathLike,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: Sequence[str] | None = None,
+) -> tuple[datasets.Dataset, list[str]]:
+    """Any CSV / TSV (with a header row; TSV unquoted) / JSON (a list of objects) / JSONL file with
+    a text and a label column, as `(Dataset(text, label), label_names)`.
+
+    Labels: with `label_names`, a label equal to one of the names gets its index, and an integer
+    (or digit string) in range is taken as the id itself; anything else is an error naming the row.
+    Without `label_names`: integer labels are ids (names "0", "1", ...); string labels are mapped
+    to ids in sorted order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classification file not found: {path}")
+    columns, rows = _read_records(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    missing = [c for c in (text_column, label_column) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; columns found: {columns} "
+            f"(choose them with text_column= / label_column=)"
+        )
+    texts, raw_labels = [], []
+    for i, row in enumerate(rows):
+        text, label = row.get(text_column), row.get(label_column)
+        if not isinstance(text, str):
+            raise ValueError(f"{path}: row {i} has no text in column {text_column!r} (got {text!r})")
+        if label is None or label == "":
+            raise ValueError(f"{path}: row {i} has no label in column {label_column!r}")
+        texts.append(text)
+        raw_labels.append(label)
+
+    if label_names is not None:
+        names = [str(n) for n in label_names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"label_names has duplicates: {names}")
+        index = {n: i for i, n in enumerate(names)}
+        labels = []
+        for i, value in enumerate(raw_labels):
+            as_int = _as_int_label(value)
+            if isinstance(value, str) and value in index:
+                labels.append(index[value])
+            elif as_int is not None and 0 <= as_int < len(names):
+                labels.append(as_int)
+            else:
+                raise ValueError(
+                    f"{path}: row {i} has label {value!r}, which is not in label_names {names}"
+                )
+    else:
+        ints = [_as_int_label(v) for v in raw_labels]
+        if all(v is not None for v in ints):
+            labels = ints
+            names = [str(i) for i in range(max(labels) + 1)]
+        else:
+            names = sorted({str(v) for v in raw_labels})
+            index = {n: i for i, n in enumerate(names)}
+            labels = [index[str(v)] for v in raw_labels]
+    return _classification_dataset(texts, labels, names), names
+
+
+def balanced_split(
+    ds: datasets.Dataset,
+    seed: int = 123,
+    train_frac: float = 0.7,
+    validation_frac: float = 0.1,
+    label_column: str = "label",
+    balance: bool = True,
+) -> datasets.DatasetDict:
+    """Undersample every class to the size of the smallest one, shuffle, and split into train /
+    validation / test, with the book's pandas calls (`llms_from_scratch.ch06`):
+
+    * each larger class: `df[df.label == c].sample(n_min, random_state=seed)`, concatenated in
+      label order, then the classes of size n_min whole (for spam: `concat([ham_subset, spam])`);
+    * `df.sample(frac=1, random_state=seed)`; `train_end = int(n * train_frac)`,
+      `validation_end = train_end + int(n * validation_frac)`.
+
+    Rows are selected from `ds` (all its columns and features are kept).
+    """
+    import pandas as pd
+
+    if label_column not in ds.column_names:
+        raise ValueError(f"no column {label_column!r}; columns: {ds.column_names}")
+    if not (0 < train_frac and 0 <= validation_frac and train_frac + validation_frac <= 1):
+        raise ValueError(f"bad fractions: train_frac={train_frac}, validation_frac={validation_frac}")
+    df = pd.DataFrame({"label": list(ds[label_column])})
+    if balance:
+        counts = df["label"].value_counts()
+        n_min = int(counts.min())
+        sampled = [
+            df[df["label"] == c].sample(n_min, random_state=seed)
+            for c in sorted(counts.index)
+            if counts[c] > n_min
+        ]
+        whole = [df[df["label"] == c] for c in sorted(counts.index) if counts[c] == n_min]
+        df = pd.concat(sampled + whole)
+    order = df.sample(frac=1, random_state=seed).index.to_numpy()
+    train_end = int(len(order) * train_frac)
+    validation_end = train_end + int(len(order) * validation_frac)
+    return datasets.DatasetDict(
+        train=ds.select(order[:train_end]),
+        validation=ds.select(order[train_end:validation_end]),
+        test=ds.select(order[validation_end:]),
+    )
+
+
+def balance_and_split_spam(ds: datasets.Dataset, seed: int = 123) -> datasets.DatasetDict:
+    """The book's ch. 6 recipe: ham undersampled to the number of spam (747/747) with
+    `random_state=seed`, shuffled, split 70/10/20: 1045/149/300 rows, the book's rows in the
+    book's order (for the same parse of the file, see `load_sms_spam(quoting=...)`)."""
+    return balanced_split(ds, seed=seed, train_frac=0.7, validation_frac=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction finetuning (ch. 7)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_instruction_data(
+    path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
+) -> list[dict]:
+    """A JSON list of `{"instruction", "input"?, "output"}` entries, validated: `instruction` and
+    `output` must be non-empty strings, `input` (optional) a string. Errors name the entry index and
+    the field. Without `path`, `fetch_book_file("instruction-data.json", data_dir)` (1,100 entries).
+    """
+    path = Path(path) if path is not None else fetch_book_file("instruction-data.json", data_dir)
+    try:
+        entries = json.loads(load_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON: {err}") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: entry {i} is a {type(entry).__name__}, not an object")
+        for field in ("instruction", "output"):
+            if field not in entry:
+                raise ValueError(f"{path}: entry {i} has no {field!r} field (keys: {sorted(entry)})")
+            if not isinstance(entry[field], str) or not entry[field].strip():
+                raise ValueError(f"{path}: entry {i} field {field!r} must be a non-empty string, got {entry[field]!r}")
+        if "input" in entry and not isinstance(entry["input"], str):
+            raise ValueError(f"{path}: entry {i} field 'input' must be a string, got {entry['input']!r}")
+    return entries
+
+
+def format_alpaca_prompt(entry: Mapping[str, Any]) -> str:
+    """The book's `format_input`: the Alpaca instruction, plus the input section when the entry
+    has a non-empty `input`. Ends right before the response section."""
+    instruction_text = f"{ALPACA_HEADER}\n\n### Instruction:\n{entry['instruction']}"
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry.get("input") else ""
+    return instruction_text + input_text
+
+
+def format_alpaca_response(entry: Mapping[str, Any]) -> str:
+    """The book's response section: `"\\n\\n### Response:\\n" + output`."""
+    return f"\n\n### Response:\n{entry['output']}"
+
+
+def split_instruction_data(
+    entries: Sequence[dict], train_frac: float = 0.85, test_frac: float = 0.1
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """The book's ch. 7 split, returned as (train, validation, test): `train_portion =
+    int(n * 0.85)`, `test_portion = int(n * 0.1)`; the book slices train, then test, then the rest
+    as validation (1100 entries -> 935 / 55 / 110). No shuffling, as in the book."""
+    n = len(entries)
+    train_portion = int(n * train_frac)
+    test_portion = int(n * test_frac)
+    train = list(entries[:train_portion])
+    test = list(entries[train_portion : train_portion + test_portion])
+    validation = list(entries[train_portion + test_portion :])
+    return train, validation, test
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids without special tokens: a transformers tokenizer or a tiktoken-like `encode`."""
+    if callable(tokenizer) and hasattr(tokenizer, "pad_token_id"):  # transformers tokenizer
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer.encode(text))
+
+
+def tokenize_instruction(entry: Mapping[str, Any], tokenizer: Any, max_length: int | None = None) -> dict:
+    """Features for `InstructionCollator`: `input_ids` of prompt + response (tokenized as one text,
+    as the book does; no end-of-text token, the collator appends it) and `prompt_length`, the number
+    of leading ids that belong to the prompt. `max_length` truncates `input_ids`."""
+    prompt = format_alpaca_prompt(entry)
+    ids = _encode(tokenizer, prompt + format_alpaca_response(entry))
+    prompt_ids = _encode(tokenizer, prompt)
+    # BPE merges never cross the prompt/response boundary unless the prompt ends in whitespace;
+    # the common prefix is the prompt either way.
+    prompt_length = 0
+    for a, b in zip(prompt_ids, ids):
+        if a != b:
+            break
+        prompt_length += 1
+    if max_length is not None:
+        ids = ids[:max_length]
+        prompt_length = min(prompt_length, max_length)
+    return {"input_ids": ids, "prompt_length": prompt_length}
+
+
+@dataclass
+class InstructionCollator:
+    """The book's `custom_collate_fn` for the transformers Trainer (labels unshifted: the model's
+    loss shifts them).
+
+    Each example gets the end-of-text token appended; the batch is right-padded with
+    `pad_token_id` to its longest example (rounded up to `pad_to_multiple_of`). `labels` are the
+    `input_ids` with padding set to `ignore_index`, keeping the appended end-of-text token as a
+    target (the book keeps the first one); with `mask_prompt=True` the prompt tokens (the first
+    `prompt_length` of each example) are `ignore_index` too (the book's exercise 7.2).
+    `max_length` truncates each example (after appending the end-of-text token).
+
+    The shifted labels equal the book's targets; inputs carry one extra trailing token whose
+    prediction is ignored. Padding is decided by position, not by token id, so a pad id equal to the
+    end-of-text id (GPT-2: 50256) is fine.
+
+    `prompt_length` is not an argument of the model's `forward`: with `mask_prompt=True` train with
+    `TrainingArguments(remove_unused_columns=False)` (or the Trainer drops that column).
+    """
+
+    pad_token_id: int
+    eos_token_id: int
+    mask_prompt: bool = False
+    ignore_index: int = -100
+    max_length: int | None = None
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[Mapping[str, Any]]) -> dict:
+        import torch
+
+        if not features:
+            raise ValueError("InstructionCollator got an empty batch")
+        sequences, prompt_lengths = [], []
+        for i, feature in enumerate(features):
+            ids = list(feature["input_ids"]) + [self.eos_token_id]
+            if self.mask_prompt:
+                if "prompt_length" not in feature:
+                    raise KeyError(
+                        f"feature {i} has no 'prompt_length' (needed for mask_prompt=True); build "
+                        f"features with tokenize_instruction and train with remove_unused_columns=False"
+                    )
+                prompt_lengths.append(int(feature["prompt_length"]))
+            else:
+                prompt_lengths.append(0)
+            if self.max_length is not None:
+                ids = ids[: self.max_length]
+            sequences.append(ids)
+        length = max(len(s) for s in sequences)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            length = -(-length // m) * m
+        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        labels = torch.full((len(sequences), length), self.ignore_index, dtype=torch.long)
+        for row, (ids, n_prompt) in enumerate(zip(sequences, prompt_lengths)):
+            n = len(ids)
+            input_ids[row, :n] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, :n] = 1
+            labels[row, :n] = input_ids[row, :n]
+            labels[row, : min(n_prompt, n)] = self.ignore_index
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def pack_into_blocks(examples: dict, block_size: int) -> dict:
+    """For `ds.map(pack_into_blocks, batched=True, fn_kwargs={"block_size": n},
+    remove_columns=ds.column_names)`: concatenates the token columns (`input_ids` and any other
+    column of id lists, e.g. `attention_mask`) of the batch and cuts them into blocks of
+    `block_size`, dropping the remainder (transformers' run_clm `group_texts`); `labels` is a copy
+    of `input_ids`. Other columns (e.g. `text`) are dropped."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    if "input_ids" not in examples:
+        raise KeyError(f"pack_into_blocks needs an 'input_ids' column; got {list(examples)}")
+    keys = [
+        k for k, v in examples.items()
+        if k != "labels" and len(v) > 0 and all(isinstance(x, (list, tuple)) for x in v)
+    ]
+    concatenated = {k: [t for seq in examples[k] for t in seq] for k in keys}
+    total = (len(concatenated["input_ids"]) // block_size) * block_size
+    result = {
+        k: [tokens[i : i + block_size] for i in range(0, total, block_size)]
+        for k, tokens in concatenated.items()
+    }
+    result["labels"] = [list(block) for block in result["input_ids"]]
+    return result
+
+
+def book_windows(
+    token_ids: Sequence[int], context_length: int, stride: int, shift_labels: bool = True
+) -> datasets.Dataset:
+    """The book's `GPTDatasetV1` windows: for `i in range(0, len(ids) - context_length, stride)`,
+    inputs `ids[i : i + context_length]` and targets `ids[i + 1 : i + context_length + 1]`.
+
+    Columns: `input_ids` (the inputs), `labels` (= `input_ids`, unshifted; the model's loss needs a
+    `labels` tensor to compute a loss at all) and, with `shift_labels=True`, `shift_labels` (the
+    book's targets). transformers' `ForCausalLMLoss` uses `shift_labels` as-is when given, so the
+    loss is the book's, on every one of the `context_length` targets, with no input longer than the
+    context. The Trainer counts tokens from `shift_labels` too, but only forwards that column with
+    `TrainingArguments(remove_unused_columns=False)`: otherwise it is dropped (forward() has no
+    such parameter) and the loss falls back to `labels`, which lack the last target of each window.
+    """
+    if context_length < 1 or stride < 1:
+        raise ValueError(f"context_length and stride must be positive, got {context_length}, {stride}")
+    ids = list(token_ids)
+    starts = range(0, len(ids) - context_length, stride)
+    columns = {
+        "input_ids": [ids[i : i + context_length] for i in starts],
+    }
+    columns["labels"] = [list(x) for x in columns["input_ids"]]
+    if shift_labels:
+        columns["shift_labels"] = [ids[i + 1 : i + context_length + 1] for i in starts]
+    features = datasets.Features({k: datasets.List(datasets.Value("int64")) for k in columns})
+    return datasets.Dataset.from_dict(columns, features=features)

@@ -1,0 +1,516 @@
+"""hf_gpt_scratch.data: book files, loaders, the book's splits, the instruction collator and
+pretraining blocks, checked against the book's own code (llms_from_scratch) where it has some."""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_gpt_scratch import data as D
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _book_path(name: str) -> Path:
+    path = Path(os.environ.get(D.DATA_ENV) or DEFAULT_DATA) / name
+    if not path.is_file():
+        pytest.skip(f"book file {name} not found in {path.parent} (set {D.DATA_ENV})")
+    return path
+
+
+@pytest.fixture
+def sms_path():
+    return _book_path("SMSSpamCollection.tsv")
+
+
+@pytest.fixture
+def instruction_path():
+    return _book_path("instruction-data.json")
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    def fail(url, dest):
+        raise AssertionError(f"test tried to download {url}")
+
+    monkeypatch.setattr(D, "_download", fail)
+
+
+# ---------------------------------------------------------------------------------------------
+# data directory and book files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_resolve_data_dir_order(monkeypatch, tmp_path):
+    monkeypatch.setenv(D.DATA_ENV, str(tmp_path / "env"))
+    assert D.resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert D.resolve_data_dir() == tmp_path / "env"
+    monkeypatch.delenv(D.DATA_ENV)
+    assert D.resolve_data_dir() == Path("~/.cache/hf_gpt_scratch").expanduser()
+
+
+def test_book_files_table():
+    assert set(D.BOOK_FILES) == {
+        "the-verdict.txt", "instruction-data.json",
+        "instruction-data-with-preference.json", "SMSSpamCollection.tsv",
+    }
+    for url, sha in D.BOOK_FILES.values():
+        assert url.startswith("https://") and len(sha) == 64
+
+
+@pytest.mark.parametrize("name", sorted(D.BOOK_FILES))
+def test_fetch_existing_files_verify_without_download(name, no_download):
+    path = _book_path(name)
+    assert D.fetch_book_file(name, data_dir=path.parent) == path
+
+
+def test_fetch_unknown_name():
+    with pytest.raises(ValueError, match="known files: .*the-verdict.txt"):
+        D.fetch_book_file("nope.txt")
+
+
+def test_fetch_sha256_mismatch(tmp_path, no_download):
+    (tmp_path / "the-verdict.txt").write_text("not the verdict", encoding="utf-8")
+    with pytest.raises(D.ChecksumMismatchError) as info:
+        D.fetch_book_file("the-verdict.txt", data_dir=tmp_path)
+    message = str(info.value)
+    assert "the-verdict.txt" in message
+    assert D.BOOK_FILES["the-verdict.txt"][1] in message
+    assert hashlib.sha256(b"not the verdict").hexdigest() in message
+
+
+def test_fetch_missing_file_downloads(tmp_path, monkeypatch):
+    content = _book_path("the-verdict.txt").read_bytes()
+    calls = []
+
+    def fake_download(url, dest):
+        calls.append(url)
+        Path(dest).write_bytes(content)
+
+    monkeypatch.setattr(D, "_download", fake_download)
+    target = tmp_path / "new"
+    path = D.fetch_book_file("the-verdict.txt", data_dir=target)
+    assert calls == [D.BOOK_FILES["the-verdict.txt"][0]]
+    assert path == target / "the-verdict.txt" and path.read_bytes() == content
+    assert sorted(p.name for p in target.iterdir()) == ["the-verdict.txt"]  # no temp leftovers
+    D.fetch_book_file("the-verdict.txt", data_dir=target)  # now present: no second download
+    assert len(calls) == 1
+
+
+def test_fetch_sms_extracts_zip_and_normalises_crlf(tmp_path, monkeypatch, sms_path):
+    lf = sms_path.read_bytes()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("readme", "SMS Spam Collection v.1")
+        archive.writestr("SMSSpamCollection", lf.replace(b"\n", b"\r\n"))
+    monkeypatch.setattr(D, "_download", lambda url, dest: Path(dest).write_bytes(buffer.getvalue()))
+    path = D.fetch_book_file("SMSSpamCollection.tsv", data_dir=tmp_path)
+    assert path.name == "SMSSpamCollection.tsv" and path.read_bytes() == lf
+
+
+def test_fetch_download_with_wrong_hash_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_download", lambda url, dest: Path(dest).write_bytes(b"tampered"))
+    with pytest.raises(OSError, match="sha256 mismatch") as info:
+        D.fetch_book_file("instruction-data.json", data_dir=tmp_path)
+    assert D.BOOK_FILES["instruction-data.json"][0] in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_tries_mirror_after_failure(tmp_path, monkeypatch, sms_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("SMSSpamCollection", sms_path.read_bytes())
+    calls = []
+
+    def flaky(url, dest):
+        calls.append(url)
+        if len(calls) == 1:
+            raise OSError("connection refused")
+        Path(dest).write_bytes(buffer.getvalue())
+
+    monkeypatch.setattr(D, "_download", flaky)
+    D.fetch_book_file("SMSSpamCollection.tsv", data_dir=tmp_path)
+    assert calls[0] == D.BOOK_FILES["SMSSpamCollection.tsv"][0] and "backblaze" in calls[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_text_verdict():
+    text = D.load_text(_book_path("the-verdict.txt"))
+    assert len(text) == 20479 and text.startswith("I HAD always thought Jack Gisburn")
+
+
+def test_load_text_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        D.load_text(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.*empty.txt"):
+        D.load_text(tmp_path / "empty.txt")
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 ok".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt is not valid UTF-8: byte 'e9' at offset 3"):
+        D.load_text(tmp_path / "latin1.txt")
+
+
+def test_load_text_newlines_like_open(tmp_path):
+    (tmp_path / "crlf.txt").write_bytes(b"\xef\xbb\xbfa\r\nb\rc\n")
+    assert D.load_text(tmp_path / "crlf.txt") == "a\nb\nc\n"
+
+
+def test_split_text_like_book():
+    text = "x" * 95 + "y" * 10
+    train, val = D.split_text(text, 0.9)
+    assert train == text[: int(0.9 * len(text))] and train + val == text
+
+
+# ---------------------------------------------------------------------------------------------
+# spam classification (ch. 6)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_sms_spam_counts(sms_path, no_download):
+    import pandas as pd
+
+    ds = D.load_sms_spam(data_dir=sms_path.parent)
+    assert ds.column_names == ["text", "label"] and ds.num_rows == 5574
+    labels = list(ds["label"])
+    assert labels.count(0) == 4827 and labels.count(1) == 747
+    assert ds.features["label"].names == ["ham", "spam"]
+    df = pd.read_csv(sms_path, sep="\t", header=None, names=["Label", "Text"], quoting=csv.QUOTE_NONE)
+    assert list(ds["text"]) == df["Text"].tolist()
+    assert labels == df["Label"].map({"ham": 0, "spam": 1}).tolist()
+
+
+def test_load_sms_spam_book_quoting(sms_path):
+    ds = D.load_sms_spam(sms_path, quoting=csv.QUOTE_MINIMAL)
+    labels = list(ds["label"])
+    assert ds.num_rows == 5572 and labels.count(0) == 4825 and labels.count(1) == 747
+
+
+def _book_spam_splits(df):
+    from llms_from_scratch.ch06 import create_balanced_dataset, random_split
+
+    balanced = create_balanced_dataset(df)
+    balanced["Label"] = balanced["Label"].map({"ham": 0, "spam": 1})
+    return random_split(balanced, 0.7, 0.1)
+
+
+def _assert_same_rows(ours, book_df):
+    assert list(ours["text"]) == book_df["Text"].tolist()
+    assert list(ours["label"]) == book_df["Label"].tolist()
+
+
+def test_balance_and_split_spam_matches_book(sms_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("llms_from_scratch.ch06")
+    splits = D.balance_and_split_spam(D.load_sms_spam(sms_path))
+    assert {k: v.num_rows for k, v in splits.items()} == {"train": 1045, "validation": 149, "test": 300}
+    assert sum(sum(s["label"]) for s in splits.values()) == 747  # 747 spam + 747 ham
+    df = pd.read_csv(sms_path, sep="\t", header=None, names=["Label", "Text"], quoting=csv.QUOTE_NONE)
+    for ours, book in zip(splits.values(), _book_spam_splits(df)):
+        _assert_same_rows(ours, book)
+
+
+def test_balance_and_split_spam_reproduces_book_notebook_rows(sms_path):
+    """With the notebook's own parse (pandas default quoting), the very rows the book trains on."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("llms_from_scratch.ch06")
+    splits = D.balance_and_split_spam(D.load_sms_spam(sms_path, quoting=csv.QUOTE_MINIMAL))
+    df = pd.read_csv(sms_path, sep="\t", header=None, names=["Label", "Text"])  # as in ch06.ipynb
+    for ours, book in zip(splits.values(), _book_spam_splits(df)):
+        _assert_same_rows(ours, book)
+
+
+def test_balanced_split_generic():
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": [str(i) for i in range(30)], "label": [0] * 20 + [1] * 4 + [2] * 6})
+    splits = D.balanced_split(ds, seed=1, train_frac=0.5, validation_frac=0.25)
+    assert [s.num_rows for s in splits.values()] == [6, 3, 3]
+    labels = sorted(l for s in splits.values() for l in s["label"])
+    assert labels == [0] * 4 + [1] * 4 + [2] * 4
+    texts = [t for s in splits.values() for t in s["text"]]
+    assert len(set(texts)) == 12
+
+
+def test_load_text_classification_file_formats(tmp_path):
+    (tmp_path / "a.csv").write_text('text,label\n"hi, there",pos\nbad,neg\nok,pos\n', encoding="utf-8")
+    ds, names = D.load_text_classification_file(tmp_path / "a.csv")
+    assert names == ["neg", "pos"] and list(ds["label"]) == [1, 0, 1] and ds[0]["text"] == "hi, there"
+
+    ds, names = D.load_text_classification_file(tmp_path / "a.csv", label_names=["pos", "neg"])
+    assert names == ["pos", "neg"] and list(ds["label"]) == [0, 1, 0]
+
+    (tmp_path / "b.tsv").write_text('sms\tcls\n"quoted" text\tspam\nhello\tham\n', encoding="utf-8")
+    ds, names = D.load_text_classification_file(tmp_path / "b.tsv", text_column="sms", label_column="cls")
+    assert names == ["ham", "spam"] and ds[0] == {"text": '"quoted" text', "label": 1}
+
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": 0}, {"text": "c", "label": 2}]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    ds, names = D.load_text_classification_file(tmp_path / "c.jsonl")
+    assert names == ["0", "1", "2"] and list(ds["label"]) == [1, 0, 2]
+    (tmp_path / "c.json").write_text(json.dumps(rows), encoding="utf-8")
+    ds, names = D.load_text_classification_file(tmp_path / "c.json", label_names=["x", "y", "z"])
+    assert names == ["x", "y", "z"] and list(ds["label"]) == [1, 0, 2]
+
+
+def test_load_text_classification_file_errors(tmp_path):
+    (tmp_path / "a.csv").write_text("body,label\nhi,pos\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['text'\]; columns found: \['body', 'label'\]"):
+        D.load_text_classification_file(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("text,label\nhi,pos\nyo,maybe\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"row 1 has label 'maybe', which is not in label_names"):
+        D.load_text_classification_file(tmp_path / "b.csv", label_names=["neg", "pos"])
+    with pytest.raises(FileNotFoundError):
+        D.load_text_classification_file(tmp_path / "none.csv")
+    (tmp_path / "c.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        D.load_text_classification_file(tmp_path / "c.txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# instruction data (ch. 7)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_instruction_data_and_book_split(instruction_path, no_download):
+    entries = D.load_instruction_data(data_dir=instruction_path.parent)
+    assert len(entries) == 1100
+    train, val, test = D.split_instruction_data(entries)
+    assert (len(train), len(val), len(test)) == (935, 55, 110)
+    # ch07.ipynb, verbatim:
+    data = json.loads(instruction_path.read_text(encoding="utf-8"))
+    train_portion = int(len(data) * 0.85)
+    test_portion = int(len(data) * 0.1)
+    train_data = data[:train_portion]
+    test_data = data[train_portion:train_portion + test_portion]
+    val_data = data[train_portion + test_portion:]
+    assert (train, val, test) == (train_data, val_data, test_data)
+
+
+def test_alpaca_format_matches_book(instruction_path):
+    ch07 = pytest.importorskip("llms_from_scratch.ch07")
+    entries = D.load_instruction_data(instruction_path)
+    with_input = [e for e in entries if e["input"]]
+    without = [e for e in entries if not e["input"]]
+    assert with_input and without
+    for entry in entries:
+        assert D.format_alpaca_prompt(entry) == ch07.format_input(entry)
+        assert D.format_alpaca_response(entry) == f"\n\n### Response:\n{entry['output']}"
+    assert "### Input:" in D.format_alpaca_prompt(with_input[0])
+    assert "### Input:" not in D.format_alpaca_prompt(without[0])
+    assert D.format_alpaca_prompt({"instruction": "Do it.", "output": "Done."}) == ch07.format_input(
+        {"instruction": "Do it.", "input": "", "output": "Done."}
+    )
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ([{"instruction": "a", "input": ""}], r"entry 0 has no 'output' field"),
+        ([{"instruction": "a", "output": "b"}, {"instruction": "", "output": "b"}], r"entry 1 field 'instruction' must be a non-empty string"),
+        ([{"instruction": "a", "output": "b", "input": 3}], r"entry 0 field 'input' must be a string"),
+        ({"instruction": "a"}, r"expected a JSON list"),
+    ],
+)
+def test_instruction_data_errors(tmp_path, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content), encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        D.load_instruction_data(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# InstructionCollator
+# ---------------------------------------------------------------------------------------------
+
+EOS = 50256
+BATCH = [[5, 6, 7, 8, 9], [11, 12], [21, 22, 23, 24, 25, 26, 27]]
+PROMPT_LENGTHS = [3, 1, 4]
+
+
+def _features(batch=BATCH, prompt_lengths=PROMPT_LENGTHS):
+    return [{"input_ids": ids, "prompt_length": n} for ids, n in zip(batch, prompt_lengths)]
+
+
+def test_collator_padding_and_masking():
+    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS)(_features())
+    assert set(out) == {"input_ids", "attention_mask", "labels"}
+    assert out["input_ids"].shape == (3, 8) and out["input_ids"].dtype == torch.long
+    assert out["input_ids"][1].tolist() == [11, 12, EOS, EOS, EOS, EOS, EOS, EOS]
+    assert out["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert out["labels"][1].tolist() == [11, 12, EOS, -100, -100, -100, -100, -100]  # first eos kept
+    assert out["labels"][2].tolist() == BATCH[2] + [EOS]
+    assert out["input_ids"][0].tolist()[:6] == BATCH[0] + [EOS]
+
+
+def test_collator_matches_book_custom_collate_fn():
+    ch07 = pytest.importorskip("llms_from_scratch.ch07")
+    book_inputs, book_targets = ch07.custom_collate_fn(BATCH)
+    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS)(_features())
+    width = book_inputs.shape[1]
+    assert torch.equal(out["input_ids"][:, :width], book_inputs)
+    assert torch.equal(out["labels"][:, 1:], book_targets)  # the model's loss shifts labels by one
+    # the book's allowed_max_length=N keeps N inputs/targets; ours keeps N + 1 tokens for the same
+    book_inputs, book_targets = ch07.custom_collate_fn(BATCH, allowed_max_length=4)
+    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, max_length=5)(_features())
+    assert torch.equal(out["input_ids"][:, :4], book_inputs)
+    assert torch.equal(out["labels"][:, 1:], book_targets)
+
+
+def test_collator_mask_prompt_masks_exactly_the_prompt():
+    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, mask_prompt=True)(_features())
+    for row, (ids, n) in enumerate(zip(BATCH, PROMPT_LENGTHS)):
+        labels = out["labels"][row].tolist()
+        assert labels[:n] == [-100] * n
+        assert labels[n : len(ids) + 1] == ids[n:] + [EOS]
+        assert all(x == -100 for x in labels[len(ids) + 1 :])
+    # the book's exercise 7.2 masks targets[:instruction_length - 1] of its shifted targets
+    ch07 = pytest.importorskip("llms_from_scratch.ch07")
+    _, book_targets = ch07.custom_collate_fn(BATCH)
+    for row, n in enumerate(PROMPT_LENGTHS):
+        book_targets[row, : n - 1] = -100
+    assert torch.equal(out["labels"][:, 1:], book_targets)
+
+
+def test_collator_options_and_errors():
+    collator = D.InstructionCollator(pad_token_id=0, eos_token_id=EOS, ignore_index=-1, pad_to_multiple_of=16)
+    out = collator(_features())
+    assert out["input_ids"].shape == (3, 16)
+    assert out["input_ids"][1].tolist()[:4] == [11, 12, EOS, 0]
+    assert out["labels"][1].tolist()[:4] == [11, 12, EOS, -1]
+    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, max_length=4)(_features())
+    assert out["input_ids"].shape == (3, 4) and out["labels"][0].tolist() == [5, 6, 7, 8]
+    with pytest.raises(KeyError, match="prompt_length"):
+        D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, mask_prompt=True)([{"input_ids": [1, 2]}])
+
+
+class CharTokenizer:
+    """tiktoken-like: encode() only."""
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+def test_tokenize_instruction_char_tokenizer():
+    entry = {"instruction": "Add.", "input": "1 2", "output": "3"}
+    feats = D.tokenize_instruction(entry, CharTokenizer())
+    prompt = D.format_alpaca_prompt(entry)
+    assert feats["input_ids"] == [ord(c) for c in prompt + "\n\n### Response:\n3"]
+    assert feats["prompt_length"] == len(prompt)
+    short = D.tokenize_instruction(entry, CharTokenizer(), max_length=10)
+    assert short == {"input_ids": feats["input_ids"][:10], "prompt_length": 10}
+
+
+def test_tokenize_instruction_gpt2_on_book_data(instruction_path):
+    tokenization = pytest.importorskip("hf_gpt_scratch.tokenization")
+    tok = tokenization.gpt2_tokenizer()
+    entries = D.load_instruction_data(instruction_path)
+    lengths = []
+    for entry in entries:
+        feats = D.tokenize_instruction(entry, tok)
+        prompt = D.format_alpaca_prompt(entry)
+        assert feats["input_ids"] == tok.encode(prompt + D.format_alpaca_response(entry))
+        assert feats["prompt_length"] == len(tok.encode(prompt))
+        lengths.append(len(feats["input_ids"]))
+    assert min(lengths) == 40 and max(lengths) == 91  # SOURCES.md: 40 to 91 GPT-2 tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# pretraining blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pack_into_blocks_with_datasets_map():
+    import datasets
+
+    ds = datasets.Dataset.from_dict(
+        {"text": ["a", "b", "c"], "input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]],
+         "attention_mask": [[1, 1, 1], [1, 1], [1, 1, 1, 1, 1]]}
+    )
+    packed = ds.map(D.pack_into_blocks, batched=True, fn_kwargs={"block_size": 4}, remove_columns=ds.column_names)
+    assert sorted(packed.column_names) == ["attention_mask", "input_ids", "labels"]
+    assert packed["input_ids"] == [[1, 2, 3, 4], [5, 6, 7, 8]]  # remainder [9, 10] dropped
+    assert packed["labels"] == packed["input_ids"]
+    assert packed["attention_mask"] == [[1] * 4, [1] * 4]
+    assert D.pack_into_blocks({"input_ids": [[1, 2]]}, 4) == {"input_ids": [], "labels": []}
+
+
+class IdsTokenizer:
+    def __init__(self, ids):
+        self.ids = ids
+
+    def encode(self, text, allowed_special=None):
+        return list(self.ids)
+
+
+@pytest.mark.parametrize("context_length, stride", [(4, 4), (4, 2), (5, 3)])
+def test_book_windows_match_gptdatasetv1(context_length, stride):
+    ch02 = pytest.importorskip("llms_from_scratch.ch02")
+    ids = list(range(100, 123))
+    book = ch02.GPTDatasetV1("unused", IdsTokenizer(ids), context_length, stride)
+    ours = D.book_windows(ids, context_length, stride)
+    assert ours.num_rows == len(book)
+    for i in range(len(book)):
+        inputs, targets = book[i]
+        assert ours[i]["input_ids"] == inputs.tolist()
+        assert ours[i]["shift_labels"] == targets.tolist()
+        assert ours[i]["labels"] == inputs.tolist()
+    assert D.book_windows(ids, context_length, stride, shift_labels=False).column_names == ["input_ids", "labels"]
+
+
+def test_book_windows_loss_is_the_books():
+    from conftest import tiny_config
+
+    from hf_gpt_scratch import GPTScratchForCausalLM
+
+    model = GPTScratchForCausalLM(tiny_config()).eval()
+    ids = torch.randint(0, 97, (70,)).tolist()
+    ds = D.book_windows(ids, 16, 16).with_format("torch")
+    batch = ds[:]
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits
+        book_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["shift_labels"].flatten())
+        loss = model(**batch).loss
+        fallback = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    assert torch.allclose(loss, book_loss)
+    assert not torch.allclose(fallback, book_loss)  # labels alone lose each window's last target
+
+
+def test_trainer_forwards_shift_labels_only_without_column_removal(tmp_path):
+    """The Trainer drops dataset columns that forward() does not name: `shift_labels` reaches the
+    loss only with remove_unused_columns=False."""
+    import transformers
+    from conftest import tiny_config
+
+    from hf_gpt_scratch import GPTScratchForCausalLM
+
+    model = GPTScratchForCausalLM(tiny_config())
+    seen = []
+    model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+    ds = D.book_windows(torch.randint(0, 97, (40,)).tolist(), 8, 8)
+    for remove in (True, False):
+        seen.clear()
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / str(remove)), per_device_train_batch_size=2, max_steps=1,
+            use_cpu=True, report_to=[], remove_unused_columns=remove, save_strategy="no",
+            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        )
+        transformers.Trainer(model=model, args=args, train_dataset=ds).train()
+        assert ("shift_labels" in seen[0]) is (not remove)
+
+
+def test_real_downloader_on_a_file_url(tmp_path):
+    """The urllib + tqdm downloader itself, on a local file:// URL (no network)."""
+    source = tmp_path / "src.bin"
+    source.write_bytes(bytes(range(256)) * 1000)
+    D._download(source.as_uri(), tmp_path / "dest.bin")
+    assert (tmp_path / "dest.bin").read_bytes() == source.read_bytes()
