@@ -554,6 +554,10 @@ def _load_tokenizer(source: str | None):
     GPT-2 folder without tokenizer files, so such a result is not a tokenizer."""
     if not source:
         return None
+    if source == "gpt2" and not Path(source).exists():  # OpenAI's GPT-2 BPE, offline
+        from .tokenization import gpt2_tokenizer
+
+        return gpt2_tokenizer()
     if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in _TOKENIZER_FILES):
         return None
     try:
@@ -588,7 +592,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", required=True, help="folder to save_pretrained the converted model into")
     parser.add_argument(
         "--tokenizer",
-        help="tokenizer (hub id or folder) to save with the model; default: the one in --model_name_or_path, if any",
+        help="tokenizer (hub id, folder, or 'gpt2' for OpenAI's GPT-2 BPE offline) to save with the model; "
+        "default: the one in --model_name_or_path, if any",
     )
     parser.add_argument("--overwrite", action="store_true", help="write into an output_dir that already holds a model")
     parser.add_argument("--push_to_hub", action="store_true", help="also upload the result to the Hugging Face Hub")
