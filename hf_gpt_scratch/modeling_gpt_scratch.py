@@ -32,6 +32,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_gpt_scratch import GPTScratchConfig
+from .loss_gpt_scratch import linear_cross_entropy
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -285,17 +286,34 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.out_head(hidden)  # [B, T, V]
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        hidden = outputs.last_hidden_state  # [B, T, E]
+        logits = loss = None
+        if self._fuse_head_and_loss(labels, logits_to_keep):
+            # training: head and loss in one chunked pass, the [B, T, V] logits are never built
+            loss = linear_cross_entropy(hidden, self.out_head.weight, labels, **kwargs)
+        else:
+            logits = self.out_head(slice_logits_to_keep(hidden, logits_to_keep))  # [B, T, V]
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+        )
+
+
+    def _fuse_head_and_loss(self, labels, logits_to_keep) -> bool:
+        """While training with labels, `logits` come back as None: nothing in a training step reads
+        them, and building them costs most of a small model's memory. Evaluation, generation and
+        no-grad calls get logits as usual; so does a head that is not a plain Linear (e.g. LoRA)."""
+        return (
+            labels is not None
+            and self.training
+            and torch.is_grad_enabled()
+            and logits_to_keep == 0
+            and type(self.out_head) is nn.Linear
         )
 
 

@@ -348,3 +348,47 @@ def test_truncated_weights_file_is_an_error_not_a_random_model(tmp_path):
     weights.write_bytes(b"not a safetensors file at all")
     with pytest.raises(Exception):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------- the fused training loss
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_training_loss_is_fused_and_equals_the_plain_loss(tie):
+    """In training the head and loss run chunked (no logits); loss and every gradient must equal
+    the plain logits + cross-entropy path."""
+    model = lm(tie_word_embeddings=tie)
+    x = torch.randint(0, 97, (3, 11))
+    labels = x.clone()
+    labels[0, :4] = -100
+
+    def run(train, **kwargs):
+        model.train(train)
+        model.zero_grad()
+        out = model(x, labels=labels, **kwargs)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    for kwargs in [{}, {"num_items_in_batch": torch.tensor(50)}]:
+        fused, fused_grads = run(True, **kwargs)
+        plain, plain_grads = run(False, **kwargs)  # eval mode: logits path (dropout is 0)
+        assert fused.logits is None and plain.logits is not None
+        torch.testing.assert_close(fused.loss, plain.loss)
+        for name in plain_grads:
+            torch.testing.assert_close(fused_grads[name], plain_grads[name], msg=name)
+
+
+def test_fused_loss_in_chunks_with_shift_labels_and_a_frozen_head():
+    from hf_gpt_scratch.loss_gpt_scratch import linear_cross_entropy
+
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(50, 16)  # frozen: no gradient wanted
+    shift = torch.randint(0, 50, (2, 9))
+    shift[1, 3:] = -100
+    loss = linear_cross_entropy(hidden, weight, labels=None, shift_labels=shift, chunk_rows=4)
+    loss.backward()
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    ref = torch.nn.functional.cross_entropy((ref_hidden @ weight.t()).reshape(-1, 50), shift.reshape(-1))
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(hidden.grad, ref_hidden.grad)

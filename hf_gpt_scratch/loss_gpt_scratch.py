@@ -1,0 +1,81 @@
+"""Next-token loss that never materialises the full [N, V] logits (a fused, chunked linear +
+cross-entropy), used by `GPTScratchForCausalLM` while training.
+
+The output head (E -> V = 50257) dominates a small GPT's training step: the logits, their softmax and
+their gradient are three [N, V] float tensors, and on a CPU much of the step goes to mapping that
+fresh memory. Here the head's forward and backward run together, chunk by chunk of rows, in one
+reused buffer: per chunk the logits are computed, turned into their gradient (softmax - one-hot) in
+place, and immediately multiplied back into the gradients of the hidden states and of the head
+weight. The backward pass then only scales those stored gradients. The FLOPs are those of the plain
+head (one matmul forward, two backward); the memory is one chunk of logits.
+
+This file is shipped beside `modeling_gpt_scratch.py` for `trust_remote_code`; it imports only torch.
+"""
+
+import torch
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, num_items, chunk_rows: int):
+        # hidden [N, E], weight [V, E], targets [N] (-100 = ignored), num_items: the loss divisor
+        n = hidden.shape[0]
+        scale = 1.0 / num_items
+        need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight_grad else None
+        buffer = hidden.new_empty(min(chunk_rows, n), weight.shape[0])  # [C, V], reused
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, n, chunk_rows):
+            h, y = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
+            rows = torch.arange(h.shape[0], device=h.device)
+            keep = y != -100
+            y = y.clamp(min=0)
+            logits = torch.mm(h, weight.t(), out=buffer[: h.shape[0]]).float()  # [C, V]
+            lse = torch.logsumexp(logits, dim=-1)  # [C]
+            total += ((lse - logits[rows, y]) * keep).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows; then / num_items
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[rows, y] -= 1.0
+            grad.mul_((keep * scale)[:, None])
+            grad = grad.to(hidden.dtype)
+            if grad_hidden is not None:
+                torch.mm(grad, weight, out=grad_hidden[start : start + chunk_rows])  # [C, E]
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.t().float(), h.float())  # [V, E]
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_loss
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    shift_labels: torch.Tensor | None = None,
+    chunk_rows: int = 256,
+    **kwargs,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of `hidden @ weight.T` against `labels`, exactly as transformers'
+    `ForCausalLMLoss` (labels unshifted, -100 ignored, divided by `num_items_in_batch` when given),
+    without the [N, V] logits. hidden [B, T, E], weight [V, E], labels [B, T]."""
+    if shift_labels is None:
+        shift_labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]  # [B, T]
+    targets = shift_labels.reshape(-1).to(hidden.device)
+    if num_items_in_batch is None:
+        num_items = (targets != -100).sum()
+    else:
+        num_items = torch.as_tensor(num_items_in_batch, device=hidden.device)
+    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, num_items, chunk_rows)
