@@ -1,0 +1,421 @@
+"""Shared recipe logic (hf_gpt_scratch.training) and the figures (hf_gpt_scratch.plots)."""
+
+import json
+import math
+import os
+
+import matplotlib.image
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
+
+import hf_gpt_scratch
+from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
+from hf_gpt_scratch.tokenization import gpt2_tokenizer
+from hf_gpt_scratch.training import (
+    DataArguments,
+    ModelArguments,
+    SamplingArguments,
+    TokensSeenCallback,
+    apply_config_overrides,
+    cpu_distributed_defaults,
+    evaluate_once,
+    find_callback,
+    generate_samples,
+    generation_kwargs,
+    load_causal_lm,
+    log_history_to_curves,
+    parse_config_overrides,
+    parse_recipe_args,
+    perplexity,
+    print_table,
+    resolve_resume_checkpoint,
+    tokenizer_source,
+    write_results,
+)
+
+from conftest import tiny_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def gpt2_tok():
+    return gpt2_tokenizer()
+
+
+def assert_png(path):
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(str(path))
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+# ---------------------------------------------------------------- config overrides
+
+
+def test_config_overrides_are_typed():
+    config = hf_gpt_scratch.GPTScratchConfig()
+    values = parse_config_overrides(
+        "n_layers=2, emb_dim=64,drop_rate=0,qkv_bias=true,tie_word_embeddings=No,pad_token_id=none", config
+    )
+    assert values == {
+        "n_layers": 2,
+        "emb_dim": 64,
+        "drop_rate": 0.0,
+        "qkv_bias": True,
+        "tie_word_embeddings": False,
+        "pad_token_id": None,
+    }
+    assert isinstance(values["drop_rate"], float) and isinstance(values["n_layers"], int)
+    # a field that is None by default infers its type from the text
+    assert parse_config_overrides("eos_token_id=7", config) == {"eos_token_id": 7}
+    # standard aliases map onto the book's names
+    assert parse_config_overrides("hidden_size=128,num_hidden_layers=3", config) == {"emb_dim": 128, "n_layers": 3}
+    assert parse_config_overrides(None, config) == {} and parse_config_overrides(" ", config) == {}
+
+
+def test_config_overrides_errors_name_the_key():
+    config = hf_gpt_scratch.GPTScratchConfig()
+    with pytest.raises(ValueError, match="n_layer'.*no such field"):
+        parse_config_overrides("n_layer=2", config)
+    with pytest.raises(ValueError, match="n_layers=.*'two'"):
+        parse_config_overrides("n_layers=two", config)
+    with pytest.raises(ValueError, match="qkv_bias"):
+        parse_config_overrides("qkv_bias=maybe", config)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_config_overrides("n_layers", config)
+    # values that parse but make no sense are rejected by the config's validation
+    with pytest.raises(ValueError, match="divisible"):
+        apply_config_overrides(config, parse_config_overrides("emb_dim=30,n_heads=4", config))
+
+
+# ---------------------------------------------------------------- model loading
+
+
+def test_load_causal_lm_from_scratch(gpt2_tok):
+    args = ModelArguments(config_overrides="n_layers=2,emb_dim=32,n_heads=2,context_length=64,drop_rate=0.0")
+    model = load_causal_lm(args, gpt2_tok)
+    assert isinstance(model, hf_gpt_scratch.GPTScratchForCausalLM)
+    cfg = model.config
+    assert (cfg.n_layers, cfg.emb_dim, cfg.n_heads, cfg.context_length, cfg.drop_rate) == (2, 32, 2, 64, 0.0)
+    assert cfg.vocab_size == len(gpt2_tok) == 50257
+    assert cfg.pad_token_id == cfg.eos_token_id == 50256
+    assert not cfg.tie_word_embeddings and not cfg.qkv_bias  # the book's defaults are kept
+    out = model(torch.tensor([[1, 2, 3]]))
+    assert out.logits.shape == (1, 3, 50257)
+
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        load_causal_lm(ModelArguments(config_overrides="vocab_size=100,n_layers=1,emb_dim=16,n_heads=2"), gpt2_tok)
+    with pytest.raises(ValueError, match="n_layerz"):
+        load_causal_lm(ModelArguments(config_overrides="n_layerz=1"), gpt2_tok)
+
+
+def test_load_causal_lm_from_config_name(tmp_path, gpt2_tok):
+    tiny_config(vocab_size=50257).save_pretrained(tmp_path)
+    model = load_causal_lm(ModelArguments(config_name=str(tmp_path), config_overrides="n_layers=1"), gpt2_tok)
+    assert model.config.n_layers == 1 and model.config.emb_dim == 32
+
+
+def test_load_causal_lm_from_stock_gpt2_dir(tmp_path, gpt2_tok):
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    model = load_causal_lm(ModelArguments(model_name_or_path=str(tmp_path / "gpt2")), gpt2_tok).eval()
+    assert isinstance(model, hf_gpt_scratch.GPTScratchForCausalLM)
+    assert model.config.context_length == 64 and model.config.qkv_bias
+    ids = torch.tensor([[15496, 11, 995, 0, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, gpt2(ids).logits, atol=1e-4, rtol=1e-4)
+    # overrides on a checkpoint: allowed when the weights still fit
+    no_dropout = load_causal_lm(
+        ModelArguments(model_name_or_path=str(tmp_path / "gpt2"), config_overrides="drop_rate=0.0"), gpt2_tok
+    ).eval()
+    assert no_dropout.config.drop_rate == 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(no_dropout(ids).logits, gpt2(ids).logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_causal_lm(ModelArguments(model_name_or_path=str(tmp_path / "gpt2"), config_overrides="emb_dim=64"), gpt2_tok)
+
+
+def test_load_causal_lm_from_our_checkpoint(tmp_path, gpt2_tok):
+    saved = hf_gpt_scratch.GPTScratchForCausalLM(tiny_config(vocab_size=50257)).eval()
+    saved.save_pretrained(tmp_path)
+    model = load_causal_lm(ModelArguments(model_name_or_path=str(tmp_path)), gpt2_tok).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, saved(ids).logits)
+    assert model.config.pad_token_id == 50256  # taken from the tokenizer when the checkpoint had none
+
+
+def test_tokenizer_source(tmp_path, gpt2_tok):
+    assert tokenizer_source(ModelArguments()) is None
+    assert tokenizer_source(ModelArguments(tokenizer_name="gpt2")) == "gpt2"
+    assert tokenizer_source(ModelArguments(model_name_or_path=str(tmp_path))) is None  # no tokenizer files
+    gpt2_tok.save_pretrained(tmp_path)
+    assert tokenizer_source(ModelArguments(model_name_or_path=str(tmp_path))) == str(tmp_path)
+    assert tokenizer_source(ModelArguments(model_name_or_path=str(tmp_path), tokenizer_name="x")) == "x"
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+PRESETS = {"small": {"learning_rate": 0.25, "config_overrides": "n_layers=3,emb_dim=64", "block_size": 32}}
+
+
+def test_parse_recipe_args_preset_and_explicit_flags(tmp_path):
+    types = (ModelArguments, DataArguments, TrainingArguments)
+    model_args, data_args, training_args, preset = parse_recipe_args(
+        types, presets=PRESETS, defaults={"logging_steps": 7}, args=["--output_dir", str(tmp_path)]
+    )
+    assert preset is None and training_args.logging_steps == 7 and training_args.learning_rate == 5e-5
+    assert model_args.config_overrides is None
+
+    model_args, data_args, training_args, preset = parse_recipe_args(
+        types,
+        presets=PRESETS,
+        defaults={"logging_steps": 7, "learning_rate": 0.5},
+        args=["--preset", "small", "--output_dir", str(tmp_path), "--block_size", "16", "--config_overrides", "n_layers=1"],
+    )
+    assert preset == "small"
+    assert training_args.learning_rate == 0.25  # preset beats recipe defaults
+    assert data_args.block_size == 16  # explicit flag beats preset
+    assert model_args.config_overrides == "n_layers=3,emb_dim=64,n_layers=1"  # appended: later keys win
+    assert parse_config_overrides(model_args.config_overrides, hf_gpt_scratch.GPTScratchConfig()) == {
+        "n_layers": 1,
+        "emb_dim": 64,
+    }
+
+    with pytest.raises(SystemExit):
+        parse_recipe_args(types, presets=PRESETS, args=["--preset", "nope", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown arguments: nope"):
+        parse_recipe_args(types, defaults={"nope": 1}, args=["--output_dir", str(tmp_path)])
+
+    # a JSON file instead of flags, on top of a preset
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"preset": "small", "output_dir": str(tmp_path), "max_train_samples": 3}))
+    _, data_args, training_args, preset = parse_recipe_args(types, presets=PRESETS, args=[str(config)])
+    assert preset == "small" and data_args.max_train_samples == 3 and training_args.learning_rate == 0.25
+
+
+def test_data_arguments_validation(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="validation_split_percentage"):
+        DataArguments(validation_split_percentage=100)
+    with pytest.raises(ValueError, match="block_size"):
+        DataArguments(block_size=0)
+    with pytest.raises(FileNotFoundError, match="train_file"):
+        DataArguments(train_file=str(tmp_path / "missing.txt"))
+    monkeypatch.setenv("HF_GPT_SCRATCH_DATA", "/elsewhere")
+    DataArguments(data_dir=str(tmp_path))
+    assert os.environ["HF_GPT_SCRATCH_DATA"] == str(tmp_path.resolve())
+
+
+def test_cpu_distributed_defaults(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert cpu_distributed_defaults() == {"dataloader_pin_memory": False}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cpu_distributed_defaults() == {"dataloader_pin_memory": False, "ddp_backend": "gloo", "use_cpu": True}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cpu_distributed_defaults() == {}
+
+
+def test_resolve_resume_checkpoint(tmp_path):
+    assert resolve_resume_checkpoint(None, str(tmp_path)) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        resolve_resume_checkpoint("last", str(tmp_path))
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-12").mkdir()
+    assert resolve_resume_checkpoint("true", str(tmp_path)).endswith("checkpoint-12")
+    assert resolve_resume_checkpoint(str(tmp_path / "checkpoint-5"), None).endswith("checkpoint-5")
+    with pytest.raises(FileNotFoundError):
+        resolve_resume_checkpoint(str(tmp_path / "nope"), None)
+
+
+# ---------------------------------------------------------------- results, curves, tables
+
+
+def test_write_results_keeps_only_finite_numbers(tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    results = {
+        "eval_loss": 1.5,
+        "perplexity": float("inf"),
+        "bad": float("nan"),
+        "steps": 3,
+        "tensor": torch.tensor(2.5),
+        "flag": True,
+        "none": None,
+        "samples": [{"prompt": "a", "completion": "b"}],
+        "nested": {"x": float("-inf"), "y": 2.0},
+    }
+    path = write_results(tmp_path / "out", results)
+    text = path.read_text()
+    data = json.loads(text)
+    assert "NaN" not in text and "Infinity" not in text
+    assert data == {
+        "eval_loss": 1.5,
+        "steps": 3,
+        "tensor": 2.5,
+        "flag": True,
+        "none": None,
+        "samples": [{"prompt": "a", "completion": "b"}],
+        "nested": {"y": 2.0},
+    }
+    with pytest.raises(TypeError, match="object"):
+        write_results(tmp_path, {"object": object()})
+
+
+def test_write_results_only_on_rank_zero(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert write_results(tmp_path, {"a": 1.0}) is None
+    assert not (tmp_path / "results.json").exists()
+    assert print_table({"a": 1}) == "a  1"  # returns its text on every rank, prints only on rank 0
+    monkeypatch.setenv("RANK", "0")
+    assert write_results(tmp_path, {"a": 1.0}).is_file()
+
+
+def test_print_table(capsys):
+    text = print_table({"loss": 0.123456, "tokens": 1234567, "name": "x", "big": 1.5e9}, title="t")
+    assert capsys.readouterr().out.strip() == text
+    lines = text.splitlines()
+    assert lines[0] == "== t =="
+    assert "0.1235" in text and "1,234,567" in text and "1.5e+09" in text
+
+
+def test_perplexity():
+    assert perplexity(0.0) == 1.0
+    assert math.isclose(perplexity(math.log(20.0)), 20.0)
+    assert perplexity(1e4) == float("inf")
+    assert math.isnan(perplexity(float("nan"))) and math.isnan(perplexity(None))
+
+
+LOG_HISTORY = [
+    {"eval_loss": 10.9, "epoch": 0, "num_input_tokens_seen": 0, "step": 0, "eval_runtime": 0.1},
+    {"loss": 9.0, "grad_norm": 1.0, "learning_rate": 1e-3, "epoch": 0.5, "num_input_tokens_seen": 512, "step": 5,
+     "train_runtime": 1.0, "train_tokens_per_second": 512.0},
+    {"loss": 8.0, "grad_norm": float("nan"), "learning_rate": 1e-3, "epoch": 1.0, "num_input_tokens_seen": 1024,
+     "step": 10},
+    {"eval_loss": 8.5, "eval_train_loss": 7.9, "eval_accuracy": 0.5, "epoch": 1.0, "num_input_tokens_seen": 1024,
+     "step": 10},
+    {"train_runtime": 3.0, "train_samples_per_second": 1.0, "train_steps_per_second": 3.3, "total_flos": 1.0,
+     "train_loss": 8.5, "epoch": 1.0, "step": 10},
+]
+
+
+def test_log_history_to_curves():
+    curves = log_history_to_curves(LOG_HISTORY)
+    assert set(curves) == {"eval_loss", "train_loss", "grad_norm", "learning_rate", "eval_train_loss", "eval_accuracy"}
+    assert curves["train_loss"] == {
+        "step": [5, 10], "epoch": [0.5, 1.0], "tokens_seen": [512, 1024], "value": [9.0, 8.0]
+    }
+    assert curves["eval_loss"]["value"] == [10.9, 8.5] and curves["eval_loss"]["tokens_seen"] == [0, 1024]
+    assert curves["grad_norm"]["value"] == [1.0]  # the nan point is skipped
+
+
+def test_plot_losses_writes_png(tmp_path):
+    curves = log_history_to_curves(LOG_HISTORY)
+    assert_png(plot_losses(curves, tmp_path / "sub" / "loss.png", title="tiny"))
+    assert_png(plot_losses(curves, tmp_path / "loss_steps.png", x="step"))
+    assert_png(plot_losses(curves, tmp_path / "acc.png", metric="accuracy", x="epoch"))
+    # no token counts: falls back to steps
+    no_tokens = log_history_to_curves([{k: v for k, v in e.items() if k != "num_input_tokens_seen"} for e in LOG_HISTORY])
+    assert_png(plot_losses(no_tokens, tmp_path / "fallback.png"))
+    with pytest.raises(ValueError, match="no 'bleu' series"):
+        plot_losses(curves, tmp_path / "x.png", metric="bleu")
+    with pytest.raises(ValueError, match="x must be"):
+        plot_losses(curves, tmp_path / "x.png", x="time")
+
+
+def test_plot_confusion_matrix(tmp_path):
+    counts = plot_confusion_matrix([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], ["ham", "spam"], tmp_path / "cm.png")
+    assert counts.tolist() == [[1, 1], [1, 2]]
+    assert_png(tmp_path / "cm.png")
+    counts = plot_confusion_matrix(["ham", "spam"], ["spam", "spam"], ["ham", "spam"], tmp_path / "cm2.png",
+                                   normalize=True, title="normalized")
+    assert counts.tolist() == [[0, 1], [0, 1]]
+    assert_png(tmp_path / "cm2.png")
+    with pytest.raises(ValueError, match="outside"):
+        plot_confusion_matrix([0, 2], [0, 1], ["a", "b"], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="items"):
+        plot_confusion_matrix([0], [0, 1], ["a", "b"], tmp_path / "bad.png")
+
+
+# ---------------------------------------------------------------- Trainer integration and sampling
+
+
+class _Blocks(torch.utils.data.Dataset):
+    def __init__(self, n, length, vocab):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, vocab, (n, length), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def test_tokens_seen_callback_with_trainer(tmp_path):
+    model = hf_gpt_scratch.GPTScratchForCausalLM(tiny_config())
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, logging_steps=2,
+        eval_strategy="steps", eval_steps=2, report_to="none", save_strategy="no", disable_tqdm=True,
+        use_cpu=True, dataloader_pin_memory=False,
+    )
+    assert args.include_num_input_tokens_seen == "no"
+    trainer = Trainer(
+        model=model, args=args, train_dataset=_Blocks(16, 8, 97), eval_dataset=_Blocks(4, 8, 97),
+        data_collator=default_data_collator, callbacks=[TokensSeenCallback()],
+    )
+    assert args.include_num_input_tokens_seen == "all"  # switched on by the callback
+    trainer.train()
+    speed = find_callback(trainer, TokensSeenCallback)
+    assert speed.session_tokens == 4 * 2 * 8 == trainer.state.num_input_tokens_seen
+    assert speed.session_steps == 4 and speed.seconds_per_step > 0 and speed.tokens_per_second > 0
+    curves = log_history_to_curves(trainer.state.log_history)
+    assert curves["train_loss"]["tokens_seen"] == [32, 64]
+    assert curves["eval_loss"]["step"] == [2, 4]
+    n_logs = len(trainer.state.log_history)
+    metrics = evaluate_once(trainer)  # the step-4 evaluation is reused, not repeated
+    assert metrics["eval_loss"] == curves["eval_loss"]["value"][-1]
+    assert len(trainer.state.log_history) == n_logs
+
+
+def test_generation_kwargs_follow_the_book():
+    assert generation_kwargs(max_new_tokens=5) == {"max_new_tokens": 5, "do_sample": False}
+    sampled = generation_kwargs(max_new_tokens=5, temperature=1.4, top_k=25)
+    assert sampled == {"max_new_tokens": 5, "do_sample": True, "temperature": 1.4, "top_k": 25}
+    assert generation_kwargs(temperature=0.7)["top_k"] == 0  # no hidden top-50 filter
+    assert generation_kwargs(do_sample=True)["temperature"] == 1.0
+    assert SamplingArguments(temperature=0.5, top_k=3).generation_kwargs()["top_k"] == 3
+    with pytest.raises(ValueError):
+        SamplingArguments(temperature=-1)
+
+
+def test_generate_samples_greedy_is_deterministic_and_fits_context(gpt2_tok):
+    model = hf_gpt_scratch.GPTScratchForCausalLM(tiny_config(vocab_size=50257, context_length=16)).eval()
+    long_prompt = "word " * 40  # longer than the context: cut from the left
+    samples = generate_samples(model, gpt2_tok, ["Every effort moves you", long_prompt], max_new_tokens=6)
+    again = generate_samples(model, gpt2_tok, ["Every effort moves you", long_prompt], max_new_tokens=6)
+    assert samples == again
+    assert samples[0]["prompt"] == "Every effort moves you"
+    assert all(isinstance(s["completion"], str) for s in samples)
+    assert model.training is False
+
+    # what reaches generate(): the prompt first, then as many new tokens as the context leaves
+    calls = []
+    original = model.generate
+
+    def recording_generate(input_ids, **kwargs):
+        calls.append((input_ids.shape[1], kwargs["max_new_tokens"]))
+        return original(input_ids=input_ids, **kwargs)
+
+    model.generate = recording_generate
+    generate_samples(model, gpt2_tok, ["Hi", "Every effort moves you", long_prompt], max_new_tokens=40)
+    generate_samples(model, gpt2_tok, ["Every effort moves you"], max_new_tokens=3)
+    assert calls == [(1, 15), (4, 12), (8, 8), (4, 3)]
