@@ -1,0 +1,557 @@
+#!/usr/bin/env python
+"""Instruction finetuning of the book's GPT with the transformers Trainer and PEFT LoRA (chapter 7).
+
+Data: the book's instruction-data.json (Alpaca format, 1,100 entries) or --train_file (a JSON list
+of {"instruction", "input", "output"}), split as the book does: 85% train, 10% test, 5% validation
+(935 / 110 / 55). Each example is prompt + "\\n\\n### Response:\\n" + output + <|endoftext|>;
+--mask_prompt leaves the prompt tokens out of the loss (the book's exercise 7.2).
+
+Model: --model_name_or_path (one of ours, e.g. from recipes/pretrain.py, any causal LM, or a stock
+OpenAI GPT-2 folder converted on the fly). LoRA adapters on the attention and feed-forward Linear
+layers by default (--lora_r 16, --lora_alpha 16, --lora_target_modules; "all-linear" works too);
+--use_lora false finetunes all weights as the book does.
+
+Evaluation on the test split, before and after tuning:
+  - response loss: mean next-token loss over the response tokens only (prompt always masked, so
+    the numbers compare whatever --mask_prompt was);
+  - ROUGE-L of greedy responses (at most --max_new_tokens, 256 in the book; generation stops at
+    <|endoftext|> or "### Instruction"; the response is the text after "### Response:");
+  - optionally the book's LLM judge (--judge_url of an Ollama server, --judge_model llama3).
+
+Outputs in --output_dir: the merged model and tokenizer (AutoModelForCausalLM), the LoRA adapter
+in adapter/ (PeftModel / AutoPeftModelForCausalLM over the base), responses.json (the test entries
+with "model_response", the book's format), responses_before.json, results.json and loss.png.
+
+Learning rate: 5e-5 for full finetuning (the book) and 5e-4 with LoRA. A LoRA update starts at
+zero (B = 0) and is low-rank, so at the book's rate it barely moves in 2 epochs; 1e-4..1e-3 is the
+usual range for LoRA (LoRA paper, PEFT examples). An explicit --learning_rate always wins.
+
+Examples:
+
+    # LoRA on a checkpoint of ours (or a stock GPT-2 folder)
+    python recipes/instruct.py --model_name_or_path runs/pretrain --output_dir runs/instruct
+
+    # the book's chapter 7: full finetuning of GPT-2 medium (355M), as in the book
+    python recipes/instruct.py --preset book_ch7 --model_name_or_path path/to/gpt2-medium
+
+    # quick look: few entries, short responses
+    python recipes/instruct.py --model_name_or_path runs/pretrain --max_train_samples 200 \\
+        --max_test_samples 20 --max_new_tokens 64 --num_train_epochs 1
+
+    # several processes (CPU: gloo is chosen automatically); evaluation is sharded over them
+    torchrun --nproc_per_node 2 recipes/instruct.py --model_name_or_path runs/pretrain ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import transformers
+from transformers import Trainer, TrainingArguments
+
+import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
+from hf_gpt_scratch.data import (
+    InstructionCollator,
+    load_instruction_data,
+    split_instruction_data,
+    tokenize_instruction,
+)
+from hf_gpt_scratch.instruction import evaluate_instruction_model, judge_responses
+from hf_gpt_scratch.training import (
+    DataArguments,
+    ModelArguments,
+    TokensSeenCallback,
+    count_parameters,
+    default_callbacks,
+    final_metric,
+    find_callback,
+    first_metric,
+    is_main_process,
+    load_causal_lm,
+    load_tokenizer_for,
+    log_history_to_curves,
+    parse_recipe_args,
+    print_table,
+    resolve_resume_checkpoint,
+    setup_logging,
+    write_results,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_MODULES = "W_query,W_key,W_value,out_proj,ff.layers.0,ff.layers.2"
+LORA_LEARNING_RATE = 5e-4
+FULL_LEARNING_RATE = 5e-5  # the book's
+
+
+@dataclass
+class InstructDataArguments(DataArguments):
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate (loss, generation, judge) on at most this many test entries."}
+    )
+    mask_prompt: bool = field(
+        default=False,
+        metadata={"help": "Leave the instruction (prompt) tokens out of the training loss (the book's exercise 7.2)."},
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncate each example (prompt + response + <|endoftext|>) to this many tokens; "
+                  "default: the model's context_length."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_test_samples is not None and self.max_test_samples <= 0:
+            raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise ValueError(f"--max_seq_length must be at least 2, got {self.max_seq_length}.")
+        if self.dataset_name:
+            raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list of "
+                             "{instruction, input, output} entries).")
+        if self.validation_file:
+            raise ValueError("--validation_file is not supported: the splits come from --train_file "
+                             "(85% train / 10% test / 5% validation, as the book).")
+
+
+@dataclass
+class LoraArguments:
+    use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (PEFT); false: finetune all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update = alpha / r * B A)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default=DEFAULT_TARGET_MODULES,
+        metadata={"help": "Comma-separated names (suffixes) of the Linear layers to adapt, or 'all-linear' "
+                  "(every Linear but the output head)."},
+    )
+
+    def __post_init__(self):
+        if self.lora_r <= 0:
+            raise ValueError(f"--lora_r must be positive, got {self.lora_r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+    def target_modules(self) -> str | list[str]:
+        text = self.lora_target_modules.strip()
+        if text == "all-linear":
+            return text
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            raise ValueError("--lora_target_modules is empty.")
+        return names
+
+
+@dataclass
+class InstructEvalArguments:
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest generated response (the book: 256)."})
+    response_header_in_prompt: bool = field(
+        default=True,
+        metadata={"help": "End the prompt with '### Response:' (false: the book's prompt, the model writes the "
+                  "header itself)."},
+    )
+    eval_before: bool = field(default=True, metadata={"help": "Evaluate the untuned model on the test split too."})
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "Prompts per generate call (default: --per_device_eval_batch_size)."}
+    )
+    judge_url: str | None = field(
+        default=None,
+        metadata={"help": "Ollama-compatible server (e.g. http://localhost:11434) to score the responses 0-100 "
+                  "with the book's prompt; skipped with a warning when unreachable."},
+    )
+    judge_model: str = field(default="llama3", metadata={"help": "Model name the judge server runs."})
+    judge_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for each judge answer."})
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
+        if self.generation_batch_size is not None and self.generation_batch_size <= 0:
+            raise ValueError(f"--generation_batch_size must be positive, got {self.generation_batch_size}.")
+        if self.judge_url is not None and not self.judge_url.strip():
+            self.judge_url = None
+        if self.judge_url is not None:
+            from hf_gpt_scratch.instruction import judge_endpoint
+
+            judge_endpoint(self.judge_url)  # ValueError for a malformed URL, before any training
+
+
+RECIPE_DEFAULTS = {
+    "output_dir": "runs/instruct",
+    "num_train_epochs": 2,  # the book
+    "per_device_train_batch_size": 8,  # the book
+    "per_device_eval_batch_size": 8,
+    "weight_decay": 0.1,  # the book
+    "lr_scheduler_type": "constant",  # the book: no schedule, no warmup
+    "warmup_steps": 0,
+    "seed": 123,  # the book
+    "eval_strategy": "steps",
+    "eval_steps": 20,
+    "eval_on_start": True,  # validation loss before training: the first point of the curves
+    "logging_steps": 5,  # the book's eval_freq
+    "include_num_input_tokens_seen": True,
+    "remove_unused_columns": False,  # InstructionCollator reads prompt_length
+    "save_strategy": "no",
+    "report_to": "none",
+}
+
+PRESETS = {
+    # Chapter 7 of the book: GPT-2 medium (355M, pass it with --model_name_or_path), full
+    # finetuning, AdamW(lr=5e-5, weight_decay=0.1), 2 epochs, batch 8, no schedule, no clipping,
+    # dropout off, seed 123, evaluation every 5 steps; responses of up to 256 tokens from the
+    # book's prompt (without the "### Response:" header).
+    "book_ch7": {
+        "use_lora": False,
+        "config_overrides": "drop_rate=0.0",
+        "learning_rate": FULL_LEARNING_RATE,
+        "weight_decay": 0.1,
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 8,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "max_grad_norm": 0.0,
+        "seed": 123,
+        "eval_steps": 5,
+        "logging_steps": 5,
+        "max_new_tokens": 256,
+        "response_header_in_prompt": False,
+        "output_dir": "runs/book_ch7",
+    },
+    # The `make demo` run on a small pretrained checkpoint (a few million parameters): all 935
+    # training entries for 3 epochs and the whole test split with the book's 256-token responses
+    # take about 1.5 minutes on 2 CPU cores. Every Linear layer is adapted, the output head too
+    # (as the book's appendix E does), at a higher rate and alpha: a small model's LoRA update
+    # needs it to learn the response format in a few epochs. The prompt is masked from the loss.
+    "demo": {
+        "use_lora": True,
+        "lora_r": 16,
+        "lora_alpha": 32.0,
+        "lora_target_modules": DEFAULT_TARGET_MODULES + ",out_head",
+        "learning_rate": 1e-3,
+        "mask_prompt": True,
+        "num_train_epochs": 3,
+        "max_new_tokens": 256,
+        "per_device_eval_batch_size": 16,
+        "eval_steps": 40,
+        "logging_steps": 10,
+        "output_dir": "runs/instruct_demo",
+    },
+}
+
+
+def _uses_lora(argv: list[str]) -> bool:
+    """Whether this run trains LoRA adapters, read from the raw arguments (flags, a JSON file of
+    flags, or a preset) before parsing, to pick the default learning rate."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    pre.add_argument("--use_lora", "--use-lora", dest="use_lora", nargs="?", const="true", default=None)
+    pre.add_argument("--no_use_lora", "--no-use-lora", dest="no_use_lora", action="store_true")
+    known, rest = pre.parse_known_args(argv)
+    value = known.use_lora
+    if known.no_use_lora:
+        value = "false"
+    preset = known.preset
+    if len(rest) == 1 and rest[0].endswith(".json") and Path(rest[0]).is_file():
+        values = json.loads(Path(rest[0]).read_text())
+        preset = values.get("preset", preset)
+        if "use_lora" in values and value is None:
+            value = values["use_lora"]
+    if value is None and preset in PRESETS:
+        value = PRESETS[preset].get("use_lora")
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() not in {"false", "0", "no", "n", "off"}
+
+
+def load_splits(data_args: InstructDataArguments) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, validation, test) entries, validated (a malformed file fails here, before any model
+    is loaded), split as the book and cut to the --max_*_samples."""
+    entries = load_instruction_data(data_args.train_file, data_args.data_dir)
+    train, validation, test = split_instruction_data(entries)
+    if data_args.max_train_samples is not None:
+        train = train[: data_args.max_train_samples]
+    if data_args.max_eval_samples is not None:
+        validation = validation[: data_args.max_eval_samples]
+    if data_args.max_test_samples is not None:
+        test = test[: data_args.max_test_samples]
+    if not train:
+        raise ValueError(f"No training entries: {len(entries)} entries give an empty 85% train split.")
+    return train, validation, test
+
+
+def _features(entries: list[dict], tokenizer) -> datasets.Dataset:
+    rows = [tokenize_instruction(entry, tokenizer) for entry in entries]
+    features = datasets.Features(
+        {"input_ids": datasets.List(datasets.Value("int64")), "prompt_length": datasets.Value("int64")}
+    )
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def _base_path(model_args: ModelArguments) -> str | None:
+    """What the adapter's config names as its base: the absolute folder when it is local."""
+    path = model_args.model_name_or_path
+    if path and Path(path).exists():
+        return str(Path(path).resolve())
+    return path
+
+
+def _untie_safe_targets(model, targets: str | list[str]) -> str | list[str]:
+    """`targets` without the output head when it shares its weight with the token embedding: a
+    merged LoRA update of a tied head would change the input embedding too, so the merged model
+    would no longer match the adapter."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if isinstance(targets, str) or head is None or embedding is None or head.weight is not embedding.weight:
+        return targets
+    head_names = [name for name, module in model.named_modules() if module is head]
+    dropped = [t for t in targets if any(name == t or name.endswith("." + t) for name in head_names)]
+    if dropped:
+        logger.warning("Not adapting %s: the output head is tied to the token embedding.", ", ".join(dropped))
+    kept = [t for t in targets if t not in dropped]
+    if not kept:
+        raise ValueError(f"--lora_target_modules {','.join(targets)}: nothing left to adapt (the output head is tied).")
+    return kept
+
+
+def wrap_with_lora(model, lora_args: LoraArguments, model_args: ModelArguments):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        target_modules=_untie_safe_targets(model, lora_args.target_modules()),
+        base_model_name_or_path=_base_path(model_args),
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
+        raise ValueError(f"--lora_target_modules {lora_args.lora_target_modules!r}: {err} (module names: {names})") from None
+
+
+def _response_records(entries: list[dict], responses: list[str], scores: list | None = None) -> list[dict]:
+    records = []
+    for i, (entry, response) in enumerate(zip(entries, responses)):
+        record = dict(entry)
+        record["model_response"] = response
+        if scores is not None and scores[i] is not None:
+            record["judge_score"] = scores[i]
+        records.append(record)
+    return records
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
+
+
+def main(args: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    argv = list(sys.argv[1:] if args is None else args)
+    lora = _uses_lora(argv)
+    defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
+    model_args, data_args, lora_args, eval_args, training_args, preset = parse_recipe_args(
+        (ModelArguments, InstructDataArguments, LoraArguments, InstructEvalArguments, TrainingArguments),
+        presets=PRESETS,
+        defaults=defaults,
+        args=argv,
+        description=__doc__.split("\n")[0],
+    )
+    setup_logging(training_args)
+    transformers.set_seed(training_args.seed)
+    # The collator reads prompt_length: the Trainer must not drop that column.
+    training_args.remove_unused_columns = False
+
+    train_entries, val_entries, test_entries = load_splits(data_args)  # fails fast on a bad file
+
+    tokenizer = load_tokenizer_for(model_args)
+    model = load_causal_lm(model_args, tokenizer)
+    context = getattr(model.config, "context_length", None) or model.config.max_position_embeddings
+    max_seq_length = data_args.max_seq_length or context
+    if max_seq_length > context:
+        raise ValueError(f"--max_seq_length {max_seq_length} exceeds the model's context_length {context}.")
+    total_parameters = count_parameters(model)
+    device = training_args.device
+    model.to(device)
+    world = training_args.world_size
+    gen_batch = eval_args.generation_batch_size or training_args.per_device_eval_batch_size
+    eval_kwargs = dict(
+        max_new_tokens=eval_args.max_new_tokens,
+        batch_size=gen_batch,
+        response_header=eval_args.response_header_in_prompt,
+        max_length=max_seq_length,
+        progress=not training_args.disable_tqdm,
+    )
+
+    with training_args.main_process_first(desc="tokenize"):
+        train_ds = _features(train_entries, tokenizer)
+        val_ds = _features(val_entries, tokenizer) if val_entries else None
+
+    print_table(
+        {
+            "preset": preset or "-",
+            "model": model_args.model_name_or_path or "from scratch",
+            "parameters": total_parameters,
+            "context_length": context,
+            "finetuning": "LoRA" if lora_args.use_lora else "full",
+            "mask_prompt": data_args.mask_prompt,
+            "learning_rate": training_args.learning_rate,
+            "epochs": training_args.num_train_epochs,
+            "train / validation / test": f"{len(train_entries)} / {len(val_entries)} / {len(test_entries)}",
+            "max_new_tokens": eval_args.max_new_tokens,
+            "processes": world,
+            "device": str(device),
+        },
+        title="instruct",
+    )
+
+    before = None
+    if eval_args.eval_before and test_entries:
+        logger.info("Evaluating the untuned model on %d test entries.", len(test_entries))
+        before = evaluate_instruction_model(model, tokenizer, test_entries, **eval_kwargs)
+        logger.info("Before tuning: test response loss %.4f, ROUGE-L %.4f", before["loss"], before["rouge_l"])
+
+    if lora_args.use_lora:
+        model = wrap_with_lora(model, lora_args, model_args)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    eval_dataset = val_ds
+    if val_ds is None:
+        logger.warning("No validation entries: training without evaluation.")
+        training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
+        training_args.eval_on_start = False
+        training_args.do_eval = False
+    collator = InstructionCollator(
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        mask_prompt=data_args.mask_prompt,
+        max_length=max_seq_length,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=default_callbacks(),
+    )
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()  # trainer_state.json (log history) in output_dir, main process only
+    val_metrics = trainer.evaluate() if eval_dataset is not None else {}
+
+    output_dir = Path(training_args.output_dir)
+    tuned = trainer.model
+    if lora_args.use_lora:
+        if is_main_process():
+            tuned.save_pretrained(output_dir / "adapter")
+            tokenizer.save_pretrained(output_dir / "adapter")
+        tuned = tuned.merge_and_unload()  # every rank: the evaluation below uses the merged weights
+    tuned.config.use_cache = True  # the Trainer turns the cache off for training
+    if is_main_process():
+        tuned.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+
+    after = None
+    if test_entries:
+        logger.info("Evaluating the tuned model on %d test entries.", len(test_entries))
+        after = evaluate_instruction_model(tuned, tokenizer, test_entries, **eval_kwargs)
+
+    curves = log_history_to_curves(trainer.state.log_history)
+    speed = find_callback(trainer, TokensSeenCallback)
+    results = {
+        "preset": preset,
+        "model": model_args.model_name_or_path,
+        "finetuning": "lora" if lora_args.use_lora else "full",
+        "mask_prompt": data_args.mask_prompt,
+        "test_loss_before": before["loss"] if before else None,
+        "test_loss_after": after["loss"] if after else None,
+        "rouge_l_before": before["rouge_l"] if before else None,
+        "rouge_l_after": after["rouge_l"] if after else None,
+        "train_loss": final_metric(curves, "train_loss", train_result.metrics.get("train_loss", float("nan"))),
+        "train_loss_mean": train_result.metrics.get("train_loss"),
+        "eval_loss": val_metrics.get("eval_loss"),
+        "initial_eval_loss": first_metric(curves, "eval_loss") if eval_dataset is not None else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total_parameters,
+        "trainable_percent": 100.0 * trainable / total_parameters if total_parameters else None,
+        "learning_rate": training_args.learning_rate,
+        "epochs": trainer.state.epoch,
+        "train_steps": trainer.state.global_step,
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "tokens_per_second": speed.tokens_per_second if speed else None,
+        "train_runtime": train_result.metrics.get("train_runtime"),
+        "eval_before_runtime": before["runtime"] if before else None,
+        "eval_after_runtime": after["runtime"] if after else None,
+        "test_loss_tokens": after["loss_tokens"] if after else None,
+        "n_train": len(train_entries),
+        "n_validation": len(val_entries),
+        "n_test": len(test_entries),
+        "max_new_tokens": eval_args.max_new_tokens,
+        "response_header_in_prompt": eval_args.response_header_in_prompt,
+        "world_size": world,
+    }
+    if lora_args.use_lora:
+        results.update(
+            lora_r=lora_args.lora_r,
+            lora_alpha=lora_args.lora_alpha,
+            lora_dropout=lora_args.lora_dropout,
+            lora_target_modules=lora_args.lora_target_modules,
+        )
+
+    if is_main_process():
+        judge = None
+        if eval_args.judge_url and after:
+            records = _response_records(test_entries, after["responses"])
+            t0 = time.perf_counter()
+            judge = judge_responses(
+                records, eval_args.judge_url, model=eval_args.judge_model, timeout=eval_args.judge_timeout,
+                progress=not training_args.disable_tqdm,
+            )
+            results.update(
+                judge_model=eval_args.judge_model,
+                judge_mean_score=judge["mean"],
+                judge_scored=judge["n_scored"],
+                judge_failed=judge["n_failed"],
+                judge_runtime=time.perf_counter() - t0,
+            )
+            if judge["error"]:
+                results["judge_error"] = judge["error"]
+        if after:
+            _write_json(
+                output_dir / "responses.json",
+                _response_records(test_entries, after["responses"], judge["scores"] if judge else None),
+            )
+        if before:
+            _write_json(output_dir / "responses_before.json", _response_records(test_entries, before["responses"]))
+        from hf_gpt_scratch.plots import plot_losses
+
+        try:
+            plot_losses(curves, output_dir / "loss.png", title=f"Instruction finetuning ({results['finetuning']})")
+        except ValueError as err:  # nothing logged (e.g. fewer steps than logging_steps and no eval)
+            logger.warning("No loss plot: %s", err)
+        results["runtime"] = time.perf_counter() - started
+        results = {k: v for k, v in results.items() if v is not None}
+        write_results(output_dir, results)
+        print_table(results, title="results")
+        if after:
+            for entry, response in list(zip(test_entries, after["responses"]))[:3]:
+                print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n  model:     {response!r}", flush=True)
+    else:
+        results["runtime"] = time.perf_counter() - started
+        results = {k: v for k, v in results.items() if v is not None}
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,524 @@
+"""recipes/instruct.py and hf_gpt_scratch.instruction: instruction finetuning end to end on a tiny
+checkpoint (LoRA and full), the evaluation helpers, and the LLM judge against a fake Ollama server
+on 127.0.0.1."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import hf_gpt_scratch  # noqa: F401
+from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
+from hf_gpt_scratch.data import format_alpaca_prompt, load_instruction_data
+from hf_gpt_scratch.instruction import (
+    RESPONSE_HEADER,
+    build_prompt,
+    evaluate_instruction_model,
+    extract_response,
+    generate_responses,
+    judge_endpoint,
+    judge_prompt,
+    judge_responses,
+    parse_score,
+    response_loss,
+    rouge_l,
+)
+from hf_gpt_scratch.tokenization import gpt2_tokenizer
+
+# peft 0.21 calls transformers' deprecated `is_gradient_checkpointing` (not ours to fix).
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "instruct.py"
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return gpt2_tokenizer()
+
+
+def _tiny_model(tokenizer) -> GPTScratchForCausalLM:
+    config = GPTScratchConfig(
+        vocab_size=len(tokenizer), context_length=160, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    return GPTScratchForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
+    path = tmp_path_factory.mktemp("tiny_gpt")
+    _tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _entries(n: int) -> list[dict]:
+    """Small synthetic Alpaca entries (some with an input)."""
+    entries = []
+    for i in range(n):
+        if i % 3 == 0:
+            entries.append({"instruction": "Add the two numbers.", "input": f"{i} and {i + 1}", "output": f"The sum is {2 * i + 1}."})
+        else:
+            entries.append({"instruction": f"Name a color number {i}.", "input": "", "output": "Blue." if i % 2 else "Red."})
+    return entries
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "instructions.json"
+    path.write_text(json.dumps(_entries(40)))  # book split: 34 train / 2 validation / 4 test
+    return path
+
+
+class _FakeOllama(BaseHTTPRequestHandler):
+    """Answers POST /api/chat like Ollama: a streamed answer (one JSON line per chunk) whose content
+    is the score given by the server's `answer` callable."""
+
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length).decode("utf-8"))
+        self.server.requests.append({"path": self.path, "body": body})
+        if self.path != "/api/chat":
+            self.send_response(404)
+            self.end_headers()
+            return
+        content = self.server.answer(body["messages"][-1]["content"])
+        chunks = [content[: len(content) // 2], content[len(content) // 2 :]]
+        lines = [json.dumps({"model": body["model"], "message": {"role": "assistant", "content": c}, "done": False}) for c in chunks]
+        lines.append(json.dumps({"model": body["model"], "message": {"role": "assistant", "content": ""}, "done": True}))
+        payload = ("\n".join(lines) + "\n").encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_judge():
+    """A fake Ollama server on 127.0.0.1 (a free port), scoring every response 85 unless the test
+    changes `server.answer`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOllama)
+    server.requests = []
+    server.answer = lambda prompt: "85"
+    server.handle_error = lambda request, client_address: None  # a test's failing handler stays quiet
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_recipe(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), *args, "--disable_tqdm", "true"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"recipe failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _load_recipe_module():
+    name = "instruct_recipe"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, RECIPE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _check_results(out: Path, n_test: int) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    for key in ("test_loss_before", "test_loss_after", "rouge_l_before", "rouge_l_after", "train_loss", "runtime",
+                "trainable_parameters", "total_parameters"):
+        assert key in results, f"results.json has no {key}: {sorted(results)}"
+        assert math.isfinite(results[key]), (key, results[key])
+    assert 0 <= results["rouge_l_before"] <= 1 and 0 <= results["rouge_l_after"] <= 1
+    assert results["n_test"] == n_test
+    responses = json.loads((out / "responses.json").read_text())
+    assert len(responses) == n_test
+    for record in responses:
+        assert {"instruction", "input", "output", "model_response"} <= set(record)
+        assert isinstance(record["model_response"], str)
+    assert len(json.loads((out / "responses_before.json").read_text())) == n_test
+    assert (out / "loss.png").stat().st_size > 0
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------
+
+
+def test_lora_end_to_end_with_judge(tmp_path, tiny_checkpoint, train_file, fake_judge):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+
+    out = tmp_path / "lora"
+    port = fake_judge.server_address[1]
+    _run_recipe([
+        "--model_name_or_path", str(tiny_checkpoint), "--train_file", str(train_file), "--output_dir", str(out),
+        "--max_train_samples", "24", "--max_new_tokens", "8", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "4", "--eval_steps", "3", "--logging_steps", "1", "--mask_prompt",
+        "--judge_url", f"http://127.0.0.1:{port}", "--judge_model", "fake-judge",
+    ])
+    results = _check_results(out, n_test=4)
+    assert results["finetuning"] == "lora"
+    assert results["learning_rate"] == pytest.approx(5e-4)
+    assert results["train_steps"] == 6
+    assert 0 < results["trainable_parameters"] < results["total_parameters"]
+    assert results["judge_mean_score"] == pytest.approx(85.0)
+    assert results["judge_scored"] == 4
+    assert [r["judge_score"] for r in json.loads((out / "responses.json").read_text())] == [85.0] * 4
+
+    # The judge got the book's prompt for every test entry, at /api/chat, deterministic options.
+    assert len(fake_judge.requests) == 4
+    test_entries = _entries(40)[34:38]
+    responses = json.loads((out / "responses.json").read_text())
+    first = fake_judge.requests[0]
+    assert first["path"] == "/api/chat" and first["body"]["model"] == "fake-judge"
+    assert first["body"]["options"] == {"seed": 123, "temperature": 0, "num_ctx": 2048}
+    expected = (
+        f"Given the input `{format_alpaca_prompt(test_entries[0])}` and correct output `{test_entries[0]['output']}`, "
+        f"score the model response `{responses[0]['model_response']}` on a scale from 0 to 100, where 100 is the "
+        f"best score. Respond with the integer number only."
+    )
+    assert first["body"]["messages"] == [{"role": "user", "content": expected}]
+
+    # Adapter over the base == merged model == AutoPeftModel, and tuning changed the model.
+    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(1))
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    with torch.no_grad():
+        base_logits = base(input_ids=x).logits
+        adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
+        adapter_logits = adapted(input_ids=x).logits
+        merged = AutoModelForCausalLM.from_pretrained(out).eval()
+        merged_logits = merged(input_ids=x).logits
+        auto_logits = AutoPeftModelForCausalLM.from_pretrained(out / "adapter").eval()(input_ids=x).logits
+    assert type(merged) is GPTScratchForCausalLM
+    assert not any("lora" in name for name in merged.state_dict())
+    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(auto_logits, adapter_logits, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(merged_logits, base_logits, atol=1e-5)
+    assert merged.config.use_cache is True
+    assert (out / "tokenizer.json").exists() and (out / "adapter" / "tokenizer.json").exists()
+
+
+def test_full_finetuning_end_to_end_unreachable_judge(tmp_path, tiny_checkpoint, train_file):
+    out = tmp_path / "full"
+    proc = _run_recipe([
+        "--model_name_or_path", str(tiny_checkpoint), "--train_file", str(train_file), "--output_dir", str(out),
+        "--use_lora", "false", "--max_train_samples", "16", "--max_new_tokens", "6", "--max_steps", "3",
+        "--per_device_train_batch_size", "4", "--judge_url", f"http://127.0.0.1:{_closed_port()}",
+    ])
+    results = _check_results(out, n_test=4)
+    assert results["finetuning"] == "full"
+    assert results["learning_rate"] == pytest.approx(5e-5)  # the book's rate for full finetuning
+    assert results["trainable_parameters"] == results["total_parameters"]
+    assert "judge_mean_score" not in results and "not reachable" in results["judge_error"]
+    assert "Skipping the LLM judge" in proc.stdout + proc.stderr
+    assert not (out / "adapter").exists()
+    tuned = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed
+
+
+def test_book_data_split_and_sample_limits(tmp_path, tiny_checkpoint, data_dir):
+    if not (data_dir / "instruction-data.json").exists():
+        pytest.skip("instruction-data.json not in the data folder")
+    out = tmp_path / "book"
+    _run_recipe([
+        "--model_name_or_path", str(tiny_checkpoint), "--data_dir", str(data_dir), "--output_dir", str(out),
+        "--max_train_samples", "8", "--max_eval_samples", "4", "--max_test_samples", "3", "--max_new_tokens", "4",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--eval_before", "false",
+    ])
+    results = json.loads((out / "results.json").read_text())
+    assert (results["n_train"], results["n_validation"], results["n_test"]) == (8, 4, 3)
+    assert "test_loss_before" not in results and math.isfinite(results["test_loss_after"])
+    book = load_instruction_data(data_dir / "instruction-data.json")
+    responses = json.loads((out / "responses.json").read_text())
+    assert [r["instruction"] for r in responses] == [e["instruction"] for e in book[935:938]]  # the book's test split
+
+
+def test_malformed_instruction_file_fails_before_training(tmp_path, train_file):
+    entries = _entries(10)
+    del entries[1]["output"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(entries))
+    recipe = _load_recipe_module()
+    out = tmp_path / "out"
+    # The model path does not exist: the data error must come first.
+    with pytest.raises(ValueError, match=r"entry 1 has no 'output' field"):
+        recipe.main(["--model_name_or_path", str(tmp_path / "no_such_model"), "--train_file", str(bad),
+                     "--output_dir", str(out), "--report_to", "none"])
+    assert not out.exists()
+
+
+def test_use_lora_picks_the_learning_rate_default(tmp_path):
+    recipe = _load_recipe_module()
+    assert recipe._uses_lora([])
+    assert not recipe._uses_lora(["--use_lora", "false"])
+    assert not recipe._uses_lora(["--no_use_lora"])
+    assert not recipe._uses_lora(["--use-lora", "false"])
+    assert not recipe._uses_lora(["--use_lora=no"])
+    assert recipe._uses_lora(["--use_lora"])
+    assert recipe._uses_lora(["--use_lora", "True", "--output_dir", "x"])
+    assert not recipe._uses_lora(["--preset", "book_ch7"])
+    assert recipe._uses_lora(["--preset", "book_ch7", "--use_lora", "true"])
+    flags = tmp_path / "flags.json"
+    flags.write_text(json.dumps({"use_lora": False, "output_dir": "x"}))
+    assert not recipe._uses_lora([str(flags)])
+
+
+def test_lora_target_modules_parse():
+    recipe = _load_recipe_module()
+    assert recipe.LoraArguments().target_modules() == ["W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2"]
+    assert recipe.LoraArguments(lora_target_modules="all-linear").target_modules() == "all-linear"
+    with pytest.raises(ValueError):
+        recipe.LoraArguments(lora_r=0)
+
+
+def test_lora_skips_a_tied_output_head(tokenizer):
+    recipe = _load_recipe_module()
+    model_args = recipe.ModelArguments()
+    targets = "W_query,out_head"
+    untied = recipe.wrap_with_lora(_tiny_model(tokenizer), recipe.LoraArguments(lora_target_modules=targets), model_args)
+    assert any("out_head.lora_A" in name for name, _ in untied.named_parameters())
+    tied_model = GPTScratchForCausalLM(GPTScratchConfig(**{**_tiny_model(tokenizer).config.to_dict(), "tie_word_embeddings": True}))
+    assert tied_model.out_head.weight is tied_model.model.tok_emb.weight
+    tied = recipe.wrap_with_lora(tied_model, recipe.LoraArguments(lora_target_modules=targets), model_args)
+    names = [name for name, _ in tied.named_parameters()]
+    assert not any("out_head.lora" in name for name in names) and any("W_query.lora_A" in name for name in names)
+    with pytest.raises(ValueError, match="nothing left"):
+        recipe.wrap_with_lora(GPTScratchForCausalLM(tied_model.config), recipe.LoraArguments(lora_target_modules="out_head"), model_args)
+    with pytest.raises(ValueError, match="lora_target_modules"):
+        recipe.wrap_with_lora(_tiny_model(tokenizer), recipe.LoraArguments(lora_target_modules="no_such_layer"), model_args)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation helpers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("generated", "expected"),
+    [
+        ("The car is as fast as lightning.", "The car is as fast as lightning."),
+        ("  Paris.\n\n### Instruction:\nName a city.", "Paris."),
+        ("\n\n### Response:\nJane Austen.\n\n### Instruction:\nWho?", "Jane Austen."),  # the book's prompt
+        ("### Response:\n42", "42"),
+        ("Blue.\n\n### Input:\nfoo", "Blue."),
+        ("Red.\n\n### Response:\nGreen.", "Red."),
+        ("Yes.\nBelow is an instruction that describes a task. Write a response", "Yes."),
+        ("ok<|endoftext|>more", "ok"),
+        ("", ""),
+        ("\n\n### Instruction:\nonly a new prompt", ""),
+    ],
+)
+def test_extract_response(generated, expected):
+    assert extract_response(generated) == expected
+
+
+@pytest.mark.parametrize(
+    ("generated", "expected"),
+    [
+        ("\n\n### Response:\nJane Austen.<|endoftext|>", "Jane Austen."),
+        ("\n\n### Input:\nx\n\n### Response:\nParis.\n\n### Instruction:\nmore", "Paris."),
+        ("no header at all", "no header at all"),
+    ],
+)
+def test_extract_response_from_the_books_prompt(generated, expected):
+    """The book prompts without "### Response:" and keeps what follows the header the model writes."""
+    assert extract_response(generated, header_in_prompt=False) == expected
+
+
+def test_build_prompt():
+    entry = {"instruction": "Rewrite.", "input": "It is fast.", "output": "x"}
+    assert build_prompt(entry) == format_alpaca_prompt(entry) + "\n\n### Response:\n"
+    assert build_prompt(entry, response_header=False) == format_alpaca_prompt(entry)
+    assert RESPONSE_HEADER == "\n\n### Response:\n"
+
+
+def test_batched_left_padded_generation_matches_one_by_one(tokenizer):
+    model = _tiny_model(tokenizer)
+    entries = _entries(5)
+    one = generate_responses(model, tokenizer, entries, max_new_tokens=6, batch_size=1, stop_strings=None)
+    batched = generate_responses(model, tokenizer, entries, max_new_tokens=6, batch_size=4, stop_strings=None)
+    assert [r["generated"] for r in batched] == [r["generated"] for r in one]
+    # Each raw continuation equals a plain greedy generate of that single prompt.
+    ids = tokenizer(build_prompt(entries[2]), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    assert one[2]["generated"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert not model.training
+
+
+def test_generation_keeps_prompts_whole_within_the_context(tokenizer):
+    model = _tiny_model(tokenizer)  # context 160; these prompts are ~40-60 tokens
+    entries = _entries(2)
+    short = generate_responses(model, tokenizer, entries, max_new_tokens=6, batch_size=1, stop_strings=None)
+    long = generate_responses(model, tokenizer, entries, max_new_tokens=1000, batch_size=1, stop_strings=None)
+    for a, b in zip(short, long):
+        assert b["generated"].startswith(a["generated"])  # the prompt was not cut to make room
+        assert len(b["generated"]) > len(a["generated"])  # ... and generation ran on to the context's end
+    # A prompt longer than the context is cut from the left instead of failing.
+    huge = [{"instruction": "word " * 300, "input": "", "output": "x"}]
+    assert len(generate_responses(model, tokenizer, huge, max_new_tokens=8, stop_strings=None)) == 1
+
+
+def test_response_loss_counts_response_tokens_only(tokenizer):
+    model = _tiny_model(tokenizer)
+    entries = _entries(5)
+    total1, count1 = response_loss(model, tokenizer, entries, batch_size=1)
+    total3, count3 = response_loss(model, tokenizer, entries, batch_size=3)
+    assert count1 == count3 and total1 == pytest.approx(total3, rel=1e-5)
+    # Response tokens (+ the appended end-of-text) of each entry, computed by hand.
+    expected_count, expected_total = 0, 0.0
+    for entry in entries:
+        prompt = tokenizer(format_alpaca_prompt(entry), add_special_tokens=False)["input_ids"]
+        full = tokenizer(format_alpaca_prompt(entry) + f"\n\n### Response:\n{entry['output']}", add_special_tokens=False)["input_ids"]
+        full = full + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([full])).logits[0]
+        targets = torch.tensor(full[len(prompt):])
+        expected_total += torch.nn.functional.cross_entropy(logits[len(prompt) - 1 : -1], targets, reduction="sum").item()
+        expected_count += len(targets)
+    assert count1 == expected_count
+    assert total1 == pytest.approx(expected_total, rel=1e-4)
+
+
+def test_evaluate_instruction_model(tokenizer):
+    model = _tiny_model(tokenizer)
+    entries = _entries(3)
+    result = evaluate_instruction_model(model, tokenizer, entries, max_new_tokens=4, batch_size=2)
+    assert len(result["responses"]) == 3 and len(result["generated"]) == 3
+    assert math.isfinite(result["loss"]) and result["loss_tokens"] > 0
+    assert 0.0 <= result["rouge_l"] <= 1.0
+
+
+def test_rouge_l():
+    assert rouge_l(["the cat sat"], ["the cat sat down"]) == pytest.approx(0.8571428571428571)
+    assert rouge_l(["a b", ""], ["a b", "x"]) == pytest.approx(0.5)
+    assert math.isnan(rouge_l([], []))
+
+
+# --------------------------------------------------------------------------------------------
+# LLM judge
+# --------------------------------------------------------------------------------------------
+
+
+def test_judge_endpoint_and_parse_score():
+    assert judge_endpoint("http://127.0.0.1:11434") == "http://127.0.0.1:11434/api/chat"
+    assert judge_endpoint("http://127.0.0.1:11434/") == "http://127.0.0.1:11434/api/chat"
+    assert judge_endpoint("http://127.0.0.1:11434/api/chat") == "http://127.0.0.1:11434/api/chat"
+    with pytest.raises(ValueError):
+        judge_endpoint("127.0.0.1:11434")
+    assert parse_score("85") == 85
+    assert parse_score(" 70\n") == 70
+    assert parse_score("Score: 40") == 40
+    assert parse_score("great") is None
+    assert parse_score("250") is None
+
+
+def test_judge_scores_with_fake_ollama(fake_judge):
+    answers = iter(["90", "I would say 60.", "no idea"])
+    fake_judge.answer = lambda prompt: next(answers)
+    entries = [dict(e, model_response=f"response {i}") for i, e in enumerate(_entries(3))]
+    result = judge_responses(entries, f"http://127.0.0.1:{fake_judge.server_address[1]}", model="llama3")
+    assert result["scores"] == [90, 60, None]
+    assert result["mean"] == pytest.approx(75.0)
+    assert (result["n_scored"], result["n_failed"], result["error"]) == (2, 1, None)
+    prompts = [r["body"]["messages"][0]["content"] for r in fake_judge.requests]
+    assert prompts == [judge_prompt(e) for e in entries]
+    assert "score the model response `response 1` on a scale from 0 to 100" in prompts[1]
+
+
+def test_judge_unreachable_is_a_warning(caplog):
+    entries = [dict(e, model_response="x") for e in _entries(2)]
+    with caplog.at_level("WARNING"):
+        result = judge_responses(entries, f"http://127.0.0.1:{_closed_port()}")
+    assert result["mean"] is None and result["scores"] == [None, None] and result["n_failed"] == 2
+    assert "not reachable" in result["error"]
+    assert "Skipping the LLM judge" in caplog.text
+
+
+def test_judge_server_error_keeps_scores_so_far(fake_judge):
+    calls = {"n": 0}
+
+    def answer(prompt):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")  # the handler dies: the connection closes without an answer
+        return "50"
+
+    fake_judge.answer = answer
+    entries = [dict(e, model_response="x") for e in _entries(3)]
+    result = judge_responses(entries, f"http://127.0.0.1:{fake_judge.server_address[1]}", timeout=10)
+    assert result["scores"][0] == 50 and result["scores"][1] is None
+    assert result["error"] is not None and result["mean"] == pytest.approx(50.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Several processes
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_sharded_evaluation(tmp_path, tiny_checkpoint, train_file):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "ddp"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(_closed_port()), str(RECIPE),
+         "--model_name_or_path", str(tiny_checkpoint), "--train_file", str(train_file), "--output_dir", str(out),
+         "--max_train_samples", "16", "--max_new_tokens", "5", "--max_steps", "2", "--per_device_train_batch_size", "4",
+         "--per_device_eval_batch_size", "3", "--disable_tqdm", "true"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = _check_results(out, n_test=4)
+    assert results["world_size"] == 2
+    # Sharded evaluation gives the one-process numbers for the untuned model.
+    tokenizer = gpt2_tokenizer()
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    single = evaluate_instruction_model(base, tokenizer, _entries(40)[34:38], max_new_tokens=5, batch_size=3)
+    assert results["test_loss_before"] == pytest.approx(single["loss"], rel=1e-5)
+    before = json.loads((out / "responses_before.json").read_text())
+    assert [r["model_response"] for r in before] == single["responses"]
