@@ -616,9 +616,11 @@ def _convert(args) -> int:
         )
         if args.to == "scratch":
             source, result = None, scratch
+            conversion = f"the book's `GPTModel` checkpoint `{Path(args.book_checkpoint).name}` converted"
             print("Converted it to GPTScratchForCausalLM (LayerNorm scale/shift -> weight/bias, untied head).")
         else:
             source, result = scratch, scratch_to_gpt2(scratch)
+            conversion = f"the book's `GPTModel` checkpoint `{Path(args.book_checkpoint).name}` converted"
             print("Converted it to GPTScratchForCausalLM, then to GPT2LMHeadModel.")
     else:
         src = args.model_name_or_path
@@ -631,6 +633,7 @@ def _convert(args) -> int:
                 raise ValueError(f"{src} is a {model_type!r} model; only GPT-2 (model_type 'gpt2') can be converted.")
             source = GPT2LMHeadModel.from_pretrained(src).eval()
             result = gpt2_to_scratch(source)
+            conversion = "OpenAI GPT-2 (`GPT2LMHeadModel`) converted"
             print(f"Converted GPT2LMHeadModel {src} to GPTScratchForCausalLM.")
         else:
             if model_type != GPTScratchConfig.model_type:
@@ -640,6 +643,7 @@ def _convert(args) -> int:
                 )
             source = GPTScratchForCausalLM.from_pretrained(src).eval()
             result = scratch_to_gpt2(source)
+            conversion = "`GPTScratchForCausalLM` exported"
             print(f"Converted GPTScratchForCausalLM {src} to GPT2LMHeadModel.")
 
     cfg = result.config
@@ -649,6 +653,7 @@ def _convert(args) -> int:
         f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads, width {cfg.hidden_size}, "
         f"tied head: {cfg.tie_word_embeddings}"
     )
+    diff = None
     if source is not None:
         diff = _max_logit_difference(source, result, cfg.vocab_size, cfg.max_position_embeddings)
         print(f"  check: largest |logit difference| to the source on a random batch: {diff:.2e}")
@@ -665,16 +670,37 @@ def _convert(args) -> int:
     else:
         print("No tokenizer saved (none found" + (f" in {tokenizer_source}" if tokenizer_source else "") + "; see --tokenizer).")
 
+    card_results = {
+        "source": args.model_name_or_path or Path(args.book_checkpoint).name,
+        "conversion": f"{conversion} to `{type(result).__name__}`",
+        "num_parameters": n_params,
+    }
+    if diff is not None:
+        card_results["max_logit_difference"] = diff
+    from .hub import create_repo, push_run, write_model_card  # lazy: the CLI's import stays cheap
+
+    repo_id = None
     if args.push_to_hub:
-        repo_id = args.hub_model_id or output_dir.resolve().name
+        try:  # the repo first: its full name (namespace included) goes into the card's snippets
+            repo_id = create_repo(args.hub_model_id or output_dir.resolve().name, private=args.private or None)
+        except RuntimeError as err:
+            print(f"error: the model is saved in {output_dir} but {err}", file=sys.stderr)
+            return 1
+    try:
+        write_model_card(output_dir, card_results, "convert", repo_id=repo_id)
+        print(f"Wrote the model card {output_dir / 'README.md'}.")
+    except Exception as err:  # a missing template must not lose the conversion
+        if args.push_to_hub:
+            print(f"error: the model is saved in {output_dir} but its model card failed: {err}", file=sys.stderr)
+            return 1
+        print(f"No model card written ({type(err).__name__}: {err}).")
+    if args.push_to_hub:
         try:
-            result.push_to_hub(repo_id, private=args.private or None)
-            if tokenizer is not None:
-                tokenizer.push_to_hub(repo_id, private=args.private or None)
+            info = push_run(output_dir, repo_id, "convert", private=args.private or None)
         except Exception as err:
             print(f"error: the model is saved in {output_dir} but uploading to {repo_id} failed: {err}", file=sys.stderr)
             return 1
-        print(f"Pushed to the Hugging Face Hub as {repo_id}.")
+        print(f"Pushed to the Hugging Face Hub as {repo_id} (commit {info.oid}): model, code, tokenizer and card.")
     return 0
 
 

@@ -424,18 +424,33 @@ def test_cli_errors_speak_to_the_user(tmp_path, capsys):
     assert "--book_config" in capsys.readouterr().err
 
 
-def test_cli_push_to_hub_calls_push(tmp_path, monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(GPTScratchForCausalLM, "push_to_hub", lambda self, repo_id, **kw: calls.append(repo_id))
+def test_cli_push_to_hub_pushes_model_code_and_card(tmp_path, monkeypatch, capsys):
+    """--push_to_hub goes through hf_gpt_scratch.hub: exactly the model, its code and the card
+    (the Hub client is replaced by tests/hub_recorder.py, which writes a hub-cache layout)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hub_recorder
+
+    cache = tmp_path / "cache"
+    hub_recorder.install(cache, setattr=monkeypatch.setattr)
     src = tmp_path / "gpt2"
     tiny_gpt2().save_pretrained(src)
     argv = ["--model_name_or_path", str(src), "--output_dir", str(tmp_path / "o"), "--push_to_hub",
             "--hub_model_id", "me/tiny-scratch"]
     assert main(argv) == 0
-    assert calls == ["me/tiny-scratch"]
+    out = capsys.readouterr().out
     # transformers 5 builds an empty GPT2Tokenizer for a folder without tokenizer files: not saved
-    assert "No tokenizer saved" in capsys.readouterr().out
+    assert "No tokenizer saved" in out and "Pushed to the Hugging Face Hub as me/tiny-scratch" in out
     assert not (tmp_path / "o" / "tokenizer_config.json").exists()
+    repo = cache / "models--me--tiny-scratch"
+    snap = repo / "snapshots" / (repo / "refs" / "main").read_text()
+    assert sorted(p.name for p in snap.iterdir()) == [
+        "README.md", "config.json", "configuration_gpt_scratch.py", "generation_config.json", "loss_gpt_scratch.py",
+        "model.safetensors", "modeling_gpt_scratch.py",
+    ]
+    card = (snap / "README.md").read_text()
+    assert "library_name: transformers" in card and "converted to `GPTScratchForCausalLM`" in card
 
 
 def test_module_import_is_cheap_and_runs_as_script():
