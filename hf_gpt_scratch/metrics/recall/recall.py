@@ -1,57 +1,7 @@
 """Recall (offline copy of the hub's `recall`), computed with scikit-learn's `recall_score`."""
 
-import datasets
-import evaluate
 from sklearn.metrics import recall_score
 
-_DESCRIPTION = """Recall = tp / (tp + fn); binary by default (positive class `pos_label=1`)."""
+from hf_gpt_scratch.metrics.prf import sklearn_score_metric
 
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (list of int): predicted labels.
-    references (list of int): ground-truth labels.
-    labels (list of int): the labels to include when `average != "binary"`.
-    pos_label (int): the positive class for `average="binary"` (default 1).
-    average (str or None): "binary" (default), "micro", "macro", "weighted", "samples", or None
-        for one score per class.
-    sample_weight (list of float): sample weights.
-    zero_division ("warn", 0, 1 or nan): the value when the score is undefined.
-Returns:
-    {"recall": float}, or a list of floats (one per class) when `average=None`.
-"""
-
-
-class Recall(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.recall_score.html"],
-        )
-
-    def _compute(
-        self,
-        predictions,
-        references,
-        labels=None,
-        pos_label=1,
-        average="binary",
-        sample_weight=None,
-        zero_division="warn",
-    ):
-        score = recall_score(
-            references,
-            predictions,
-            labels=labels,
-            pos_label=pos_label,
-            average=average,
-            sample_weight=sample_weight,
-            zero_division=zero_division,
-        )
-        if getattr(score, "ndim", 0):
-            return {"recall": [float(s) for s in score]}
-        return {"recall": float(score)}
+Recall = sklearn_score_metric("recall", recall_score, "Recall = tp / (tp + fn); binary by default (positive class `pos_label=1`).")
