@@ -47,6 +47,7 @@ __all__ = [
     "split_text",
     "load_sms_spam",
     "load_text_classification_file",
+    "load_text_records",
     "balanced_split",
     "balance_and_split_spam",
     "load_instruction_data",
@@ -311,13 +312,24 @@ def _read_records(path: Path) -> tuple[list[str], list[dict]]:
         return list(reader.fieldnames or []), rows
     if suffix in (".json", ".jsonl"):
         text = load_text(path)
-        try:
-            if suffix == ".jsonl":
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-            else:
+        if suffix == ".jsonl":
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno}); "
+                                     f"expected one JSON object per line") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
+                rows.append(row)
+        else:
+            try:
                 rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON: {err}") from None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: invalid JSON: {err}") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
         columns: dict[str, None] = {}
@@ -325,6 +337,29 @@ def _read_records(path: Path) -> tuple[list[str], list[dict]]:
             columns.update(dict.fromkeys(row))
         return list(columns), rows
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+
+
+def load_text_records(path: str | os.PathLike, column: str = "text") -> list[str]:
+    """The texts in column `column` of a JSON (a list of objects) or JSONL file, validated the
+    way `load_text` validates a text file: a missing, empty or non-UTF-8 file, a line that is not
+    JSON, a row without `column` or whose value is not a string raise an error naming the file,
+    the line or row and the column. (Rows are counted from 0, lines from 1.)"""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file not found: {path}")
+    columns, rows = _read_records(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    texts = []
+    for i, row in enumerate(rows):
+        if column not in row:
+            raise ValueError(f"{path}: row {i} has no {column!r} field (fields: {sorted(row)}); choose the column "
+                             f"with --text_column_name")
+        value = row[column]
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: row {i} field {column!r} must be a string, got {type(value).__name__} {value!r:.60}")
+        texts.append(value)
+    return texts
 
 
 def _as_int_label(value: Any) -> int | None:

@@ -14,7 +14,14 @@ Main pieces:
   flags still win), a JSON file instead of flags, and automatic CPU multi-process defaults.
 - `load_tokenizer_for`, `load_causal_lm`: tokenizer and model from a checkpoint (ours, any causal
   LM, a stock GPT-2 folder converted on the fly) or from scratch (`GPTScratchConfig` plus overrides).
-- `TokensSeenCallback`, `default_callbacks`: tokens seen and step times for the loss curves.
+- `from_pretrained_strict`, `check_loading_info`: checkpoints load strictly (missing, unused or
+  mis-shaped weights are a `CheckpointMismatchError`, not a warning).
+- `TokensSeenCallback`, `default_callbacks`: tokens seen and step times for the loss curves, and the
+  `faults.NonFiniteLossGuard` that stops at a NaN/inf loss before a broken checkpoint is written.
+- `resolve_resume_checkpoint` (the newest complete checkpoint), `save_final_model` (safetensors,
+  no pickle, full weights under FSDP), `weights_are_sharded`, `report_truncated_texts`,
+  `check_instruction_lengths`; `parse_recipe_args` refuses to overwrite a finished --output_dir
+  (see `hf_gpt_scratch.faults`).
 - `log_history_to_curves`, `final_metric`, `write_results`, `print_table`, `perplexity`.
 - `generate_samples`: the book's sampling (temperature 0 = greedy, top-k) for reports.
 """
@@ -43,6 +50,15 @@ from transformers import (
 )
 
 from .configuration_gpt_scratch import GPTScratchConfig
+from .faults import (
+    NonFiniteLossGuard,
+    check_sequence_lengths,
+    check_output_dir,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    refuse_hub_token,
+    replace_pickled_training_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,12 +206,19 @@ def cpu_distributed_defaults() -> dict[str, Any]:
     return defaults
 
 
+OVERWRITE_HELP = (
+    "Train into a non-empty --output_dir that holds a model, checkpoints or results (files are replaced as "
+    "they are written). Without it a recipe refuses before any work, unless --resume_from_checkpoint is given."
+)
+
+
 def parse_recipe_args(
     dataclass_types: Sequence[type],
     presets: dict[str, dict[str, Any]] | None = None,
     defaults: dict[str, Any] | None = None,
     args: Sequence[str] | None = None,
     description: str | None = None,
+    check_output: bool = True,
 ) -> tuple[Any, ...]:
     """Parse a recipe's command line into its dataclasses.
 
@@ -205,6 +228,13 @@ def parse_recipe_args(
     of the preset when it names one with "preset"). An explicit `--config_overrides` is appended
     to the preset's (later keys win), so `--preset X --config_overrides n_layers=2` keeps the rest
     of the preset's architecture.
+
+    With a `TrainingArguments` among the types, two safety rules apply before anything else runs:
+    `--overwrite_output_dir` (ours: transformers 5 removed it) is added, and with `check_output`
+    an --output_dir holding a model, checkpoints or results is refused unless that flag or
+    `--resume_from_checkpoint` is given (`faults.check_output_dir`); the value is kept as
+    `training_args.overwrite_output_dir`. A `--hub_token` is refused (it would be pickled into
+    training_args.bin; `faults.refuse_hub_token`): tokens come from `hf auth login` or HF_TOKEN.
 
     Returns one instance per dataclass type, then the preset name (or None).
     """
@@ -232,6 +262,14 @@ def parse_recipe_args(
             help="Named set of defaults (explicit flags still win): "
             + "; ".join(f"{name}: " + " ".join(f"{k}={v}" for k, v in values.items()) for name, values in presets.items()),
         )
+    has_training_args = any(isinstance(t, type) and issubclass(t, transformers.TrainingArguments) for t in dataclass_types)
+    add_overwrite = has_training_args and "overwrite_output_dir" not in {a.dest for a in parser._actions}
+    if add_overwrite:
+        from transformers.hf_argparser import string_to_bool
+
+        parser.add_argument(
+            "--overwrite_output_dir", type=string_to_bool, nargs="?", const=True, default=False, help=OVERWRITE_HELP
+        )
     merged: dict[str, Any] = dict(defaults or {})
     merged.update(cpu_distributed_defaults())
     if preset is not None:
@@ -241,13 +279,31 @@ def parse_recipe_args(
     if unknown:
         raise ValueError(f"Preset/default values for unknown arguments: {', '.join(unknown)}")
 
+    overwrite = False
     if json_values is not None:
-        outputs = parser.parse_dict({**merged, **json_values}, allow_extra_keys=False)
+        values = {**merged, **json_values}
+        if add_overwrite:
+            overwrite = bool(values.pop("overwrite_output_dir", False))
+        outputs = parser.parse_dict(values, allow_extra_keys=False)
     else:
         parser.set_defaults(**merged)
         outputs = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-        # Attributes that belong to no dataclass (here: --preset) come back as a trailing namespace.
+        # Attributes that belong to no dataclass (--preset, --overwrite_output_dir) come back as a
+        # trailing namespace.
+        extra = outputs[len(dataclass_types)] if len(outputs) > len(dataclass_types) else None
+        overwrite = bool(getattr(extra, "overwrite_output_dir", False))
         outputs = outputs[: len(dataclass_types)]
+    for obj in outputs:
+        if isinstance(obj, transformers.TrainingArguments):
+            if add_overwrite:
+                obj.overwrite_output_dir = overwrite
+            refuse_hub_token(obj)
+            if check_output:
+                check_output_dir(
+                    obj.output_dir,
+                    overwrite=bool(getattr(obj, "overwrite_output_dir", False)),
+                    resume=obj.resume_from_checkpoint,
+                )
     preset_overrides = presets[preset].get("config_overrides") if preset is not None else None
     if preset_overrides:
         # --config_overrides adds to the preset's overrides instead of replacing them.
@@ -365,12 +421,101 @@ def load_tokenizer_for(model_args: ModelArguments):
     return load_tokenizer(tokenizer_source(model_args))
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not match the model its config describes."""
+
+
+def _key_groups(keys: Iterable[str], limit: int = 12) -> str:
+    """'model.trf_blocks.2.* (12 keys), model.final_norm.weight': keys of one numbered block
+    collapse into one entry."""
+    import re
+
+    groups: dict[str, int] = {}
+    for key in sorted(keys):
+        match = re.match(r"^(.*?\.\d+)\.", key)
+        name = f"{match.group(1)}.*" if match else key
+        groups[name] = groups.get(name, 0) + 1
+    items = [f"{name} ({n} keys)" if n > 1 else name for name, n in groups.items()]
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_loading_info(
+    info: dict,
+    source: str,
+    allow_missing: Sequence[str] = (),
+    allow_unexpected: Sequence[str] = (),
+    config=None,
+) -> None:
+    """Raise `CheckpointMismatchError` when `from_pretrained(..., output_loading_info=True)`
+    reported weights missing from the checkpoint (they would be randomly initialised), weights in
+    the checkpoint the model does not use, or weights of the wrong shape. Keys starting with a
+    prefix in `allow_missing` (e.g. a new head, "score.") may be missing or of another shape; keys
+    starting with one in `allow_unexpected` (e.g. "out_head." when a classifier is built from a
+    causal LM) may be unused."""
+
+    def allowed(key: str, prefixes: Sequence[str]) -> bool:
+        return any(key.startswith(prefix) for prefix in prefixes)
+
+    missing = [k for k in info.get("missing_keys", ()) if not allowed(k, allow_missing)]
+    unexpected = [k for k in info.get("unexpected_keys", ()) if not allowed(k, allow_unexpected)]
+    mismatched = []
+    for item in info.get("mismatched_keys", ()):
+        key = item[0] if isinstance(item, (tuple, list)) else item
+        if not allowed(str(key), allow_missing):
+            shapes = f" (checkpoint {tuple(item[1])}, model {tuple(item[2])})" if isinstance(item, (tuple, list)) and len(item) >= 3 else ""
+            mismatched.append(f"{key}{shapes}")
+    errors = [str(e) for e in info.get("error_msgs", ()) if e]
+    if not (missing or unexpected or mismatched or errors):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint (they would be randomly initialised): {_key_groups(missing)}")
+    if unexpected:
+        parts.append(f"in the checkpoint but not in the model: {_key_groups(unexpected)}")
+    if mismatched:
+        parts.append(f"of the wrong shape: {', '.join(mismatched[:12])}")
+    if errors:
+        parts.append("errors: " + "; ".join(errors[:5]))
+    described = ""
+    if config is not None:
+        fields = [f"{k}={getattr(config, k)}" for k in ("n_layers", "emb_dim", "n_heads", "vocab_size", "context_length",
+                                                       "num_hidden_layers", "hidden_size") if hasattr(config, k)]
+        described = f" (config: {', '.join(dict.fromkeys(fields))})"
+    raise CheckpointMismatchError(
+        f"{source}: the weights do not match the model its config.json describes{described}. Weights "
+        + "; ".join(parts)
+        + ". Fix config.json or the weight files (or choose the right checkpoint); nothing was trained."
+    )
+
+
+def from_pretrained_strict(
+    model_class,
+    path: str,
+    allow_missing: Sequence[str] = (),
+    allow_unexpected: Sequence[str] = (),
+    **kwargs,
+):
+    """`model_class.from_pretrained(path, **kwargs)` that fails instead of warning.
+
+    transformers 5 only logs a load report when weights are missing (and initialises them
+    randomly) or unused; here any such key, or a weight of the wrong shape, raises
+    `CheckpointMismatchError` naming the folder and the keys (see `check_loading_info`), unless it
+    starts with a prefix in `allow_missing` / `allow_unexpected`."""
+    kwargs.pop("output_loading_info", None)
+    # Shape mismatches are reported (and judged) here rather than raised as a bare RuntimeError.
+    kwargs.setdefault("ignore_mismatched_sizes", True)
+    model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    check_loading_info(info, str(path), allow_missing, allow_unexpected, config=getattr(model, "config", None))
+    return model
+
+
 def _load_stock_gpt2(path: str, model_args: ModelArguments):
     from transformers import GPT2LMHeadModel
 
     from .convert import gpt2_to_scratch
 
-    gpt2 = GPT2LMHeadModel.from_pretrained(path)
+    gpt2 = from_pretrained_strict(GPT2LMHeadModel, path)
     model = gpt2_to_scratch(gpt2)
     del gpt2
     return model
@@ -398,8 +543,10 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
     - otherwise from scratch: `--config_name` (default `GPTScratchConfig()`, the book's 124M) plus
       `--config_overrides`, with vocab_size = len(tokenizer) and pad/bos/eos ids from the tokenizer.
 
-    Remote code only runs with `--trust_remote_code`. When the tokenizer has more tokens than the
-    checkpoint's embedding, the embedding is resized (as run_clm does); pad/eos ids missing from
+    Checkpoints load strictly (`from_pretrained_strict`): weights missing from the checkpoint,
+    unused or of the wrong shape raise `CheckpointMismatchError` instead of a warning and a randomly
+    initialised layer. Remote code only runs with `--trust_remote_code`. When the tokenizer has more
+    tokens than the checkpoint's embedding, the embedding is resized (as run_clm does); pad/eos ids missing from
     the model's config are taken from the tokenizer.
     """
     trust = bool(model_args.trust_remote_code)
@@ -416,7 +563,8 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
                 model = _rebuild_with_overrides(model, overrides, model_args)
         else:
             apply_config_overrides(config, parse_config_overrides(model_args.config_overrides, config))
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=trust, **attn_kwargs)
+            # Strict: a weight missing from the checkpoint, unused or of the wrong shape is an error.
+            model = from_pretrained_strict(AutoModelForCausalLM, path, config=config, trust_remote_code=trust, **attn_kwargs)
     else:
         if model_args.config_name:
             config = AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=trust)
@@ -437,10 +585,11 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
 
     if tokenizer is not None:
         embedding = model.get_input_embeddings()
-        if embedding is not None and len(tokenizer) > embedding.weight.shape[0]:
+        # Under DeepSpeed ZeRO-3 the weight is partitioned at creation: its full shape is ds_shape.
+        rows = getattr(embedding.weight, "ds_shape", embedding.weight.shape)[0] if embedding is not None else None
+        if rows is not None and len(tokenizer) > rows:
             logger.warning(
-                "Tokenizer has %d tokens but the model's embedding %d rows: resizing the embedding.",
-                len(tokenizer), embedding.weight.shape[0],
+                "Tokenizer has %d tokens but the model's embedding %d rows: resizing the embedding.", len(tokenizer), rows
             )
             model.resize_token_embeddings(len(tokenizer))
         for name in ("pad_token_id", "eos_token_id"):
@@ -448,7 +597,67 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
                 setattr(model.config, name, getattr(tokenizer, name))
                 if getattr(model, "generation_config", None) is not None:
                     setattr(model.generation_config, name, getattr(tokenizer, name))
+    _register_zero3_head(model)
     return model
+
+
+def _register_zero3_head(model) -> None:
+    """Under DeepSpeed ZeRO-3 (weights partitioned at creation), tell DeepSpeed that the causal
+    LM's forward reads `out_head.weight` itself: while training, GPTScratchForCausalLM computes the
+    head and the loss in one fused pass (`loss_gpt_scratch.linear_cross_entropy`) that uses the
+    weight outside `out_head`'s own forward, where ZeRO-3 would not gather it."""
+    head = getattr(model, "out_head", None)
+    weight = getattr(head, "weight", None)
+    if weight is None or not hasattr(weight, "ds_id"):
+        return
+    from deepspeed.runtime.zero import register_external_parameter  # deepspeed.zero is an attribute, not a module
+
+    register_external_parameter(model, weight)
+
+
+def report_truncated_texts(splits, tokenizer, limit: int, source: str, column: str = "text") -> dict[str, int]:
+    """Classification texts longer than `limit` tokens are truncated (the book's choice, kept by
+    recipes/classify.py: a message's class is usually clear from its start, and refusing would make
+    a data set with a few long texts unusable); this counts them per split of `splits` (a
+    DatasetDict with a `column` of texts) and logs one warning per split naming the count, the
+    first row and the longest length (`faults.check_sequence_lengths`). Returns {split: count}."""
+    counts = {}
+    for split, ds in splits.items():
+        ids = tokenizer(list(ds[column]), add_special_tokens=False, verbose=False)["input_ids"]
+        counts[split] = check_sequence_lengths(
+            (len(row) for row in ids), limit, source=f"{source} ({split} split)", what="text",
+            hint="Raise --max_seq_length (up to the model's context) to keep more of them.",
+        )
+    return counts
+
+
+def check_instruction_lengths(splits: dict, max_length: int, source: str) -> dict[str, int]:
+    """Instruction examples (features of `data.tokenize_instruction`: `input_ids` without the
+    end-of-text token the collator appends, `prompt_length`) against the `max_length` the
+    collator truncates to.
+
+    - An example whose prompt alone fills `max_length` is refused (`faults.ExampleTooLongError`
+      naming the split and entry): no response token would be left to learn from, and with
+      --mask_prompt a batch of them has no target at all (a 0/0 loss).
+    - Longer examples are truncated, as the book's collator does (`allowed_max_length`): the end
+      of the response and its end-of-text token are cut. One warning per split gives the count.
+
+    `splits` maps split names to datasets (None entries are skipped). Returns {split: truncated}."""
+    counts = {}
+    for split, ds in splits.items():
+        if ds is None:
+            continue
+        where = f"{source} ({split} split)"
+        counts[split] = check_sequence_lengths(
+            (len(ids) + 1 for ids in ds["input_ids"]), max_length, source=where, what="entry",
+            hint="The end of their responses is cut; raise --max_seq_length (up to the model's context) to keep it.",
+        )
+        check_sequence_lengths(
+            ds["prompt_length"], max_length - 1, source=where, policy="refuse", what="prompt",
+            hint="Each needs room for at least one response token: shorten those entries, drop them, or raise "
+            "--max_seq_length (up to the model's context).",
+        )
+    return counts
 
 
 def count_parameters(model) -> int:
@@ -457,7 +666,7 @@ def count_parameters(model) -> int:
     for p in model.parameters():
         if id(p) not in seen:
             seen.add(id(p))
-            total += p.numel()
+            total += getattr(p, "ds_numel", None) or p.numel()  # DeepSpeed ZeRO-3 partitions p at creation
     return total
 
 
@@ -495,21 +704,24 @@ def setup_logging(training_args) -> None:
 
 
 def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str | bool | None:
-    """--resume_from_checkpoint: a path, or 'true'/'last'/'latest' for the newest checkpoint in
-    output_dir (error if there is none)."""
+    """--resume_from_checkpoint: a path, or 'true'/'last'/'latest' for the newest *complete*
+    checkpoint in output_dir (error if there is none). A checkpoint-N folder left half-written by
+    a killed run (no trainer_state.json, the Trainer's last write) is skipped with a warning."""
     if value is None or value == "":
         return None
     if value.lower() in {"true", "last", "latest"}:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(output_dir) if output_dir and Path(output_dir).is_dir() else None
+        last = last_complete_checkpoint(output_dir) if output_dir and Path(output_dir).is_dir() else None
         if last is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}.")
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {value}: no checkpoint-* folder with a trainer_state.json (a complete checkpoint) in {output_dir}."
+            )
         return last
     if value.lower() in _FALSE:
         return None
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder.")
+    if not is_complete_checkpoint(value):
+        logger.warning("--resume_from_checkpoint %s has no trainer_state.json: only its weights can be used.", value)
     return value
 
 
@@ -587,9 +799,41 @@ class TokensSeenCallback(TrainerCallback):
 
 
 def default_callbacks() -> list[TrainerCallback]:
-    """Callbacks every recipe adds to its Trainer. The first is the `TokensSeenCallback`; later
-    guards (e.g. stopping on a NaN loss) belong in this list too."""
-    return [TokensSeenCallback()]
+    """Callbacks every recipe adds to its Trainer: the `TokensSeenCallback` (tokens seen, speed)
+    and the `faults.NonFiniteLossGuard`, which stops training with an error naming the step at the
+    first NaN/infinite loss or weight, before a checkpoint of that step is written (it also turns off
+    the Trainer's `logging_nan_inf_filter`, which would hide the NaN in the logged loss)."""
+    return [TokensSeenCallback(), NonFiniteLossGuard()]
+
+
+def weights_are_sharded(trainer) -> bool:
+    """True when each process holds only part of the weights (FSDP, DeepSpeed ZeRO-3): every
+    process must then take part in each forward pass, e.g. when sampling after training."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        return bool(is_deepspeed_zero3_enabled())
+    return False
+
+
+def save_final_model(trainer, output_dir: str | None = None) -> None:
+    """`trainer.save_model(output_dir)` (weights as safetensors, config, tokenizer), then, on the
+    main process, the Trainer's pickled training_args.bin is replaced by training_args.json (tokens
+    redacted), so the final model folder holds no pickle. Call it on every process.
+
+    Under FSDP with sharded checkpoints (`fsdp_state_dict_type: SHARDED_STATE_DICT`, as in
+    recipes/accelerate/fsdp2.yaml) the Trainer's `save_model` would write no weights at all: the
+    plugin is switched to FULL_STATE_DICT first, so the full weights are gathered and saved as
+    safetensors that `from_pretrained` loads (checkpoints written before stay sharded)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        plugin = trainer.accelerator.state.fsdp_plugin
+        if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(output_dir)
+    if trainer.args.should_save:
+        replace_pickled_training_args(output_dir or trainer.args.output_dir, trainer.args)
 
 
 def find_callback(trainer, cls):
@@ -875,13 +1119,20 @@ __all__ = [
     "load_tokenizer_for",
     "load_causal_lm",
     "count_parameters",
+    "report_truncated_texts",
+    "check_instruction_lengths",
     "process_rank",
     "is_main_process",
     "setup_logging",
     "resolve_resume_checkpoint",
     "resume_checkpoint_for",
+    "CheckpointMismatchError",
+    "check_loading_info",
+    "from_pretrained_strict",
     "TokensSeenCallback",
     "default_callbacks",
+    "save_final_model",
+    "weights_are_sharded",
     "find_callback",
     "evaluate_once",
     "log_history_to_curves",

@@ -63,6 +63,7 @@ from hf_gpt_scratch.data import (
     split_instruction_data,
     tokenize_instruction,
 )
+from hf_gpt_scratch.hub import finish_run, prepare_push
 from hf_gpt_scratch.instruction import evaluate_instruction_model, judge_responses
 from hf_gpt_scratch.training import (
     DataArguments,
@@ -80,6 +81,7 @@ from hf_gpt_scratch.training import (
     parse_recipe_args,
     print_table,
     resolve_resume_checkpoint,
+    check_instruction_lengths,
     setup_logging,
     write_results,
 )
@@ -367,6 +369,7 @@ def main(args: list[str] | None = None) -> dict:
         description=__doc__.split("\n")[0],
     )
     setup_logging(training_args)
+    hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
     # The collator reads prompt_length: the Trainer must not drop that column.
     training_args.remove_unused_columns = False
@@ -395,6 +398,10 @@ def main(args: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="tokenize"):
         train_ds = _features(train_entries, tokenizer)
         val_ds = _features(val_entries, tokenizer) if val_entries else None
+    # over-long entries: truncated with a counted warning; a prompt that fills the context: refused
+    check_instruction_lengths(
+        {"train": train_ds, "validation": val_ds}, max_seq_length, data_args.train_file or "instruction-data.json"
+    )
 
     print_table(
         {
@@ -547,6 +554,7 @@ def main(args: list[str] | None = None) -> dict:
         if after:
             for entry, response in list(zip(test_entries, after["responses"]))[:3]:
                 print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n  model:     {response!r}", flush=True)
+        finish_run(output_dir, results, "instruct", training_args, model_args, data_args, hub_target)
     else:
         results["runtime"] = time.perf_counter() - started
         results = {k: v for k, v in results.items() if v is not None}

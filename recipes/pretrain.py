@@ -37,7 +37,15 @@ import transformers
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.data import book_windows, fetch_book_file, load_text, pack_into_blocks, split_text
+from hf_gpt_scratch.data import (
+    book_windows,
+    fetch_book_file,
+    load_text,
+    load_text_records,
+    pack_into_blocks,
+    split_text,
+)
+from hf_gpt_scratch.hub import finish_run, prepare_push
 from hf_gpt_scratch.training import (
     DataArguments,
     ModelArguments,
@@ -59,6 +67,8 @@ from hf_gpt_scratch.training import (
     perplexity,
     print_table,
     resume_checkpoint_for,
+    save_final_model,
+    weights_are_sharded,
     setup_logging,
     write_results,
 )
@@ -205,6 +215,8 @@ def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
         suffix = Path(data_args.train_file).suffix.lower()
         if suffix not in (".json", ".jsonl"):
             raise ValueError(f"--train_file {data_args.train_file}: use a .txt, .json or .jsonl file.")
+        for path in files.values():  # clear errors (file, line/row, field) before datasets parses them
+            load_text_records(path, col)
         raw = datasets.load_dataset("json", data_files=files)
         splits = dict(raw) if "validation" in raw else _tail_split(raw["train"], percent)
     else:
@@ -275,6 +287,7 @@ def main(args: list[str] | None = None) -> dict:
         description=__doc__.split("\n")[0],
     )
     setup_logging(training_args)
+    hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
 
     tokenizer = load_tokenizer_for(model_args)
@@ -331,7 +344,7 @@ def main(args: list[str] | None = None) -> dict:
     )
     resume = resume_checkpoint_for(training_args)
     train_result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()  # model + tokenizer, safetensors (the main process writes)
+    save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
     trainer.save_state()
 
     metrics = evaluate_once(trainer) if eval_ds is not None else {}
@@ -364,6 +377,12 @@ def main(args: list[str] | None = None) -> dict:
             results.pop(key)
     results = {k: v for k, v in results.items() if v is not None}
 
+    # Sharded weights (DeepSpeed ZeRO-3, FSDP): every process takes part in each forward pass.
+    if is_main_process() or weights_are_sharded(trainer):
+        prompts = sampling_args.sample_prompts if sampling_args.sample_prompts is not None else DEFAULT_PROMPTS
+        samples = generate_samples(
+            trainer.model, tokenizer, prompts, seed=training_args.seed, **sampling_args.generation_kwargs()
+        )
     if is_main_process():
         from hf_gpt_scratch.plots import plot_losses
 
@@ -371,15 +390,12 @@ def main(args: list[str] | None = None) -> dict:
             plot_losses(curves, Path(training_args.output_dir) / "loss.png", title=preset or None)
         except ValueError as err:  # nothing logged (e.g. no eval and fewer steps than logging_steps)
             logger.warning("No loss plot: %s", err)
-        prompts = sampling_args.sample_prompts if sampling_args.sample_prompts is not None else DEFAULT_PROMPTS
-        samples = generate_samples(
-            trainer.model, tokenizer, prompts, seed=training_args.seed, **sampling_args.generation_kwargs()
-        )
         results["samples"] = samples
         write_results(training_args.output_dir, results)
         print_table({k: v for k, v in results.items() if k != "samples"}, title="results")
         for sample in samples:
             print(f"--- {sample['prompt']!r}\n{sample['prompt']}{sample['completion']}", flush=True)
+        finish_run(training_args.output_dir, results, "pretrain", training_args, model_args, data_args, hub_target)
     return results
 
 

@@ -229,9 +229,14 @@ def test_resolve_resume_checkpoint(tmp_path):
     assert resolve_resume_checkpoint(None, str(tmp_path)) is None
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         resolve_resume_checkpoint("last", str(tmp_path))
-    (tmp_path / "checkpoint-5").mkdir()
-    (tmp_path / "checkpoint-12").mkdir()
+    for step in (5, 12):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert resolve_resume_checkpoint("true", str(tmp_path)).endswith("checkpoint-12")
+    # a run killed while saving leaves a checkpoint without trainer_state.json (the Trainer's last write)
+    (tmp_path / "checkpoint-14").mkdir()
+    (tmp_path / "checkpoint-14" / "model.safetensors").write_bytes(b"partial")
+    assert resolve_resume_checkpoint("last", str(tmp_path)).endswith("checkpoint-12")
     assert resolve_resume_checkpoint(str(tmp_path / "checkpoint-5"), None).endswith("checkpoint-5")
     with pytest.raises(FileNotFoundError):
         resolve_resume_checkpoint(str(tmp_path / "nope"), None)
