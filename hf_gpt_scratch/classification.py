@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import datasets
 import torch
+from transformers import Trainer
 
 from .data import balanced_split, load_sms_spam, load_text_classification_file
 from .training import DataArguments, ModelArguments, apply_config_overrides, parse_config_overrides
@@ -65,6 +66,21 @@ class ClassificationArguments:
         default=None,
         metadata={"help": f"Names of the Linear leaves LoRA adapts (default: {' '.join(DEFAULT_LORA_TARGETS)})."},
     )
+    aux_lm_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "GPT-1's auxiliary objective while finetuning: loss = classification loss + this weight x the "
+            "next-token loss on the texts themselves, predicted through the token embedding (tied; no parameter "
+            "is added, the saved model is a plain classifier). 0 turns it off."
+        },
+    )
+    train_tokenizer_vocab_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Only without --model_name_or_path (a randomly initialised GPT): train a byte-level BPE of this "
+            "many tokens on the training texts (each followed by <|endoftext|>) instead of using --tokenizer_name."
+        },
+    )
     tfidf_baseline: bool = field(
         default=True,
         metadata={"help": "Also fit TF-IDF + logistic regression on the training texts and score it on the same splits."},
@@ -77,6 +93,12 @@ class ClassificationArguments:
             raise ValueError(f"--lora_r must be a positive integer, got {self.lora_r}.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.aux_lm_weight < 0:
+            raise ValueError(f"--aux_lm_weight must be >= 0, got {self.aux_lm_weight}.")
+        if self.train_tokenizer_vocab_size is not None and self.train_tokenizer_vocab_size <= 257:
+            raise ValueError(
+                f"--train_tokenizer_vocab_size must exceed 257 (256 bytes + <|endoftext|>), got {self.train_tokenizer_vocab_size}."
+            )
 
 
 @dataclass
@@ -319,6 +341,17 @@ def load_classification_splits(data_args: ClassifyDataArguments) -> tuple[datase
     return datasets.DatasetDict(out), names
 
 
+def train_tokenizer_on_texts(texts: Sequence[str], vocab_size: int, model_max_length: int | None = None):
+    """A byte-level BPE (`tokenization.train_bpe_tokenizer`) trained on `texts`, each followed by
+    `<|endoftext|>` as in `write_pretraining_text`: the same tokenizer as
+    `python -m hf_gpt_scratch.tokenization train` on the exported training texts."""
+    from .tokenization import ENDOFTEXT, train_bpe_tokenizer
+
+    return train_bpe_tokenizer(
+        [f"{text}{ENDOFTEXT}\n" for text in texts], vocab_size=vocab_size, model_max_length=model_max_length
+    )
+
+
 def write_pretraining_text(texts: Sequence[str], path: str | Path, separator: str = "<|endoftext|>") -> Path:
     """Write `texts` to `path` as one text file, each text followed by `separator` and a newline
     (the GPT-2 tokenizers keep `<|endoftext|>` as one token, so pretraining on this file teaches
@@ -526,6 +559,60 @@ def set_trainable(
 
 
 # --------------------------------------------------------------------------------------------
+# Auxiliary language-modeling loss
+# --------------------------------------------------------------------------------------------
+
+
+def _classifier_core(model):
+    """The GPTScratchForSequenceClassification inside DDP / PEFT wrappers."""
+    while hasattr(model, "module"):  # DDP, accelerate wrappers
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return model
+
+
+def auxiliary_lm_loss(hidden, input_ids, attention_mask, embedding_weight):
+    """Mean next-token cross-entropy of the real tokens, with logits `hidden @ embedding^T`
+    (the token embedding as a tied output head). hidden [B, T, E], input_ids/attention_mask [B, T]."""
+    logits = hidden[:, :-1] @ embedding_weight.T  # [B, T-1, V]
+    targets = input_ids[:, 1:]
+    if attention_mask is not None:
+        targets = targets.masked_fill(attention_mask[:, 1:] == 0, -100)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+class ClassificationTrainer(Trainer):
+    """`Trainer` that can add GPT-1's auxiliary language-modeling loss while training
+    (`aux_lm_weight` > 0): the body's final hidden states, captured with a forward hook (so DDP
+    and PEFT wrappers still run their own forward), predict the next token through the tied
+    token embedding. Evaluation losses stay the plain classification loss."""
+
+    def __init__(self, *args, aux_lm_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.aux_lm_weight = float(aux_lm_weight)
+        self._hidden = None
+        if self.aux_lm_weight > 0:
+            core = _classifier_core(self.model)
+            if not hasattr(core, "model") or not hasattr(core.model, "tok_emb"):
+                raise TypeError("--aux_lm_weight needs a GPTScratchForSequenceClassification.")
+            core.model.register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output):
+        self._hidden = output.last_hidden_state if module.training else None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.aux_lm_weight <= 0 or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        hidden, self._hidden = self._hidden, None
+        embedding = _classifier_core(model).model.tok_emb.weight
+        loss = loss + self.aux_lm_weight * auxiliary_lm_loss(hidden, input_ids, attention_mask, embedding)
+        return (loss, outputs) if return_outputs else loss
+
+
+# --------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------
 
@@ -608,9 +695,12 @@ __all__ = [
     "load_classification_splits",
     "tokenize_splits",
     "write_pretraining_text",
+    "train_tokenizer_on_texts",
     "load_sequence_classifier",
     "count_parameters_by_trainability",
     "set_trainable",
+    "auxiliary_lm_loss",
+    "ClassificationTrainer",
     "classification_metrics",
     "build_compute_metrics",
     "tfidf_baseline",

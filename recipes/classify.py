@@ -40,11 +40,12 @@ import time
 from pathlib import Path
 
 import transformers
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, TrainingArguments
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.classification import (
     ClassificationArguments,
+    ClassificationTrainer,
     ClassifyDataArguments,
     build_compute_metrics,
     count_parameters_by_trainability,
@@ -53,6 +54,7 @@ from hf_gpt_scratch.classification import (
     set_trainable,
     tfidf_baseline,
     tokenize_splits,
+    train_tokenizer_on_texts,
     write_pretraining_text,
 )
 from hf_gpt_scratch.hub import finish_run, prepare_push
@@ -146,7 +148,15 @@ def main(args: list[str] | None = None) -> dict:
             print(f"wrote the {len(raw['train'])} training texts to {path}", flush=True)
         return {"exported_train_texts": data_args.export_train_texts, "train_examples": len(raw["train"])}
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
-    tokenizer = load_tokenizer_for(model_args)
+    if cls_args.train_tokenizer_vocab_size:
+        if model_args.model_name_or_path:
+            raise ValueError("--train_tokenizer_vocab_size only applies without --model_name_or_path (a new model).")
+        if model_args.tokenizer_name:
+            raise ValueError("Pass either --train_tokenizer_vocab_size or --tokenizer_name, not both.")
+        # deterministic: every process trains the same BPE on the same texts
+        tokenizer = train_tokenizer_on_texts(list(raw["train"]["text"]), cls_args.train_tokenizer_vocab_size)
+    else:
+        tokenizer = load_tokenizer_for(model_args)
     transformers.set_seed(training_args.seed)  # the new head's initialisation
     model = load_sequence_classifier(model_args, tokenizer, label_names)
     context = context_length_of(model)
@@ -193,8 +203,9 @@ def main(args: list[str] | None = None) -> dict:
         title="classify",
     )
 
-    trainer = Trainer(
+    trainer = ClassificationTrainer(
         model=model,
+        aux_lm_weight=cls_args.aux_lm_weight,
         args=training_args,
         train_dataset=encoded["train"],
         eval_dataset=eval_dataset,

@@ -435,3 +435,58 @@ def test_tfidf_baseline():
     assert result["test_predictions"] == [1, 0] and result["test"]["accuracy"] == 1.0
     with pytest.raises(ValueError, match="single class"):
         C.tfidf_baseline(HAM, [0] * len(HAM), {})
+
+
+# --------------------------------------------------------------------------------------------
+# Auxiliary language-modeling loss, a new model with its own tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def test_auxiliary_lm_loss_matches_a_tied_head():
+    model = _classifier().eval()
+    ids = torch.randint(1, 97, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    got = C.auxiliary_lm_loss(hidden, ids, mask, model.model.tok_emb.weight)
+    logits = hidden @ model.model.tok_emb.weight.T
+    losses = [torch.nn.functional.cross_entropy(logits[b, t], ids[b, t + 1]) for b in range(2) for t in range(5) if mask[b, t + 1]]
+    torch.testing.assert_close(got, torch.stack(losses).mean())
+
+
+def test_classification_trainer_adds_the_lm_loss_only_while_training(tmp_path):
+    from transformers import TrainingArguments
+
+    torch.manual_seed(0)
+    model = _classifier()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], dataloader_pin_memory=False)
+    trainer = C.ClassificationTrainer(model=model, args=args, aux_lm_weight=0.5)
+    ids = torch.randint(1, 97, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
+    model.train()  # drop_rate 0: deterministic
+    plain = model(**batch).loss
+    lm = C.auxiliary_lm_loss(model.model(input_ids=ids, attention_mask=mask).last_hidden_state, ids, mask, model.model.tok_emb.weight)
+    torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), plain + 0.5 * lm)
+    model.eval()
+    torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), model(**batch).loss)
+
+
+@needs_sms
+def test_new_model_with_a_tokenizer_trained_on_the_training_texts(recipe, tmp_path):
+    out = tmp_path / "run"
+    results = recipe.main([
+        "--train_tokenizer_vocab_size", "300",
+        "--config_overrides", "n_layers=1,emb_dim=16,n_heads=2,context_length=256,drop_rate=0.0",
+        "--trainable", "all", "--append_eos", "true", "--aux_lm_weight", "0.5",
+        "--max_train_samples", "32", "--max_eval_samples", "8", "--max_test_samples", "8",
+        "--max_steps", "2", "--output_dir", str(out), "--disable_tqdm", "true",
+    ])
+    assert results["trainable_parameters"] == results["total_parameters"]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == 300 and tokenizer.eos_token == "<|endoftext|>"
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.vocab_size == 300 and model.config.pad_token_id == tokenizer.pad_token_id
+    with pytest.raises(ValueError, match="only applies without --model_name_or_path"):
+        recipe.main(["--train_tokenizer_vocab_size", "300", "--model_name_or_path", str(out), "--output_dir", str(tmp_path / "x")])
