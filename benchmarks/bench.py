@@ -81,6 +81,7 @@ SHAPE_DEFAULTS: dict[str, dict] = {
 }
 
 BASELINE = "gpt2"
+FLOOR = "weights floor"  # generation bound: see weight_streaming_floor
 FLOP_FORMULA = (
     "flops_per_token = 6*N + 12*n_layers*emb_dim*context_length (PaLM, appendix B: 6N + 12*L*H*Q*T); "
     "N = non-embedding parameters = n_layers*(12*emb_dim^2 + 13*emb_dim) + 2*emb_dim + emb_dim*vocab_size "
@@ -451,6 +452,8 @@ def make_generators(models: dict, prompt: torch.Tensor, new_tokens: int, use_cac
         return run
 
     gens = {"ours": hf("ours"), "gpt2": hf("gpt2")}
+    if use_cache:
+        gens[FLOOR] = weight_streaming_floor(models["ours"], new_tokens)
     if not use_cache and "book" in models:
         model = models["book"]
         ctx = models["book_cfg"]["context_length"]
@@ -460,6 +463,23 @@ def make_generators(models: dict, prompt: torch.Tensor, new_tokens: int, use_cac
 
         gens["book"] = book_run
     return gens, outs
+
+
+def weight_streaming_floor(model: torch.nn.Module, new_tokens: int) -> Callable[[], None]:
+    """A bound, not a contender: per new token, only the matrix-vector products a cached decode step
+    must do (every Linear of the model, the output head included, on one token), nothing else. At
+    batch 1 these read every weight once per token, so their time is what any fp32 implementation
+    must pay; `vs GPT-2` of this row is the largest speed-up generation can possibly reach here."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(1, 1, m.in_features) for m in linears}
+
+    def run():
+        with torch.no_grad():
+            for _ in range(new_tokens):
+                for m in linears:
+                    F.linear(inputs[m.in_features], m.weight, m.bias)
+
+    return run
 
 
 def bench_generate(models: dict, shape: dict, args, defaults: dict) -> dict:
@@ -634,7 +654,7 @@ def markdown(result: dict) -> str:
             for mode in ("cache", "no_cache"):
                 e = gen[mode]
                 for name, c in e["contenders"].items():
-                    same = "-" if name == BASELINE else str(e["tokens_match_gpt2"].get(name))
+                    same = "-" if name in (BASELINE, FLOOR) else str(e["tokens_match_gpt2"].get(name))
                     lines.append(
                         f"| {mode} | {name} | {e['new_tokens']} | {fmt(c['new_tokens_per_s_median'], '.1f')} | "
                         f"{fmt(c['ms_per_token_median'], '.2f')} | {fmt(c['ratio_vs_gpt2'], '.3f')} | "

@@ -23,28 +23,41 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = 1.0 / num_items
         need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight_grad else None
-        buffer = hidden.new_empty(min(chunk_rows, n), weight.shape[0])  # [C, V], reused
+        grad_weight = None  # [V, E] float32, written by the first chunk
+        buffer = hidden.new_empty(min(chunk_rows, n), weight.shape[0], dtype=torch.float32)  # [C, V], reused
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, n, chunk_rows):
             h, y = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
             rows = torch.arange(h.shape[0], device=h.device)
             keep = y != -100
             y = y.clamp(min=0)
-            logits = torch.mm(h, weight.t(), out=buffer[: h.shape[0]]).float()  # [C, V]
-            lse = torch.logsumexp(logits, dim=-1)  # [C]
-            total += ((lse - logits[rows, y]) * keep).sum()
-            if grad_hidden is None and grad_weight is None:
+            logits = buffer[: h.shape[0]]
+            if hidden.dtype == torch.float32:
+                torch.mm(h, weight.t(), out=logits)  # [C, V]
+            else:
+                logits.copy_(torch.mm(h, weight.t()))
+            # log-softmax in place: one fused kernel and no [C, V] temporaries (a row is fully
+            # reduced before it is overwritten)
+            log_probs = torch.log_softmax(logits, dim=-1, out=logits)  # [C, V]
+            total -= (log_probs[rows, y] * keep).sum()
+            if grad_hidden is None and not need_weight_grad:
                 continue
-            # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows; then / num_items
-            grad = logits.sub_(lse[:, None]).exp_()
+            # d(sum of losses)/d(logits) = softmax - one_hot; the per-row factor (0 on ignored rows,
+            # else 1 / num_items) is applied on the [C, E] side, not on [C, V]
+            grad = log_probs.exp_()
             grad[rows, y] -= 1.0
-            grad.mul_((keep * scale)[:, None])
+            row_scale = (keep * scale).to(hidden.dtype)[:, None]  # [C, 1]
             grad = grad.to(hidden.dtype)
             if grad_hidden is not None:
-                torch.mm(grad, weight, out=grad_hidden[start : start + chunk_rows])  # [C, E]
-            if grad_weight is not None:
-                grad_weight.addmm_(grad.t().float(), h.float())  # [V, E]
+                chunk_grad = grad_hidden[start : start + chunk_rows]
+                torch.mm(grad, weight, out=chunk_grad)  # [C, E]
+                chunk_grad.mul_(row_scale)
+            if need_weight_grad:
+                scaled_h = (h * row_scale).float()  # [C, E]
+                if grad_weight is None:
+                    grad_weight = torch.mm(grad.t().float(), scaled_h)  # [V, E]
+                else:
+                    grad_weight.addmm_(grad.t().float(), scaled_h)
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total * scale
@@ -78,4 +91,9 @@ def linear_cross_entropy(
         num_items = (targets != -100).sum()
     else:
         num_items = torch.as_tensor(num_items_in_batch, device=hidden.device)
-    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, num_items, chunk_rows)
+    hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, E]
+    if not torch.compiler.is_compiling():  # (a data-dependent shape would break the graph)
+        kept = (targets != -100).nonzero().squeeze(1)
+        if kept.numel() < targets.numel():  # ignored rows (last positions, masked prompts) cost nothing
+            hidden, targets = hidden[kept], targets[kept]
+    return _LinearCrossEntropy.apply(hidden, weight, targets, num_items, chunk_rows)

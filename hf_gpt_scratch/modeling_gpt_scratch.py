@@ -307,13 +307,21 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
     def _fuse_head_and_loss(self, labels, logits_to_keep) -> bool:
         """While training with labels, `logits` come back as None: nothing in a training step reads
         them, and building them costs most of a small model's memory. Evaluation, generation and
-        no-grad calls get logits as usual; so does a head that is not a plain Linear (e.g. LoRA)."""
+        no-grad calls get logits as usual; so does a head that is not a plain Linear (e.g. LoRA), and
+        one whose weight DeepSpeed ZeRO-3 partitions (`ds_id`) unless it was registered as an external
+        parameter of this model (`training.load_causal_lm` does): ZeRO-3 gathers a weight only inside
+        its own module's forward, and the fused loss reads it outside."""
+        weight = self.out_head.weight
+        zero3_unregistered = hasattr(weight, "ds_id") and not any(
+            p is weight for _, p in getattr(self, "ds_external_parameters", list)()
+        )
         return (
             labels is not None
             and self.training
             and torch.is_grad_enabled()
             and logits_to_keep == 0
             and type(self.out_head) is nn.Linear
+            and not zero3_unregistered
         )
 
 

@@ -378,8 +378,13 @@ def test_training_loss_is_fused_and_equals_the_plain_loss(tie):
             torch.testing.assert_close(fused_grads[name], plain_grads[name], msg=name)
 
 
-def test_fused_loss_in_chunks_with_shift_labels_and_a_frozen_head():
+@pytest.mark.parametrize("compiling", [False, True])
+def test_fused_loss_in_chunks_with_shift_labels_and_a_frozen_head(compiling, monkeypatch):
+    """Ignored rows are dropped before the head in eager mode and masked inside it under
+    torch.compile (no data-dependent shapes): both give the reference loss and gradient."""
     from hf_gpt_scratch.loss_gpt_scratch import linear_cross_entropy
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
 
     hidden = torch.randn(2, 9, 16, requires_grad=True)
     weight = torch.randn(50, 16)  # frozen: no gradient wanted
@@ -392,3 +397,19 @@ def test_fused_loss_in_chunks_with_shift_labels_and_a_frozen_head():
     ref.backward()
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(hidden.grad, ref_hidden.grad)
+
+
+def test_zero3_partitioned_head_is_fused_only_when_registered():
+    """DeepSpeed ZeRO-3 marks partitioned weights with `ds_id` and gathers them only inside their
+    own module's forward: the fused loss (which reads out_head.weight outside it) is used only once
+    the weight is registered as an external parameter of the model; otherwise the plain path runs."""
+    import types
+
+    model = lm().train()
+    x = torch.randint(0, 97, (2, 7))
+    assert model(x, labels=x).logits is None  # fused
+    model.out_head.weight.ds_id = 0  # what ZeRO-3 sets on a partitioned parameter
+    assert model(x, labels=x).logits is not None  # unregistered: plain head + loss
+    weight = model.out_head.weight
+    model.ds_external_parameters = types.MethodType(lambda self: [("0", weight)], model)
+    assert model(x, labels=x).logits is None
