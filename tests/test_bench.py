@@ -53,7 +53,7 @@ def test_bench_quick_writes_finite_results(tmp_path):
     assert train["contenders"]["ours"]["n_params"] == train["contenders"]["gpt2"]["n_params"]
 
     gen = shape["generate"]
-    assert set(gen["cache"]["contenders"]) == {"ours", "gpt2"}
+    assert set(gen["cache"]["contenders"]) == {"ours", "gpt2", "weights floor"}
     assert set(gen["no_cache"]["contenders"]) == {"ours", "gpt2", "book"}
     for mode in ("cache", "no_cache"):
         assert gen[mode]["new_tokens"] == 8
