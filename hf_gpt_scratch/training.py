@@ -29,6 +29,7 @@ Main pieces:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -834,6 +835,35 @@ def save_final_model(trainer, output_dir: str | None = None) -> None:
     trainer.save_model(output_dir)
     if trainer.args.should_save:
         replace_pickled_training_args(output_dir or trainer.args.output_dir, trainer.args)
+
+
+@contextlib.contextmanager
+def unsharded_loading(training_args):
+    """A context in which `from_pretrained` builds a full model even under DeepSpeed ZeRO-3 (while
+    a ZeRO-3 config is registered with transformers, every model it builds is partitioned over the
+    processes): for evaluation copies that each process runs on its own, outside the Trainer. A
+    no-op otherwise (FSDP shards only the model the Trainer prepares)."""
+    from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    candidates = (getattr(plugin, "dschf", None), getattr(training_args, "hf_deepspeed_config", None))
+    active = next((c for c in candidates if c is not None and c.is_zero3()), None)
+    if not partitioned_at_load() or active is None:
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(active)
+
+
+def partitioned_at_load() -> bool:
+    """True when `from_pretrained` now partitions the models it builds over the processes
+    (DeepSpeed ZeRO-3 configured), so they cannot run a forward outside the Trainer."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
 
 
 def find_callback(trainer, cls):

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import datasets
 import transformers
-from transformers import Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.data import (
@@ -79,10 +79,13 @@ from hf_gpt_scratch.training import (
     load_tokenizer_for,
     log_history_to_curves,
     parse_recipe_args,
+    partitioned_at_load,
     print_table,
     resolve_resume_checkpoint,
     check_instruction_lengths,
+    save_final_model,
     setup_logging,
+    unsharded_loading,
     write_results,
 )
 
@@ -424,7 +427,12 @@ def main(args: list[str] | None = None) -> dict:
     before = None
     if eval_args.eval_before and test_entries:
         logger.info("Evaluating the untuned model on %d test entries.", len(test_entries))
-        before = evaluate_instruction_model(model, tokenizer, test_entries, **eval_kwargs)
+        untuned = model
+        if partitioned_at_load():  # ZeRO-3: every process evaluates a full copy
+            with unsharded_loading(training_args):
+                untuned = load_causal_lm(model_args, tokenizer).to(device)
+        before = evaluate_instruction_model(untuned, tokenizer, test_entries, **eval_kwargs)
+        del untuned
         logger.info("Before tuning: test response loss %.4f, ROUGE-L %.4f", before["loss"], before["rouge_l"])
 
     if lora_args.use_lora:
@@ -458,14 +466,22 @@ def main(args: list[str] | None = None) -> dict:
     val_metrics = trainer.evaluate() if eval_dataset is not None else {}
 
     output_dir = Path(training_args.output_dir)
-    tuned = trainer.model
-    if lora_args.use_lora:
-        if is_main_process():
-            tuned.save_pretrained(output_dir / "adapter")
-            tokenizer.save_pretrained(output_dir / "adapter")
-        tuned = tuned.merge_and_unload()  # every rank: the evaluation below uses the merged weights
-    tuned.config.use_cache = True  # the Trainer turns the cache off for training
-    if is_main_process():
+    # The Trainer saves what it trained (under FSDP or ZeRO-3 it gathers the shards first); then
+    # every process reloads a full, unsharded copy for the evaluation below, in which each process
+    # generates for its own share of the test entries.
+    trainer.model.config.use_cache = True  # the Trainer turns the cache off for training
+    save_final_model(trainer, str(output_dir / "adapter") if lora_args.use_lora else None)
+    trainer.accelerator.wait_for_everyone()
+    with unsharded_loading(training_args):
+        if lora_args.use_lora:
+            from peft import PeftModel
+
+            base = load_causal_lm(model_args, tokenizer)
+            tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
+        else:
+            tuned = AutoModelForCausalLM.from_pretrained(output_dir)
+    tuned.to(device).eval()
+    if lora_args.use_lora and is_main_process():  # the merged model at the top of output_dir
         tuned.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
 

@@ -522,3 +522,38 @@ def test_torchrun_two_processes_sharded_evaluation(tmp_path, tiny_checkpoint, tr
     assert results["test_loss_before"] == pytest.approx(single["loss"], rel=1e-5)
     before = json.loads((out / "responses_before.json").read_text())
     assert [r["model_response"] for r in before] == single["responses"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_lora", ["true", "false"])
+def test_deepspeed_zero3_two_processes(tmp_path, tiny_checkpoint, train_file, use_lora):
+    """Under ZeRO-3 the trained weights are partitioned over the processes: the recipe evaluates
+    full, unsharded copies (the untuned model reloaded, the tuned one reloaded from what the Trainer
+    gathered and saved), so every process can generate for its share of the test entries."""
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install deepspeed)")
+    out = tmp_path / "zero3"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(ROOT / "recipes" / "accelerate" / "deepspeed_zero3.yaml"), "--main_process_port", str(_closed_port()),
+         str(RECIPE), "--model_name_or_path", str(tiny_checkpoint), "--train_file", str(train_file),
+         "--output_dir", str(out), "--use_lora", use_lora, "--max_train_samples", "16", "--max_new_tokens", "5",
+         "--max_steps", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
+         "--disable_tqdm", "true"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = _check_results(out, n_test=4)
+    assert results["world_size"] == 2
+    tokenizer = gpt2_tokenizer()
+    entries = _entries(40)[34:38]
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    single = evaluate_instruction_model(base, tokenizer, entries, max_new_tokens=5, batch_size=3)
+    assert results["test_loss_before"] == pytest.approx(single["loss"], rel=1e-5)
+    # the saved (merged) model is the one that was evaluated after tuning, and it was trained
+    tuned = AutoModelForCausalLM.from_pretrained(out).eval()
+    single_after = evaluate_instruction_model(tuned, tokenizer, entries, max_new_tokens=5, batch_size=3)
+    assert results["test_loss_after"] == pytest.approx(single_after["loss"], rel=1e-5)
+    assert any(not torch.equal(p, q) for p, q in zip(base.state_dict().values(), tuned.state_dict().values()))
+    if use_lora == "true":
+        assert (out / "adapter" / "adapter_model.safetensors").is_file()
