@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from .data import ALPACA_HEADER, InstructionCollator, format_alpaca_prompt, tokenize_instruction
+from .training import context_length_of
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +101,6 @@ def extract_response(generated: str, header_in_prompt: bool = True) -> str:
     return text[:cut].strip()
 
 
-def _context_length(model) -> int | None:
-    config = model.config
-    for name in ("context_length", "max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -149,7 +141,7 @@ def generate_responses(
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    context = _context_length(model)
+    context = context_length_of(model)
     pad_id = _pad_id(tokenizer)
     eos_id = tokenizer.eos_token_id
     device = _model_device(model)
@@ -219,7 +211,7 @@ def response_loss(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if max_length is None:
-        max_length = _context_length(model)
+        max_length = context_length_of(model)
     collator = InstructionCollator(
         pad_token_id=_pad_id(tokenizer),
         eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else _pad_id(tokenizer),

@@ -83,6 +83,7 @@ from hf_gpt_scratch.training import (
     print_table,
     resolve_resume_checkpoint,
     check_instruction_lengths,
+    context_length_of,
     save_final_model,
     setup_logging,
     unsharded_loading,
@@ -381,7 +382,7 @@ def main(args: list[str] | None = None) -> dict:
 
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
-    context = getattr(model.config, "context_length", None) or model.config.max_position_embeddings
+    context = context_length_of(model)
     max_seq_length = data_args.max_seq_length or context
     if max_seq_length > context:
         raise ValueError(f"--max_seq_length {max_seq_length} exceeds the model's context_length {context}.")

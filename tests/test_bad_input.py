@@ -8,12 +8,9 @@ usually run as root; that case is skipped there (`os.geteuid() == 0`).
 """
 
 import ast
-import importlib.util
 import json
 import logging
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -35,19 +32,11 @@ from hf_gpt_scratch.training import (
     parse_recipe_args,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "recipes"
+from conftest import RECIPES, REPO, load_recipe
+
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 TINY = "n_layers=2,emb_dim=32,n_heads=2,context_length=64,drop_rate=0.0"
 TEXT = "Every effort moves you forward. I had always thought Jack Gisburn rather a cheap genius.\n" * 40
-
-
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}_bad_input", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

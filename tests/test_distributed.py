@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -29,36 +28,20 @@ import hf_gpt_scratch
 import hf_gpt_scratch.tokenization
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = REPO / "recipes" / "pretrain.py"
-CLASSIFY = REPO / "recipes" / "classify.py"
-CONFIGS = REPO / "recipes" / "accelerate"
-DATA = Path(os.environ.get("HF_GPT_SCRATCH_DATA", REPO.parent / "shared" / "data"))
-VERDICT = DATA / "the-verdict.txt"
+from conftest import RECIPES, REPO, needs_verdict, run_command
+
+PRETRAIN = RECIPES / "pretrain.py"
+CLASSIFY = RECIPES / "classify.py"
+CONFIGS = RECIPES / "accelerate"
 TINY = "n_layers=2,emb_dim=32,n_heads=2,context_length=64,drop_rate=0.0"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 
-needs_verdict = pytest.mark.skipif(not VERDICT.is_file(), reason=f"book data not found in {DATA}")
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
-    env["HF_GPT_SCRATCH_DATA"] = str(DATA)
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["OMP_NUM_THREADS"] = "1"
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 def run(cmd, timeout=300, **env):
-    cmd = [str(c) for c in cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=timeout, cwd=REPO)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    """A launcher command, one thread per process (two processes share the machine's cores)."""
+    return run_command(cmd, timeout=timeout, **{"OMP_NUM_THREADS": 1, **env})
 
 
 # A recipe run unchanged, plus a callback that writes each rank's weight hash at the end of training
@@ -91,10 +74,8 @@ HASH_WRAPPER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def bpe_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bpe")
-    train_bpe_tokenizer([VERDICT.read_text(encoding="utf-8")], vocab_size=512).save_pretrained(path)
-    return path
+def bpe_dir(verdict_bpe_dir):
+    return verdict_bpe_dir
 
 
 @pytest.fixture(scope="module")

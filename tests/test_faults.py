@@ -3,7 +3,6 @@ resumes to exactly the uninterrupted result, a NaN/infinite loss stops training 
 checkpoint of the broken step is written, and a finished model is never overwritten unless asked."""
 
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -11,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,36 +25,18 @@ from hf_gpt_scratch.faults import (
     last_complete_checkpoint,
     pickle_files,
 )
-from hf_gpt_scratch.tokenization import train_bpe_tokenizer
 from hf_gpt_scratch.training import DataArguments, ModelArguments, default_callbacks, parse_recipe_args
 
-from conftest import tiny_config
+from conftest import REPO, RECIPES, load_recipe, needs_verdict, recipe_env, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = REPO / "recipes" / "pretrain.py"
-DATA = Path(os.environ.get("HF_GPT_SCRATCH_DATA", REPO.parent / "shared" / "data"))
-VERDICT = DATA / "the-verdict.txt"
+PRETRAIN = RECIPES / "pretrain.py"
 # dropout on: resuming must also restore the RNG state (the Trainer's rng_state.pth)
 TINY = "n_layers=2,emb_dim=32,n_heads=2,context_length=64,drop_rate=0.1"
 
-needs_verdict = pytest.mark.skipif(not VERDICT.is_file(), reason=f"book data not found in {DATA}")
-
-
-def _env():
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
-    env["HF_GPT_SCRATCH_DATA"] = str(DATA)
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
-    return env
-
 
 @pytest.fixture(scope="module")
-def bpe_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bpe")
-    train_bpe_tokenizer([VERDICT.read_text(encoding="utf-8")], vocab_size=512).save_pretrained(path)
-    return path
+def bpe_dir(verdict_bpe_dir):
+    return verdict_bpe_dir
 
 
 def pretrain_cmd(bpe_dir, out, *extra):
@@ -85,11 +65,11 @@ def _points(out):
 @needs_verdict
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir):
     full = tmp_path / "full"
-    subprocess.run(pretrain_cmd(bpe_dir, full), check=True, capture_output=True, env=_env(), cwd=REPO, timeout=300)
+    subprocess.run(pretrain_cmd(bpe_dir, full), check=True, capture_output=True, env=recipe_env(), cwd=REPO, timeout=300)
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(pretrain_cmd(bpe_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env(), cwd=REPO)
+                            env=recipe_env(), cwd=REPO)
     second = out / "checkpoint-4" / "trainer_state.json"  # the Trainer's last write to a checkpoint
     deadline = time.monotonic() + 240
     while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -109,7 +89,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir):
         check_output_dir(out)
 
     resumed = subprocess.run(pretrain_cmd(bpe_dir, out, "--resume_from_checkpoint", "last"), capture_output=True,
-                             text=True, env=_env(), cwd=REPO, timeout=300)
+                             text=True, env=recipe_env(), cwd=REPO, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"Skipping incomplete checkpoint(s) {partial}" in resumed.stdout + resumed.stderr
 
@@ -220,7 +200,7 @@ def test_huge_learning_rate_stops_the_recipe_clearly(tmp_path, bpe_dir):
     out = tmp_path / "nan"
     cmd = pretrain_cmd(bpe_dir, out, "--learning_rate", "1e37", "--save_steps", 1, "--logging_steps", 1,
                        "--eval_strategy", "no", "--eval_on_start", "false", "--max_steps", 6)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=recipe_env(), cwd=REPO, timeout=300)
     assert proc.returncode != 0
     last_line = proc.stderr.strip().splitlines()[-1]
     assert last_line.startswith("hf_gpt_scratch.faults.NonFiniteLossError: Training stopped at step 2 of 6")
@@ -287,17 +267,9 @@ def test_other_files_and_empty_folders_do_not_block(tmp_path):
         check_output_dir(tmp_path / "data")
 
 
-def _load_pretrain():
-    spec = importlib.util.spec_from_file_location("recipe_pretrain_faults", PRETRAIN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @needs_verdict
 def test_pretrain_recipe_refuses_then_overwrites_when_told(tmp_path, bpe_dir):
-    recipe = _load_pretrain()
+    recipe = load_recipe("pretrain")
     out = tmp_path / "run"
     base = ["--tokenizer_name", str(bpe_dir), "--config_overrides", TINY, "--block_size", "32", "--max_steps", "2",
             "--per_device_train_batch_size", "2", "--eval_strategy", "no", "--eval_on_start", "false",

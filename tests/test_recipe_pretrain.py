@@ -1,12 +1,8 @@
 """recipes/pretrain.py and recipes/generate.py end to end, as a user runs them (subprocesses)."""
 
-import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,14 +10,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_gpt_scratch
 from hf_gpt_scratch.data import book_windows, split_text
-from hf_gpt_scratch.tokenization import train_bpe_tokenizer
 from hf_gpt_scratch.training import parse_config_overrides
 
-REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = REPO / "recipes" / "pretrain.py"
-GENERATE = REPO / "recipes" / "generate.py"
-DATA = Path(os.environ.get("HF_GPT_SCRATCH_DATA", REPO.parent / "shared" / "data"))
-VERDICT = DATA / "the-verdict.txt"
+from conftest import DATA, RECIPES, VERDICT, load_recipe, run_command
+
+PRETRAIN = RECIPES / "pretrain.py"
+GENERATE = RECIPES / "generate.py"
 
 TINY = "n_layers=2,emb_dim=32,n_heads=2,context_length=64,drop_rate=0.0"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,38 +23,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.skipif(not VERDICT.is_file(), reason=f"book data not found in {DATA}")
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
-    env["HF_GPT_SCRATCH_DATA"] = str(DATA)
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
-    return env
-
-
 def run(script, *args, timeout=600, input=None, launcher=None):
-    cmd = [*(launcher or [sys.executable]), str(script), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, input=input, cwd=REPO)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("recipe_pretrain", PRETRAIN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
+    return run_command([*(launcher or [sys.executable]), script, *args], timeout=timeout, input=input)
 
 
 @pytest.fixture(scope="module")
-def bpe_dir(tmp_path_factory):
-    """A 512-token byte-level BPE trained on the-verdict.txt: small logits, fast steps."""
-    path = tmp_path_factory.mktemp("bpe")
-    train_bpe_tokenizer([VERDICT.read_text(encoding="utf-8")], vocab_size=512).save_pretrained(path)
-    return path
+def bpe_dir(verdict_bpe_dir):
+    return verdict_bpe_dir
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +156,7 @@ def test_book_windows_json_data_and_resume(tmp_path, bpe_dir):
 
 
 def test_book_ch5_preset_arguments(tmp_path):
-    recipe = load_recipe()
+    recipe = load_recipe("pretrain")
     types = (recipe.ModelArguments, recipe.PretrainDataArguments, recipe.SamplingArguments, recipe.TrainingArguments)
     model_args, data_args, sampling, args, preset = recipe.parse_recipe_args(
         types, presets=recipe.PRESETS, defaults=recipe.RECIPE_DEFAULTS,
@@ -207,7 +176,7 @@ def test_book_ch5_preset_arguments(tmp_path):
 
 
 def test_bad_arguments_fail_clearly(tmp_path, bpe_dir):
-    recipe = load_recipe()
+    recipe = load_recipe("pretrain")
     base = ["--tokenizer_name", str(bpe_dir), "--config_overrides", TINY, "--output_dir", str(tmp_path)]
     with pytest.raises(ValueError, match="exceeds the model's context_length"):
         recipe.main([*base, "--block_size", "128"])
