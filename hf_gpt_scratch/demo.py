@@ -1,8 +1,9 @@
 """`make demo`: the book's whole journey on CPU in one command.
 
 1. pretrain a small GPT from scratch (recipes/pretrain.py) on public text available offline: the
-   book's the-verdict.txt plus the *training* splits of the SMS messages and of the instruction
-   data (never their test splits), with a byte-level BPE trained on that text;
+   book's the-verdict.txt, the instruction data's *training* split and every SMS message outside the
+   spam validation and test splits as unlabeled text (never a held-out text), with a byte-level BPE
+   trained on that text;
 2. classify spam starting from it (recipes/classify.py, the book's chapter 6);
 3. instruction-tune it with LoRA (recipes/instruct.py, chapter 7);
 4. generate from the tuned model (recipes/generate.py).
@@ -21,7 +22,10 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+import datasets
 
 from .data import (
     balance_and_split_spam,
@@ -33,10 +37,11 @@ from .data import (
     load_text,
     split_instruction_data,
 )
+from .tokenization import ENDOFTEXT
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
-# The small GPT of the demo: ~1.9M parameters with a 4k vocabulary; trains in about 3 minutes on 2 cores.
+# The small GPT of the demo: ~1.9M parameters with a 4k vocabulary; 600 steps take about 2 minutes on one core.
 PRETRAIN_CONFIG = "n_layers=4,emb_dim=128,n_heads=4,context_length=256,drop_rate=0.1"
 PRETRAIN_FLAGS = [
     "--block_size", "128", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
@@ -44,15 +49,34 @@ PRETRAIN_FLAGS = [
     "--max_steps", "600", "--eval_steps", "100", "--logging_steps", "20",
 ]
 VOCAB_SIZE = 4096
+# One intra-op thread per step unless the caller sets OMP_NUM_THREADS: a model this small gains
+# little from more, and on a shared 2-core machine a second thread that waits for a busy core made
+# steps ~4x slower.
+DEFAULT_THREADS = "1"
+
+
+def unlabeled_spam_texts(messages: datasets.Dataset, held_out: Iterable[datasets.Dataset]) -> list[str]:
+    """The messages usable as unlabeled pretraining text: every text of `messages` (labels dropped)
+    that is in none of the `held_out` splits, compared after `strip()` (the collection repeats some
+    messages, so a held-out row's text can also occur among the rows the split left out), each text
+    once, in file order. For the book's split these are the training messages plus the ~4,000 ham
+    messages that undersampling drops; the validation and test texts never reach pretraining."""
+    excluded = {text.strip() for split in held_out for text in split["text"]}
+    kept = dict.fromkeys(text.strip() for text in messages["text"])
+    return [text for text in kept if text and text not in excluded]
 
 
 def build_corpus(path: Path, data_dir: str | None) -> int:
-    """Write the pretraining text: the-verdict.txt, the SMS training messages and the instruction
-    training entries (Alpaca-formatted). Test splits are left out: the later steps score on them."""
-    spam_train = balance_and_split_spam(load_sms_spam(data_dir=data_dir))["train"]
+    """Write the pretraining text: the-verdict.txt, the SMS messages outside the validation and test
+    splits (`unlabeled_spam_texts`, each followed by <|endoftext|> as the classifier reads them) and
+    the instruction training entries (Alpaca-formatted). Test splits are left out: the later steps
+    score on them."""
+    messages = load_sms_spam(data_dir=data_dir)
+    spam = balance_and_split_spam(messages)
+    sms = unlabeled_spam_texts(messages, [spam["validation"], spam["test"]])
     instruct_train, _, _ = split_instruction_data(load_instruction_data(data_dir=data_dir))
     pieces = [load_text(fetch_book_file("the-verdict.txt", data_dir))]
-    pieces += list(spam_train["text"])
+    pieces.append("\n".join(text + ENDOFTEXT for text in sms))
     pieces += [format_alpaca_prompt(e) + format_alpaca_response(e) for e in instruct_train]
     text = "\n\n".join(pieces)
     path.write_text(text, encoding="utf-8")
@@ -64,7 +88,8 @@ def run_step(name: str, argv: list[str], log_dir: Path) -> float:
     print(f"\n=== {name}: {shlex.join(argv)}", flush=True)
     started = time.perf_counter()
     with open(log_dir / f"{name}.log", "w") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", DEFAULT_THREADS)}
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)

@@ -47,6 +47,7 @@ from hf_gpt_scratch.classification import (
     ClassificationArguments,
     ClassificationTrainer,
     ClassifyDataArguments,
+    WeightAverageCallback,
     build_compute_metrics,
     count_parameters_by_trainability,
     load_classification_splits,
@@ -113,11 +114,14 @@ PRESETS = {
         "eval_train_samples": 40,
         "output_dir": "runs/book_ch6",
     },
-    # The CPU demo: a small GPT pretrained on the training messages (see the README / report),
-    # every layer finetuned with a decaying learning rate, the last token an <|endoftext|>.
+    # The CPU demo: a small GPT pretrained on the SMS messages outside validation/test (see
+    # hf_gpt_scratch/demo.py), every layer finetuned with a decaying learning rate, the last token an
+    # <|endoftext|>, ending on the moving average of the weights (mean test accuracy over seeds
+    # 123-125: 96.9%; 96.8% without the average, within the ±0.5-point seed noise).
     "demo": {
         "trainable": "all",
         "append_eos": True,
+        "ema_decay": 0.99,
         "learning_rate": 3e-4,
         "lr_scheduler_type": "linear",
         "warmup_steps": 0.1,
@@ -212,7 +216,7 @@ def main(args: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=build_compute_metrics(len(label_names)),
-        callbacks=default_callbacks(),
+        callbacks=default_callbacks() + ([WeightAverageCallback(cls_args.ema_decay)] if cls_args.ema_decay else []),
     )
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)

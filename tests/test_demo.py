@@ -6,6 +6,33 @@ import sys
 
 import pytest
 
+from hf_gpt_scratch.data import SPAM_LABELS, _classification_dataset, balance_and_split_spam, load_sms_spam
+from hf_gpt_scratch.demo import build_corpus, unlabeled_spam_texts
+
+
+def test_unlabeled_spam_texts_drop_every_copy_of_a_held_out_text():
+    messages = _classification_dataset(
+        ["win cash now", "see you at 5", "  see you at 5 ", "ok", "win cash now", "call me", ""],
+        [1, 0, 0, 0, 1, 0, 0],
+        SPAM_LABELS,
+    )
+    held_out = messages.select([1])  # "see you at 5": its padded duplicate (row 2) must go too
+    assert unlabeled_spam_texts(messages, [held_out]) == ["win cash now", "ok", "call me"]
+    assert unlabeled_spam_texts(messages, [held_out, messages.select([3, 5])]) == ["win cash now"]
+
+
+def test_demo_corpus_has_no_validation_or_test_message(tmp_path, data_dir):
+    messages = load_sms_spam(data_dir=data_dir)
+    split = balance_and_split_spam(messages)
+    pool = unlabeled_spam_texts(messages, [split["validation"], split["test"]])
+    held_out = {t.strip() for name in ("validation", "test") for t in split[name]["text"]}
+    # the collection repeats messages: some held-out texts also occur among the other rows
+    outside = {t.strip() for t in messages["text"]} - held_out
+    assert len(pool) == len(outside) > 4000 and not held_out & set(pool)
+    build_corpus(tmp_path / "corpus.txt", str(data_dir))
+    lines = {line.strip() for line in (tmp_path / "corpus.txt").read_text().replace("<|endoftext|>", "\n").splitlines()}
+    assert set(pool) <= lines and not held_out & lines
+
 
 @pytest.mark.slow
 def test_demo_quick_runs_the_whole_journey(tmp_path, data_dir):

@@ -473,6 +473,27 @@ def test_classification_trainer_adds_the_lm_loss_only_while_training(tmp_path):
     torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), model(**batch).loss)
 
 
+def test_weight_average_callback_ends_training_with_the_moving_average():
+    model = _classifier()
+    model.requires_grad_(False)
+    model.score.requires_grad_(True)  # only trainable weights are averaged
+    callback = C.WeightAverageCallback(0.5)
+    frozen = model.model.tok_emb.weight.detach().clone()
+    for value in (1.0, 3.0, 5.0):  # three optimizer steps
+        with torch.no_grad():
+            model.score.weight.fill_(value)
+            model.model.tok_emb.weight.add_(1.0)
+        callback.on_step_end(None, None, None, model=model)
+    callback.on_train_end(None, None, None, model=model)
+    # ema = 1 after the first step, then 0.5 * ema + 0.5 * w: 2, then 3.5
+    torch.testing.assert_close(model.score.weight, torch.full_like(model.score.weight, 3.5))
+    torch.testing.assert_close(model.model.tok_emb.weight, frozen + 3.0)  # untouched
+    with pytest.raises(ValueError, match="decay must be in"):
+        C.WeightAverageCallback(1.0)
+    with pytest.raises(ValueError, match="--ema_decay must be in"):
+        C.ClassificationArguments(ema_decay=-0.1)
+
+
 @needs_sms
 def test_new_model_with_a_tokenizer_trained_on_the_training_texts(recipe, tmp_path):
     out = tmp_path / "run"
