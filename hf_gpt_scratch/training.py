@@ -74,6 +74,9 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 # --------------------------------------------------------------------------------------------
 
 
+INIT_SCHEMES = ("gpt2", "torch")
+
+
 @dataclass
 class ModelArguments:
     """Which model to train or load; the flags of transformers' `run_clm.py`."""
@@ -112,6 +115,18 @@ class ModelArguments:
         default=None,
         metadata={"help": "Attention backend: 'eager', 'sdpa', ... Default: the model's (sdpa)."},
     )
+    init_weights: str = field(
+        default="gpt2",
+        metadata={
+            "help": "Initialisation of a model trained from scratch: 'gpt2' (transformers' convention: normal "
+            "std 0.02, residual projections scaled by 1/sqrt(2 n_layers)) or 'torch' (PyTorch's defaults, what "
+            "the book's GPTModel gets: embeddings N(0, 1), Linear layers uniform +-1/sqrt(fan_in))."
+        },
+    )
+
+    def __post_init__(self):
+        if self.init_weights not in INIT_SCHEMES:
+            raise ValueError(f"--init_weights must be one of {', '.join(INIT_SCHEMES)}, got {self.init_weights!r}.")
 
 
 @dataclass
@@ -534,6 +549,16 @@ def _rebuild_with_overrides(model, overrides: dict[str, Any], model_args: ModelA
     return new
 
 
+def torch_default_init(model) -> None:
+    """Re-initialise every Linear, Embedding and LayerNorm with PyTorch's own defaults
+    (`reset_parameters`), as the book's `GPTModel` is initialised: embeddings N(0, 1), Linear
+    weights and biases uniform in +-1/sqrt(fan_in), norms 1 and 0. Tied weights stay tied (the
+    output head is reset last, so a tied embedding gets the Linear init)."""
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)):
+            module.reset_parameters()
+
+
 def load_causal_lm(model_args: ModelArguments, tokenizer=None):
     """The causal LM the recipe trains.
 
@@ -554,6 +579,11 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
     attn_kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
 
     if model_args.model_name_or_path:
+        if model_args.init_weights != "gpt2":
+            raise ValueError(
+                f"--init_weights {model_args.init_weights} only applies to a model trained from scratch, not to "
+                f"--model_name_or_path {model_args.model_name_or_path} (its weights are loaded)."
+            )
         path = model_args.model_name_or_path
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         if config.model_type == "gpt2":
@@ -583,6 +613,8 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
                     setattr(config, name, getattr(tokenizer, name, None))
         apply_config_overrides(config, overrides)
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust, **attn_kwargs)
+        if model_args.init_weights == "torch":
+            torch_default_init(model)
 
     if tokenizer is not None:
         embedding = model.get_input_embeddings()

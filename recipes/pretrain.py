@@ -136,6 +136,7 @@ PRESETS = {
         "tokenizer_name": "gpt2",
         "config_overrides": "context_length=256,emb_dim=768,n_heads=12,n_layers=12,drop_rate=0.1,"
         "qkv_bias=false,tie_word_embeddings=false",
+        "init_weights": "torch",  # the book's GPTModel keeps PyTorch's default initialisation
         "block_size": 256,
         "stride": 256,
         "validation_split_percentage": 10.0,

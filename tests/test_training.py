@@ -117,6 +117,24 @@ def test_load_causal_lm_from_scratch(gpt2_tok):
         load_causal_lm(ModelArguments(config_overrides="n_layerz=1"), gpt2_tok)
 
 
+def test_init_weights_torch_is_the_books_initialisation(gpt2_tok, tmp_path):
+    """--init_weights torch gives PyTorch's defaults, as the book's GPTModel has them; the default
+    is transformers' GPT-2 convention (std 0.02)."""
+    overrides = "n_layers=2,emb_dim=64,n_heads=2,context_length=64"
+    gpt2_init = load_causal_lm(ModelArguments(config_overrides=overrides), gpt2_tok)
+    book_init = load_causal_lm(ModelArguments(config_overrides=overrides, init_weights="torch"), gpt2_tok)
+    assert gpt2_init.model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert book_init.model.tok_emb.weight.std().item() == pytest.approx(1.0, rel=0.05)  # nn.Embedding: N(0, 1)
+    for module in (book_init.model.trf_blocks[0].att.W_query, book_init.out_head):  # nn.Linear: U(+-1/sqrt(fan_in))
+        assert module.weight.abs().max().item() <= 64**-0.5
+        assert module.weight.std().item() == pytest.approx(64**-0.5 / 3**0.5, rel=0.05)
+    with pytest.raises(ValueError, match="--init_weights must be one of gpt2, torch"):
+        ModelArguments(init_weights="xavier")
+    gpt2_init.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="only applies to a model trained from scratch"):
+        load_causal_lm(ModelArguments(model_name_or_path=str(tmp_path), init_weights="torch"), gpt2_tok)
+
+
 def test_load_causal_lm_from_config_name(tmp_path, gpt2_tok):
     tiny_config(vocab_size=50257).save_pretrained(tmp_path)
     model = load_causal_lm(ModelArguments(config_name=str(tmp_path), config_overrides="n_layers=1"), gpt2_tok)
