@@ -1,0 +1,185 @@
+"""Instruction finetuning set-up (the book's chapter 7), used by `recipes/instruct.py`: the recipe's
+arguments, the book's 85/10/5 splits of an Alpaca-format file, their tokenized features, and the
+PEFT LoRA wrapping of a causal LM. Evaluation lives in `instruction.py`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from .data import load_instruction_data, split_instruction_data, tokenize_instruction
+from .instruction import judge_endpoint
+from .training import DataArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_MODULES = "W_query,W_key,W_value,out_proj,ff.layers.0,ff.layers.2"
+
+
+@dataclass
+class InstructDataArguments(DataArguments):
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate (loss, generation, judge) on at most this many test entries."}
+    )
+    mask_prompt: bool = field(
+        default=False,
+        metadata={"help": "Leave the instruction (prompt) tokens out of the training loss (the book's exercise 7.2)."},
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncate each example (prompt + response + <|endoftext|>) to this many tokens; "
+                  "default: the model's context_length."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_test_samples is not None and self.max_test_samples <= 0:
+            raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise ValueError(f"--max_seq_length must be at least 2, got {self.max_seq_length}.")
+        if self.dataset_name:
+            raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list of "
+                             "{instruction, input, output} entries).")
+        if self.validation_file:
+            raise ValueError("--validation_file is not supported: the splits come from --train_file "
+                             "(85% train / 10% test / 5% validation, as the book).")
+
+
+@dataclass
+class LoraArguments:
+    use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (PEFT); false: finetune all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update = alpha / r * B A)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default=DEFAULT_TARGET_MODULES,
+        metadata={"help": "Comma-separated names (suffixes) of the Linear layers to adapt, or 'all-linear' "
+                  "(every Linear but the output head)."},
+    )
+
+    def __post_init__(self):
+        if self.lora_r <= 0:
+            raise ValueError(f"--lora_r must be positive, got {self.lora_r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+    def target_modules(self) -> str | list[str]:
+        text = self.lora_target_modules.strip()
+        if text == "all-linear":
+            return text
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            raise ValueError("--lora_target_modules is empty.")
+        return names
+
+
+@dataclass
+class InstructEvalArguments:
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest generated response (the book: 256)."})
+    response_header_in_prompt: bool = field(
+        default=True,
+        metadata={"help": "End the prompt with '### Response:' (false: the book's prompt, the model writes the "
+                  "header itself)."},
+    )
+    eval_before: bool = field(default=True, metadata={"help": "Evaluate the untuned model on the test split too."})
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "Prompts per generate call (default: --per_device_eval_batch_size)."}
+    )
+    judge_url: str | None = field(
+        default=None,
+        metadata={"help": "Ollama-compatible server (e.g. http://localhost:11434) to score the responses 0-100 "
+                  "with the book's prompt; skipped with a warning when unreachable."},
+    )
+    judge_model: str = field(default="llama3", metadata={"help": "Model name the judge server runs."})
+    judge_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for each judge answer."})
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
+        if self.generation_batch_size is not None and self.generation_batch_size <= 0:
+            raise ValueError(f"--generation_batch_size must be positive, got {self.generation_batch_size}.")
+        if self.judge_url is not None and not self.judge_url.strip():
+            self.judge_url = None
+        if self.judge_url is not None:
+            judge_endpoint(self.judge_url)  # ValueError for a malformed URL, before any training
+
+
+def load_splits(data_args: InstructDataArguments) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, validation, test) entries, validated (a malformed file fails here, before any model
+    is loaded), split as the book and cut to the --max_*_samples."""
+    entries = load_instruction_data(data_args.train_file, data_args.data_dir)
+    train, validation, test = split_instruction_data(entries)
+    if data_args.max_train_samples is not None:
+        train = train[: data_args.max_train_samples]
+    if data_args.max_eval_samples is not None:
+        validation = validation[: data_args.max_eval_samples]
+    if data_args.max_test_samples is not None:
+        test = test[: data_args.max_test_samples]
+    if not train:
+        raise ValueError(f"No training entries: {len(entries)} entries give an empty 85% train split.")
+    return train, validation, test
+
+
+def instruction_features(entries: list[dict], tokenizer) -> datasets.Dataset:
+    rows = [tokenize_instruction(entry, tokenizer) for entry in entries]
+    features = datasets.Features(
+        {"input_ids": datasets.List(datasets.Value("int64")), "prompt_length": datasets.Value("int64")}
+    )
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def adapter_base_path(model_args: ModelArguments) -> str | None:
+    """What the adapter's config names as its base: the absolute folder when it is local."""
+    path = model_args.model_name_or_path
+    if path and Path(path).exists():
+        return str(Path(path).resolve())
+    return path
+
+
+def untie_safe_targets(model, targets: str | list[str]) -> str | list[str]:
+    """`targets` without the output head when it shares its weight with the token embedding: a
+    merged LoRA update of a tied head would change the input embedding too, so the merged model
+    would no longer match the adapter."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if isinstance(targets, str) or head is None or embedding is None or head.weight is not embedding.weight:
+        return targets
+    head_names = [name for name, module in model.named_modules() if module is head]
+    dropped = [t for t in targets if any(name == t or name.endswith("." + t) for name in head_names)]
+    if dropped:
+        logger.warning("Not adapting %s: the output head is tied to the token embedding.", ", ".join(dropped))
+    kept = [t for t in targets if t not in dropped]
+    if not kept:
+        raise ValueError(f"--lora_target_modules {','.join(targets)}: nothing left to adapt (the output head is tied).")
+    return kept
+
+
+def wrap_with_lora(model, lora_args: LoraArguments, model_args: ModelArguments):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        target_modules=untie_safe_targets(model, lora_args.target_modules()),
+        base_model_name_or_path=adapter_base_path(model_args),
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
+        raise ValueError(f"--lora_target_modules {lora_args.lora_target_modules!r}: {err} (module names: {names})") from None
+
+
+def response_records(entries: list[dict], responses: list[str], scores: list | None = None) -> list[dict]:
+    records = []
+    for i, (entry, response) in enumerate(zip(entries, responses)):
+        record = dict(entry)
+        record["model_response"] = response
+        if scores is not None and scores[i] is not None:
+            record["judge_score"] = scores[i]
+        records.append(record)
+    return records
