@@ -626,7 +626,11 @@ class WeightAverageCallback(TrainerCallback):
     """An exponential moving average of the trainable weights, updated after every optimizer step
     and copied into the model when training ends (Polyak averaging: the average of the last
     ~1 / (1 - decay) steps is usually a better classifier than the last step's weights). The
-    per-epoch evaluations during training see the current weights."""
+    per-epoch evaluations during training see the current weights. The average is saved in every
+    checkpoint (`weight_average.safetensors`) and restored when training resumes from one, so a
+    resumed run ends with the same weights as an uninterrupted one."""
+
+    FILE = "weight_average.safetensors"
 
     def __init__(self, decay: float):
         if not 0.0 < decay < 1.0:
@@ -646,6 +650,25 @@ class WeightAverageCallback(TrainerCallback):
             return
         for name, p in params.items():
             self.average[name].lerp_(p.detach(), 1.0 - self.decay)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.average is not None and state.is_world_process_zero:
+            from safetensors.torch import save_file
+
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_file({k: v.contiguous() for k, v in self.average.items()}, str(folder / self.FILE))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            return
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+        if not path.is_file():
+            logger.warning("Resuming at step %d without %s: the weight average starts again.", state.global_step, path)
+            return
+        from safetensors.torch import load_file
+
+        device = next(iter(self._trainable(model).values())).device if model is not None else "cpu"
+        self.average = load_file(str(path), device=str(device))
 
     @torch.no_grad()
     def on_train_end(self, args, state, control, model=None, **kwargs):

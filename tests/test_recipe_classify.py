@@ -511,3 +511,34 @@ def test_new_model_with_a_tokenizer_trained_on_the_training_texts(recipe, tmp_pa
     assert model.config.vocab_size == 300 and model.config.pad_token_id == tokenizer.pad_token_id
     with pytest.raises(ValueError, match="only applies without --model_name_or_path"):
         recipe.main(["--train_tokenizer_vocab_size", "300", "--model_name_or_path", str(out), "--output_dir", str(tmp_path / "x")])
+
+
+def test_weight_average_survives_a_resume(tmp_path):
+    """Stopped after its checkpoint at step 2 and resumed from it, a run with the weight average
+    ends with the same weights as an uninterrupted run (the average is saved with the checkpoint)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    ids = torch.randint(1, 97, (16, 6))
+    data = [{"input_ids": ids[i], "attention_mask": torch.ones(6, dtype=torch.long), "labels": int(i % 2)} for i in range(16)]
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    def train(out, resume=None, stop=False):
+        torch.manual_seed(0)
+        model = _classifier()
+        args = TrainingArguments(output_dir=str(out), max_steps=4, save_steps=2, per_device_train_batch_size=4,
+                                 learning_rate=1e-2, use_cpu=True, report_to=[], disable_tqdm=True, seed=0,
+                                 dataloader_pin_memory=False)
+        callbacks = [C.WeightAverageCallback(0.5)] + ([StopAt()] if stop else [])
+        Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks).train(resume_from_checkpoint=resume)
+        return model.state_dict()
+
+    whole = train(tmp_path / "whole")
+    train(tmp_path / "cut", stop=True)
+    assert (tmp_path / "cut" / "checkpoint-2" / C.WeightAverageCallback.FILE).is_file()
+    resumed = train(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-2"))
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], msg=name)
