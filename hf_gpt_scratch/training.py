@@ -13,13 +13,15 @@ Main pieces:
 - `parse_recipe_args`: parses them with a `--preset NAME` whose values become defaults (explicit
   flags still win), a JSON file instead of flags, and automatic CPU multi-process defaults.
 - `load_tokenizer_for`, `load_causal_lm`: tokenizer and model from a checkpoint (ours, any causal
-  LM, a stock GPT-2 folder converted on the fly) or from scratch (`GPTScratchConfig` plus overrides).
+  LM, a stock GPT-2 folder converted on the fly) or from scratch (`GPTScratchConfig` plus overrides,
+  `--init_weights gpt2|torch`: transformers' or the book's initialisation, `torch_default_init`).
 - `from_pretrained_strict`, `check_loading_info`: checkpoints load strictly (missing, unused or
   mis-shaped weights are a `CheckpointMismatchError`, not a warning).
 - `TokensSeenCallback`, `default_callbacks`: tokens seen and step times for the loss curves, and the
   `faults.NonFiniteLossGuard` that stops at a NaN/inf loss before a broken checkpoint is written.
 - `resolve_resume_checkpoint` (the newest complete checkpoint), `save_final_model` (safetensors,
-  no pickle, full weights under FSDP), `weights_are_sharded`, `report_truncated_texts`,
+  no pickle, full weights under FSDP), `weights_are_sharded`, `unsharded_loading` (full evaluation
+  copies under ZeRO-3), `report_truncated_texts`,
   `check_instruction_lengths`; `parse_recipe_args` refuses to overwrite a finished --output_dir
   (see `hf_gpt_scratch.faults`).
 - `log_history_to_curves`, `final_metric`, `write_results`, `print_table`, `perplexity`.
@@ -875,12 +877,12 @@ def unsharded_loading(training_args):
     a ZeRO-3 config is registered with transformers, every model it builds is partitioned over the
     processes): for evaluation copies that each process runs on its own, outside the Trainer. A
     no-op otherwise (FSDP shards only the model the Trainer prepares)."""
-    from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
+    from transformers.integrations import is_deepspeed_zero3_enabled, set_hf_deepspeed_config, unset_hf_deepspeed_config
 
     plugin = getattr(training_args, "deepspeed_plugin", None)
     candidates = (getattr(plugin, "dschf", None), getattr(training_args, "hf_deepspeed_config", None))
     active = next((c for c in candidates if c is not None and c.is_zero3()), None)
-    if not partitioned_at_load() or active is None:
+    if not is_deepspeed_zero3_enabled() or active is None:
         yield
         return
     unset_hf_deepspeed_config()
@@ -888,14 +890,6 @@ def unsharded_loading(training_args):
         yield
     finally:
         set_hf_deepspeed_config(active)
-
-
-def partitioned_at_load() -> bool:
-    """True when `from_pretrained` now partitions the models it builds over the processes
-    (DeepSpeed ZeRO-3 configured), so they cannot run a forward outside the Trainer."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    return is_deepspeed_zero3_enabled()
 
 
 def find_callback(trainer, cls):
@@ -1194,6 +1188,8 @@ __all__ = [
     "TokensSeenCallback",
     "default_callbacks",
     "save_final_model",
+    "unsharded_loading",
+    "torch_default_init",
     "weights_are_sharded",
     "find_callback",
     "evaluate_once",

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import transformers
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.data import InstructionCollator
@@ -81,7 +82,6 @@ from hf_gpt_scratch.training import (
     load_tokenizer_for,
     log_history_to_curves,
     parse_recipe_args,
-    partitioned_at_load,
     print_table,
     resolve_resume_checkpoint,
     check_instruction_lengths,
@@ -262,7 +262,7 @@ def main(args: list[str] | None = None) -> dict:
     if eval_args.eval_before and test_entries:
         logger.info("Evaluating the untuned model on %d test entries.", len(test_entries))
         untuned = model
-        if partitioned_at_load():  # ZeRO-3: every process evaluates a full copy
+        if is_deepspeed_zero3_enabled():  # partitioned at load: every process evaluates a full copy
             with unsharded_loading(training_args):
                 untuned = load_causal_lm(model_args, tokenizer).to(device)
         before = evaluate_instruction_model(untuned, tokenizer, test_entries, **eval_kwargs)
