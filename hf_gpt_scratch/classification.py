@@ -29,7 +29,7 @@ import datasets
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .data import balanced_split, load_sms_spam, load_text_classification_file
+from .data import balanced_split, infer_label_names, label_ids, load_sms_spam, load_text_classification_file
 from .training import DataArguments, ModelArguments, apply_config_overrides, parse_config_overrides
 
 logger = logging.getLogger(__name__)
@@ -207,42 +207,9 @@ class ClassifyDataArguments(DataArguments):
 # --------------------------------------------------------------------------------------------
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
 def _standard_dataset(texts: list[str], labels: list[int], names: Sequence[str]) -> datasets.Dataset:
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
     return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
-
-
-def _map_labels(raw: Sequence[Any], names: Sequence[str], source: str) -> list[int]:
-    """Class ids of `raw` labels: a label equal to a name gets its index, an integer in range is
-    the id itself; anything else is an error naming the row."""
-    index = {n: i for i, n in enumerate(names)}
-    ids = []
-    for row, value in enumerate(raw):
-        as_int = _as_int(value)
-        if isinstance(value, str) and value in index:
-            ids.append(index[value])
-        elif as_int is not None and 0 <= as_int < len(names):
-            ids.append(as_int)
-        else:
-            raise ValueError(f"{source}: row {row} has label {value!r}, which is not one of the classes {list(names)}.")
-    return ids
-
-
-def _infer_label_names(raw: Sequence[Any]) -> list[str]:
-    ints = [_as_int(v) for v in raw]
-    if all(v is not None for v in ints):
-        return [str(i) for i in range(max(ints) + 1)]
-    return sorted({str(v) for v in raw})
 
 
 def _from_hub_split(ds: datasets.Dataset, data_args: ClassifyDataArguments, names: list[str] | None, split: str):
@@ -260,12 +227,12 @@ def _from_hub_split(ds: datasets.Dataset, data_args: ClassifyDataArguments, name
         if names is None:
             names = list(feature.names)
     if names is None:
-        names = _infer_label_names(raw)
+        names = infer_label_names(raw)
     texts = list(ds[data_args.text_column])
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"{source}: row {row} has no text in column {data_args.text_column!r} (got {text!r}).")
-    return _standard_dataset(texts, _map_labels(raw, names, source), names), names
+    return _standard_dataset(texts, label_ids(raw, names, source, expected="not one of the classes"), names), names
 
 
 def _carve(train: datasets.Dataset, splits: dict, data_args: ClassifyDataArguments) -> dict:

@@ -362,7 +362,8 @@ def load_text_records(path: str | os.PathLike, column: str = "text") -> list[str
     return texts
 
 
-def _as_int_label(value: Any) -> int | None:
+def as_int_label(value: Any) -> int | None:
+    """An integer class id written as an int or a string of digits, else None (bools are not ids)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -370,6 +371,32 @@ def _as_int_label(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     return None
+
+
+def label_ids(raw: Sequence[Any], names: Sequence[str], source: str, expected: str = "not in label_names") -> list[int]:
+    """Class ids of `raw` labels: a label whose text is a name gets its index, an integer in range
+    is the id itself; anything else is a ValueError naming the row (`{source}: row i has label v, which is
+    {expected} [names]`)."""
+    index = {n: i for i, n in enumerate(names)}
+    ids = []
+    for row, value in enumerate(raw):
+        as_int = as_int_label(value)
+        if str(value) in index:
+            ids.append(index[str(value)])
+        elif as_int is not None and 0 <= as_int < len(names):
+            ids.append(as_int)
+        else:
+            raise ValueError(f"{source}: row {row} has label {value!r}, which is {expected} {list(names)}")
+    return ids
+
+
+def infer_label_names(raw: Sequence[Any]) -> list[str]:
+    """Class names of unnamed labels: "0".."max" when every label is an integer, else the sorted
+    distinct labels."""
+    ints = [as_int_label(v) for v in raw]
+    if all(v is not None for v in ints):
+        return [str(i) for i in range(max(ints) + 1)]
+    return sorted({str(v) for v in raw})
 
 
 def load_text_classification_file(
@@ -412,27 +439,9 @@ def load_text_classification_file(
         names = [str(n) for n in label_names]
         if len(set(names)) != len(names):
             raise ValueError(f"label_names has duplicates: {names}")
-        index = {n: i for i, n in enumerate(names)}
-        labels = []
-        for i, value in enumerate(raw_labels):
-            as_int = _as_int_label(value)
-            if isinstance(value, str) and value in index:
-                labels.append(index[value])
-            elif as_int is not None and 0 <= as_int < len(names):
-                labels.append(as_int)
-            else:
-                raise ValueError(
-                    f"{path}: row {i} has label {value!r}, which is not in label_names {names}"
-                )
     else:
-        ints = [_as_int_label(v) for v in raw_labels]
-        if all(v is not None for v in ints):
-            labels = ints
-            names = [str(i) for i in range(max(labels) + 1)]
-        else:
-            names = sorted({str(v) for v in raw_labels})
-            index = {n: i for i, n in enumerate(names)}
-            labels = [index[str(v)] for v in raw_labels]
+        names = infer_label_names(raw_labels)
+    labels = label_ids(raw_labels, names, str(path))
     return _classification_dataset(texts, labels, names), names
 
 
