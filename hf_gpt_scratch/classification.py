@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import datasets
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import balanced_split, infer_label_names, label_ids, load_sms_spam, load_text_classification_file
 from .training import DataArguments, ModelArguments, apply_config_overrides, parse_config_overrides
@@ -618,17 +619,20 @@ class WeightAverageCallback(TrainerCallback):
         for name, p in params.items():
             self.average[name].lerp_(p.detach(), 1.0 - self.decay)
 
+    def _file(self, args, state) -> Path:
+        """The average's file in the checkpoint the Trainer writes (or resumes from) at this step."""
+        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / self.FILE
+
     def on_save(self, args, state, control, **kwargs):
         if self.average is not None and state.is_world_process_zero:
             from safetensors.torch import save_file
 
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            save_file({k: v.contiguous() for k, v in self.average.items()}, str(folder / self.FILE))
+            save_file({k: v.contiguous() for k, v in self.average.items()}, str(self._file(args, state)))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
             return
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+        path = self._file(args, state)
         if not path.is_file():
             logger.warning("Resuming at step %d without %s: the weight average starts again.", state.global_step, path)
             return
