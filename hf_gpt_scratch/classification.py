@@ -30,8 +30,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .arguments import DataArguments, ModelArguments, apply_config_overrides, parse_config_overrides
 from .data import balanced_split, infer_label_names, label_ids, load_sms_spam, load_text_classification_file
-from .training import DataArguments, ModelArguments, apply_config_overrides, parse_config_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names:
     - a GPTScratch checkpoint (causal LM or classifier): `from_pretrained` of the classification
       class; every `model.*` weight must load from the checkpoint (checked), only `score` is new
       (or kept from a classifier with the same classes);
-    - a stock GPT-2 folder (model_type "gpt2"): converted with `training.load_causal_lm`, then
+    - a stock GPT-2 folder (model_type "gpt2"): converted with `loading.load_causal_lm`, then
       its body copied over (strictly);
     - no checkpoint: a randomly initialised GPT (`--config_overrides` shapes it; a warning says so).
 
@@ -420,8 +420,8 @@ def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names:
     """
     from transformers import AutoConfig
 
+    from .loading import load_causal_lm
     from .modeling_gpt_scratch import GPTScratchForSequenceClassification
-    from .training import load_causal_lm
 
     path = model_args.model_name_or_path
     trust = bool(model_args.trust_remote_code)

@@ -1,9 +1,9 @@
 """Surviving faults in the training recipes: non-finite losses, interrupted runs, finished models
 in the way, over-long examples, pickles and hub tokens.
 
-Everything here is shared by the recipes through `hf_gpt_scratch.training` (`parse_recipe_args`,
-`default_callbacks`, `resolve_resume_checkpoint`, `save_final_model`); a recipe needs no code of
-its own for it.
+Everything here reaches the recipes through the shared helpers (`arguments.parse_recipe_args`,
+`callbacks.default_callbacks`, `arguments.resolve_resume_checkpoint`, `loading.save_final_model`);
+a recipe needs no code of its own for it.
 
 - `NonFiniteLossGuard` (a `TrainerCallback`, in `default_callbacks()`): stops training with a
   `NonFiniteLossError` naming the step when the weights or the logged training loss are no longer
@@ -14,7 +14,8 @@ its own for it.
 - `check_output_dir`: refuses to train into a folder that holds a model or training state unless
   the user said `--overwrite_output_dir` or `--resume_from_checkpoint`.
 - `check_sequence_lengths`: a counted warning (or an error naming the first row) for examples
-  longer than the context.
+  longer than the context; `report_truncated_texts` (classification texts) and
+  `check_instruction_lengths` (instruction examples) apply it per split.
 - `refuse_hub_token`: a `--hub_token` flag is refused (it would be pickled into every
   checkpoint's training_args.bin); tokens come from `hf auth login` or HF_TOKEN.
 - `replace_pickled_training_args`, `pickle_files`: the final model folder holds no pickle.
@@ -398,6 +399,52 @@ def replace_pickled_training_args(output_dir: str | os.PathLike, training_args) 
     return path
 
 
+def report_truncated_texts(splits, tokenizer, limit: int, source: str, column: str = "text") -> dict[str, int]:
+    """Classification texts longer than `limit` tokens are truncated (the book's choice, kept by
+    recipes/classify.py: a message's class is usually clear from its start, and refusing would make
+    a data set with a few long texts unusable); this counts them per split of `splits` (a
+    DatasetDict with a `column` of texts) and logs one warning per split naming the count, the
+    first row and the longest length (`faults.check_sequence_lengths`). Returns {split: count}."""
+    counts = {}
+    for split, ds in splits.items():
+        ids = tokenizer(list(ds[column]), add_special_tokens=False, verbose=False)["input_ids"]
+        counts[split] = check_sequence_lengths(
+            (len(row) for row in ids), limit, source=f"{source} ({split} split)", what="text",
+            hint="Raise --max_seq_length (up to the model's context) to keep more of them.",
+        )
+    return counts
+
+
+def check_instruction_lengths(splits: dict, max_length: int, source: str) -> dict[str, int]:
+    """Instruction examples (features of `data.tokenize_instruction`: `input_ids` without the
+    end-of-text token the collator appends, `prompt_length`) against the `max_length` the
+    collator truncates to.
+
+    - An example whose prompt alone fills `max_length` is refused (`faults.ExampleTooLongError`
+      naming the split and entry): no response token would be left to learn from, and with
+      --mask_prompt a batch of them has no target at all (a 0/0 loss).
+    - Longer examples are truncated, as the book's collator does (`allowed_max_length`): the end
+      of the response and its end-of-text token are cut. One warning per split gives the count.
+
+    `splits` maps split names to datasets (None entries are skipped). Returns {split: truncated}."""
+    counts = {}
+    for split, ds in splits.items():
+        if ds is None:
+            continue
+        where = f"{source} ({split} split)"
+        counts[split] = check_sequence_lengths(
+            (len(ids) + 1 for ids in ds["input_ids"]), max_length, source=where, what="entry",
+            hint="The end of their responses is cut; raise --max_seq_length (up to the model's context) to keep it.",
+        )
+        check_sequence_lengths(
+            ds["prompt_length"], max_length - 1, source=where, policy="refuse", what="prompt",
+            hint="Each needs room for at least one response token: shorten those entries, drop them, or raise "
+            "--max_seq_length (up to the model's context).",
+        )
+    return counts
+
+
+
 __all__ = [
     "NonFiniteLossError",
     "NonFiniteLossGuard",
@@ -411,6 +458,8 @@ __all__ = [
     "check_output_dir",
     "ExampleTooLongError",
     "check_sequence_lengths",
+    "report_truncated_texts",
+    "check_instruction_lengths",
     "refuse_hub_token",
     "pickle_files",
     "replace_pickled_training_args",

@@ -122,7 +122,7 @@ class HubTarget:
 
 
 def _is_main_process() -> bool:
-    from .training import is_main_process
+    from .arguments import is_main_process
 
     return is_main_process()
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from .data import ALPACA_HEADER, InstructionCollator, format_alpaca_prompt, tokenize_instruction
-from .training import context_length_of
+from .sampling import context_length_of
 
 logger = logging.getLogger(__name__)
 

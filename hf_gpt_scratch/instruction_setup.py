@@ -10,9 +10,9 @@ from pathlib import Path
 
 import datasets
 
+from .arguments import DataArguments, ModelArguments
 from .data import load_instruction_data, split_instruction_data, tokenize_instruction
 from .instruction import judge_endpoint
-from .training import DataArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
 

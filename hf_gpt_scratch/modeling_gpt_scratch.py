@@ -309,7 +309,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         them, and building them costs most of a small model's memory. Evaluation, generation and
         no-grad calls get logits as usual; so does a head that is not a plain Linear (e.g. LoRA), and
         one whose weight DeepSpeed ZeRO-3 partitions (`ds_id`) unless it was registered as an external
-        parameter of this model (`training.load_causal_lm` does): ZeRO-3 gathers a weight only inside
+        parameter of this model (`loading.load_causal_lm` does): ZeRO-3 gathers a weight only inside
         its own module's forward, and the fused loss reads it outside."""
         weight = self.out_head.weight
         zero3_unregistered = hasattr(weight, "ds_id") and not any(

@@ -43,6 +43,14 @@ import transformers
 from transformers import DataCollatorWithPadding, TrainingArguments
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
+from hf_gpt_scratch.arguments import (
+    ModelArguments,
+    is_main_process,
+    parse_recipe_args,
+    resolve_resume_checkpoint,
+    setup_logging,
+)
+from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
 from hf_gpt_scratch.classification import (
     ClassificationArguments,
     ClassificationTrainer,
@@ -58,24 +66,11 @@ from hf_gpt_scratch.classification import (
     train_tokenizer_on_texts,
     write_pretraining_text,
 )
+from hf_gpt_scratch.faults import report_truncated_texts
 from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.training import (
-    ModelArguments,
-    TokensSeenCallback,
-    context_length_of,
-    default_callbacks,
-    find_callback,
-    is_main_process,
-    load_tokenizer_for,
-    log_history_to_curves,
-    parse_recipe_args,
-    print_table,
-    report_truncated_texts,
-    resolve_resume_checkpoint,
-    save_final_model,
-    setup_logging,
-    write_results,
-)
+from hf_gpt_scratch.loading import load_tokenizer_for, save_final_model
+from hf_gpt_scratch.reporting import log_history_to_curves, print_table, write_results
+from hf_gpt_scratch.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
 

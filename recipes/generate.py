@@ -29,15 +29,10 @@ import torch
 from transformers import HfArgumentParser, TextStreamer
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
+from hf_gpt_scratch.arguments import ModelArguments
 from hf_gpt_scratch.data import format_alpaca_prompt
-from hf_gpt_scratch.training import (
-    ModelArguments,
-    generate_text,
-    generation_kwargs,
-    load_causal_lm,
-    load_tokenizer_for,
-    tokenizer_source,
-)
+from hf_gpt_scratch.loading import load_causal_lm, load_tokenizer_for, tokenizer_source
+from hf_gpt_scratch.sampling import generate_text, generation_kwargs
 
 logger = logging.getLogger(__name__)
 

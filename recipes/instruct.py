@@ -56,7 +56,16 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
+from hf_gpt_scratch.arguments import (
+    ModelArguments,
+    is_main_process,
+    parse_recipe_args,
+    resolve_resume_checkpoint,
+    setup_logging,
+)
+from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
 from hf_gpt_scratch.data import InstructionCollator
+from hf_gpt_scratch.faults import check_instruction_lengths
 from hf_gpt_scratch.hub import finish_run, prepare_push
 from hf_gpt_scratch.instruction import evaluate_instruction_model, judge_responses
 from hf_gpt_scratch.instruction_setup import (
@@ -69,28 +78,21 @@ from hf_gpt_scratch.instruction_setup import (
     response_records,
     wrap_with_lora,
 )
-from hf_gpt_scratch.training import (
-    ModelArguments,
-    TokensSeenCallback,
+from hf_gpt_scratch.loading import (
     count_parameters,
-    default_callbacks,
-    final_metric,
-    find_callback,
-    first_metric,
-    is_main_process,
     load_causal_lm,
     load_tokenizer_for,
-    log_history_to_curves,
-    parse_recipe_args,
-    print_table,
-    resolve_resume_checkpoint,
-    check_instruction_lengths,
-    context_length_of,
     save_final_model,
-    setup_logging,
     unsharded_loading,
+)
+from hf_gpt_scratch.reporting import (
+    final_metric,
+    first_metric,
+    log_history_to_curves,
+    print_table,
     write_results,
 )
+from hf_gpt_scratch.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
 

@@ -37,6 +37,15 @@ import transformers
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
+from hf_gpt_scratch.arguments import (
+    DataArguments,
+    ModelArguments,
+    is_main_process,
+    parse_recipe_args,
+    resume_checkpoint_for,
+    setup_logging,
+)
+from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, evaluate_once, find_callback
 from hf_gpt_scratch.data import (
     book_windows,
     fetch_book_file,
@@ -46,32 +55,22 @@ from hf_gpt_scratch.data import (
     split_text,
 )
 from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.training import (
-    DataArguments,
-    ModelArguments,
-    SamplingArguments,
-    TokensSeenCallback,
-    context_length_of,
+from hf_gpt_scratch.loading import (
     count_parameters,
-    default_callbacks,
-    evaluate_once,
-    find_callback,
-    first_metric,
-    final_metric,
-    generate_samples,
-    is_main_process,
     load_causal_lm,
     load_tokenizer_for,
-    log_history_to_curves,
-    parse_recipe_args,
-    perplexity,
-    print_table,
-    resume_checkpoint_for,
     save_final_model,
     weights_are_sharded,
-    setup_logging,
+)
+from hf_gpt_scratch.reporting import (
+    final_metric,
+    first_metric,
+    log_history_to_curves,
+    perplexity,
+    print_table,
     write_results,
 )
+from hf_gpt_scratch.sampling import SamplingArguments, context_length_of, generate_samples
 
 logger = logging.getLogger(__name__)
 

@@ -20,17 +20,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 import hf_gpt_scratch
 import hf_gpt_scratch.tokenization
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
+from hf_gpt_scratch.arguments import DataArguments, ModelArguments, parse_recipe_args
 from hf_gpt_scratch.data import load_instruction_data, load_text, load_text_classification_file, load_text_records
 from hf_gpt_scratch.faults import ExampleTooLongError, check_sequence_lengths, pickle_files
+from hf_gpt_scratch.loading import CheckpointMismatchError, from_pretrained_strict, load_causal_lm
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
-from hf_gpt_scratch.training import (
-    CheckpointMismatchError,
-    ModelArguments,
-    DataArguments,
-    from_pretrained_strict,
-    load_causal_lm,
-    parse_recipe_args,
-)
 
 from conftest import RECIPES, REPO, load_recipe
 

@@ -45,13 +45,13 @@ def run(cmd, timeout=300, **env):
 
 
 # A recipe run unchanged, plus a callback that writes each rank's weight hash at the end of training
-# (patched into hf_gpt_scratch.training.default_callbacks before the recipe imports it).
+# (patched into hf_gpt_scratch.callbacks.default_callbacks before the recipe imports it).
 HASH_WRAPPER = textwrap.dedent(
     """
     import hashlib, json, os, runpy, sys
     from pathlib import Path
     from transformers import TrainerCallback
-    import hf_gpt_scratch.training as training
+    import hf_gpt_scratch.callbacks as callbacks
 
     class WeightHash(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -64,8 +64,8 @@ HASH_WRAPPER = textwrap.dedent(
             out.write_text(json.dumps({"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
                                        "step": state.global_step, "sha256": digest.hexdigest()}))
 
-    original = training.default_callbacks
-    training.default_callbacks = lambda: original() + [WeightHash()]
+    original = callbacks.default_callbacks
+    callbacks.default_callbacks = lambda: original() + [WeightHash()]
     recipe = sys.argv[1]
     sys.argv = [recipe] + sys.argv[2:]
     runpy.run_path(recipe, run_name="__main__")

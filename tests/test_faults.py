@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 import hf_gpt_scratch
+from hf_gpt_scratch.arguments import DataArguments, ModelArguments, parse_recipe_args
+from hf_gpt_scratch.callbacks import default_callbacks
 from hf_gpt_scratch.faults import (
     NonFiniteLossError,
     NonFiniteLossGuard,
@@ -25,9 +27,8 @@ from hf_gpt_scratch.faults import (
     last_complete_checkpoint,
     pickle_files,
 )
-from hf_gpt_scratch.training import DataArguments, ModelArguments, default_callbacks, parse_recipe_args
 
-from conftest import REPO, RECIPES, load_recipe, needs_verdict, recipe_env, tiny_config
+from conftest import RECIPES, REPO, load_recipe, needs_verdict, recipe_env, tiny_config
 
 PRETRAIN = RECIPES / "pretrain.py"
 # dropout on: resuming must also restore the RNG state (the Trainer's rng_state.pth)

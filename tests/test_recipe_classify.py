@@ -19,8 +19,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import hf_gpt_scratch
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
 from hf_gpt_scratch import classification as C
+from hf_gpt_scratch.arguments import ModelArguments
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
-from hf_gpt_scratch.training import ModelArguments
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFY = REPO / "recipes" / "classify.py"

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_gpt_scratch
+from hf_gpt_scratch.arguments import parse_config_overrides
 from hf_gpt_scratch.data import book_windows, split_text
-from hf_gpt_scratch.training import parse_config_overrides
 
 from conftest import DATA, RECIPES, VERDICT, load_recipe, run_command
 

@@ -16,29 +16,21 @@ from transformers import (
 )
 
 import hf_gpt_scratch
-from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
-from hf_gpt_scratch.tokenization import gpt2_tokenizer
-from hf_gpt_scratch.training import (
+from hf_gpt_scratch.arguments import (
     DataArguments,
     ModelArguments,
-    SamplingArguments,
-    TokensSeenCallback,
     apply_config_overrides,
     cpu_distributed_defaults,
-    evaluate_once,
-    find_callback,
-    generate_samples,
-    generation_kwargs,
-    load_causal_lm,
-    log_history_to_curves,
     parse_config_overrides,
     parse_recipe_args,
-    perplexity,
-    print_table,
     resolve_resume_checkpoint,
-    tokenizer_source,
-    write_results,
 )
+from hf_gpt_scratch.callbacks import TokensSeenCallback, evaluate_once, find_callback
+from hf_gpt_scratch.loading import load_causal_lm, tokenizer_source
+from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
+from hf_gpt_scratch.reporting import log_history_to_curves, perplexity, print_table, write_results
+from hf_gpt_scratch.sampling import SamplingArguments, generate_samples, generation_kwargs
+from hf_gpt_scratch.tokenization import gpt2_tokenizer
 
 from conftest import tiny_config
 

@@ -1,0 +1,134 @@
+"""Sampling for reports and the generate recipe, with the book's conventions (temperature 0 =
+greedy, top-k): `SamplingArguments`, `generation_kwargs`, `generate_text`, `generate_samples`, and
+`context_length_of` (prompt and new tokens must fit the model's context).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import transformers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingArguments:
+    """How a recipe samples text for its report (the book's `generate`: temperature 0 is greedy)."""
+
+    sample_prompts: list[str] | None = field(
+        default=None, metadata={"help": "Prompts to continue after training (default: the recipe's)."}
+    )
+    max_new_tokens: int = field(default=50, metadata={"help": "Tokens to generate per prompt."})
+    temperature: float = field(
+        default=0.0, metadata={"help": "Sampling temperature; 0 = greedy decoding (the book's default)."}
+    )
+    top_k: int | None = field(default=None, metadata={"help": "Sample only among the k most likely tokens."})
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}.")
+        if self.top_k is not None and self.top_k <= 0:
+            raise ValueError(f"--top_k must be positive, got {self.top_k}.")
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        return generation_kwargs(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k)
+
+
+def generation_kwargs(
+    max_new_tokens: int = 50,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    do_sample: bool | None = None,
+) -> dict[str, Any]:
+    """`generate` keyword arguments with the book's convention: temperature 0 means greedy
+    decoding, a positive temperature samples (optionally restricted to the top_k tokens)."""
+    if do_sample is None:
+        do_sample = temperature is not None and temperature > 0
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample)}
+    if do_sample:
+        kwargs["temperature"] = temperature if temperature and temperature > 0 else 1.0
+        kwargs["top_k"] = top_k if top_k else 0  # 0 disables top-k filtering (generate's default is 50)
+        if top_p is not None:
+            kwargs["top_p"] = top_p
+    if repetition_penalty is not None:
+        kwargs["repetition_penalty"] = repetition_penalty
+    return kwargs
+
+
+def context_length_of(model) -> int | None:
+    """The longest sequence the model takes (context_length, max_position_embeddings or n_positions)."""
+    config = model.config
+    for name in ("context_length", "max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+@torch.no_grad()
+def generate_text(model, tokenizer, prompt: str, streamer=None, seed: int | None = None, **gen_kwargs) -> str:
+    """Continue `prompt`; returns the new text only.
+
+    Prompt and new tokens must fit the model's context (the book's `generate` slides a window
+    instead): a prompt that fills the context keeps its last half, then max_new_tokens shrinks to
+    what is left, with a warning."""
+    gen_kwargs = dict(gen_kwargs)
+    max_new = int(gen_kwargs.get("max_new_tokens", 50))
+    context = context_length_of(model)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = torch.tensor([[bos]])
+    if context is not None:
+        if ids.shape[1] >= context:
+            keep = max(1, context // 2)  # room left to generate
+            logger.warning("Prompt is %d tokens: keeping the last %d (the context is %d).", ids.shape[1], keep, context)
+            ids = ids[:, -keep:]
+        if ids.shape[1] + max_new > context:
+            max_new = context - ids.shape[1]
+            logger.warning("Generating %d tokens only: the prompt and the new tokens must fit the context of %d.",
+                           max_new, context)
+            gen_kwargs["max_new_tokens"] = max_new
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    if seed is not None:
+        transformers.set_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            streamer=streamer,
+            **gen_kwargs,
+        )
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def generate_samples(model, tokenizer, prompts: Sequence[str], seed: int | None = None, **gen_kwargs) -> list[dict[str, str]]:
+    """`[{"prompt": p, "completion": text}]` for each prompt (see `generate_text`)."""
+    samples = []
+    for i, prompt in enumerate(prompts):
+        text = generate_text(model, tokenizer, prompt, seed=None if seed is None else seed + i, **gen_kwargs)
+        samples.append({"prompt": prompt, "completion": text})
+    return samples
+
+
+__all__ = [
+    "SamplingArguments",
+    "generation_kwargs",
+    "context_length_of",
+    "generate_text",
+    "generate_samples",
+]
