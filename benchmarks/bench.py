@@ -50,7 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
@@ -76,12 +76,15 @@ SHAPES: dict[str, dict] = {
 # Per-shape defaults: training rounds (one timed step per contender per round) and generation lengths.
 SHAPE_DEFAULTS: dict[str, dict] = {
     "tiny": dict(rounds=1, gen_rounds=1, prompt_tokens=8, new_tokens=8, nocache_new_tokens=8),
-    "small": dict(rounds=8, gen_rounds=3, prompt_tokens=32, new_tokens=128, nocache_new_tokens=32),
-    "124M": dict(rounds=5, gen_rounds=3, prompt_tokens=32, new_tokens=128, nocache_new_tokens=32),
+    "small": dict(rounds=8, gen_rounds=7, prompt_tokens=32, new_tokens=128, nocache_new_tokens=32),
+    "124M": dict(rounds=5, gen_rounds=5, prompt_tokens=32, new_tokens=128, nocache_new_tokens=32),
 }
 
 BASELINE = "gpt2"
-FLOOR = "weights floor"  # generation bound: see weight_streaming_floor
+FLOOR = "weights floor"  # generation bounds: see weight_streaming_floor, forward_loop, bare_decode
+LOOP = "ours, no generate"
+BARE = "bare torch decode"
+BOUNDS = (FLOOR, LOOP, BARE)
 FLOP_FORMULA = (
     "flops_per_token = 6*N + 12*n_layers*emb_dim*context_length (PaLM, appendix B: 6N + 12*L*H*Q*T); "
     "N = non-embedding parameters = n_layers*(12*emb_dim^2 + 13*emb_dim) + 2*emb_dim + emb_dim*vocab_size "
@@ -454,6 +457,9 @@ def make_generators(models: dict, prompt: torch.Tensor, new_tokens: int, use_cac
     gens = {"ours": hf("ours"), "gpt2": hf("gpt2")}
     if use_cache:
         gens[FLOOR] = weight_streaming_floor(models["ours"], new_tokens)
+        loop, bare = forward_loop(models["ours"], prompt, new_tokens), bare_decode(models["ours"], prompt, new_tokens)
+        gens[LOOP] = lambda: outs.__setitem__(LOOP, loop())
+        gens[BARE] = lambda: outs.__setitem__(BARE, bare())
     if not use_cache and "book" in models:
         model = models["book"]
         ctx = models["book_cfg"]["context_length"]
@@ -478,6 +484,65 @@ def weight_streaming_floor(model: torch.nn.Module, new_tokens: int) -> Callable[
             for _ in range(new_tokens):
                 for m in linears:
                     F.linear(inputs[m.in_features], m.weight, m.bias)
+
+    return run
+
+
+@torch.no_grad()
+def greedy_loop(step, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Greedy decoding without `generate`: `step(ids, past_len)` returns next-token logits [1, V]."""
+    ids, out, past = prompt, [prompt], 0
+    for _ in range(new_tokens):
+        logits = step(ids, past)
+        past += ids.shape[1]
+        ids = logits.argmax(-1, keepdim=True)  # [1, 1]
+        out.append(ids)
+    return torch.cat(out, dim=1)
+
+
+def forward_loop(model, prompt: torch.Tensor, new_tokens: int) -> Callable[[], torch.Tensor]:
+    """A bound, not a contender: our model's own forward with a DynamicCache in a plain greedy
+    loop. Against `ours` (the same forward under `generate`) it measures what `generate` itself
+    costs per token: logits processors, stopping criteria, input preparation."""
+
+    def run():
+        cache = DynamicCache(config=model.config)
+        step = lambda ids, past: model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return greedy_loop(step, prompt, new_tokens)
+
+    return run
+
+
+def bare_decode(model, prompt: torch.Tensor, new_tokens: int) -> Callable[[], torch.Tensor]:
+    """A bound, not a contender: the same math as our model written as bare torch functions on its
+    weights (no modules, no transformers code, a list as KV cache) in a plain greedy loop: what an
+    eager fp32 decode costs with no framework at all. `weights floor` < this < any real model."""
+    body, E = model.model, model.config.emb_dim
+    H = model.config.n_heads
+    W = lambda lin: (lin.weight, lin.bias)
+
+    def run():
+        keys, values = [None] * len(body.trf_blocks), [None] * len(body.trf_blocks)
+
+        def step(ids, past):
+            t = ids.shape[1]
+            x = body.tok_emb.weight[ids] + body.pos_emb.weight[past:past + t]  # [1, T, E]
+            for i, blk in enumerate(body.trf_blocks):
+                a = blk.att
+                h = F.layer_norm(x, (E,), blk.norm1.weight, blk.norm1.bias)
+                q, k, v = (F.linear(h, *W(lin)).view(1, t, H, -1).transpose(1, 2) for lin in (a.W_query, a.W_key, a.W_value))
+                if keys[i] is not None:
+                    k, v = torch.cat([keys[i], k], 2), torch.cat([values[i], v], 2)
+                keys[i], values[i] = k, v
+                ctx = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1).transpose(1, 2).reshape(1, t, E)
+                x = x + F.linear(ctx, *W(a.out_proj))
+                h = F.layer_norm(x, (E,), blk.norm2.weight, blk.norm2.bias)
+                ff = blk.ff.layers
+                x = x + F.linear(F.gelu(F.linear(h, *W(ff[0])), approximate="tanh"), *W(ff[2]))
+            x = F.layer_norm(x[:, -1], (E,), body.final_norm.weight, body.final_norm.bias)  # [1, E]
+            return F.linear(x, model.out_head.weight)  # [1, V]
+
+        return greedy_loop(step, prompt, new_tokens)
 
     return run
 
@@ -513,6 +578,15 @@ def bench_generate(models: dict, shape: dict, args, defaults: dict) -> dict:
                 "ms_per_token_median": 1000 / median(rates),  # = the median, not the mean, of rates
                 "ratio_vs_gpt2": median(rates) / base,
                 "paired_ratio_median": median([b / t for t, b in zip(ts, times[BASELINE])]),
+            }
+        if use_cache:
+            ms = {name: c["ms_per_token_median"] for name, c in entry["contenders"].items()}
+            # paired within each round: the same forward with and without `generate`, back to back
+            generate_ms = median([1000 * (a - b) / n_new for a, b in zip(times["ours"], times[LOOP])])
+            entry["bounds"] = {
+                "generate_loop_ms_per_token": generate_ms,
+                "bare_through_generate_ms_per_token": ms[BARE] + generate_ms,
+                "bare_through_generate_ratio_vs_gpt2": ms[BASELINE] / (ms[BARE] + generate_ms),
             }
         res[mode] = entry
     return res
@@ -660,6 +734,17 @@ def markdown(result: dict) -> str:
                         f"{fmt(c['ms_per_token_median'], '.2f')} | {fmt(c['ratio_vs_gpt2'], '.3f')} | "
                         f"{fmt(c['paired_ratio_median'], '.3f')} | {same} |"
                     )
+            b = gen["cache"].get("bounds")
+            if b:
+                lines += [
+                    "",
+                    f"Bounds (cache): `generate` itself costs {fmt(b['generate_loop_ms_per_token'])} ms/token "
+                    f"(`ours` − `{LOOP}`, median over rounds: logits processors, stopping criteria, input preparation; the same for "
+                    f"GPT-2). A model with no framework overhead at all (`{BARE}`) would generate at "
+                    f"{fmt(b['bare_through_generate_ms_per_token'])} ms/token through `generate`, "
+                    f"{fmt(b['bare_through_generate_ratio_vs_gpt2'], '.3f')}x GPT-2: the ceiling of removing "
+                    "framework overhead from this math in eager fp32.",
+                ]
             lines.append("")
         if "explain" in s:
             for label, e in (("training forward", s["explain"]["training_forward"]),
@@ -685,7 +770,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="training rounds (default per shape: small 8, 124M 5)")
     p.add_argument("--steps", type=int, default=1, help="timed training steps per contender per round")
     p.add_argument("--warmup", type=int, default=1, help="untimed training steps per contender first")
-    p.add_argument("--gen_rounds", type=int, default=None, help="generation rounds (default 3)")
+    p.add_argument("--gen_rounds", type=int, default=None, help="generation rounds (default: small 7, 124M 5)")
     p.add_argument("--prompt_tokens", type=int, default=None, help="generation prompt length (default 32)")
     p.add_argument("--new_tokens", type=int, default=None, help="new tokens with a cache (default 128)")
     p.add_argument("--nocache_new_tokens", type=int, default=None,

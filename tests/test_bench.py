@@ -53,7 +53,10 @@ def test_bench_quick_writes_finite_results(tmp_path):
     assert train["contenders"]["ours"]["n_params"] == train["contenders"]["gpt2"]["n_params"]
 
     gen = shape["generate"]
-    assert set(gen["cache"]["contenders"]) == {"ours", "gpt2", "weights floor"}
+    assert set(gen["cache"]["contenders"]) == {"ours", "gpt2", "weights floor", "ours, no generate", "bare torch decode"}
+    # the bounds decode the same tokens as GPT-2 (same weights, same math)
+    assert gen["cache"]["tokens_match_gpt2"] == {"ours": True, "ours, no generate": True, "bare torch decode": True}
+    assert _finite_positive(gen["cache"]["bounds"]["bare_through_generate_ms_per_token"])
     assert set(gen["no_cache"]["contenders"]) == {"ours", "gpt2", "book"}
     for mode in ("cache", "no_cache"):
         assert gen[mode]["new_tokens"] == 8
