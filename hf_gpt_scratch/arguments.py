@@ -369,7 +369,8 @@ def is_main_process() -> bool:
 
 
 def setup_logging(training_args) -> None:
-    """run_clm-style logging: the main process logs at INFO, the others only warnings."""
+    """run_clm-style logging: the main process logs at INFO, the others only warnings. The level is
+    set on the package's logger, so every module of hf_gpt_scratch (loading, hub, ...) follows it."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%H:%M:%S",
@@ -377,7 +378,7 @@ def setup_logging(training_args) -> None:
     )
     level = training_args.get_process_log_level()
     ours = logging.INFO if is_main_process() and training_args.log_level == "passive" else level
-    logger.setLevel(ours)
+    logging.getLogger(__package__).setLevel(ours)
     logging.getLogger("__main__").setLevel(ours)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()
