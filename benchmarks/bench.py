@@ -84,7 +84,6 @@ BASELINE = "gpt2"
 FLOOR = "weights floor"  # generation bounds: see weight_streaming_floor, forward_loop, bare_decode
 LOOP = "ours, no generate"
 BARE = "bare torch decode"
-BOUNDS = (FLOOR, LOOP, BARE)
 FLOP_FORMULA = (
     "flops_per_token = 6*N + 12*n_layers*emb_dim*context_length (PaLM, appendix B: 6N + 12*L*H*Q*T); "
     "N = non-embedding parameters = n_layers*(12*emb_dim^2 + 13*emb_dim) + 2*emb_dim + emb_dim*vocab_size "
@@ -457,9 +456,8 @@ def make_generators(models: dict, prompt: torch.Tensor, new_tokens: int, use_cac
     gens = {"ours": hf("ours"), "gpt2": hf("gpt2")}
     if use_cache:
         gens[FLOOR] = weight_streaming_floor(models["ours"], new_tokens)
-        loop, bare = forward_loop(models["ours"], prompt, new_tokens), bare_decode(models["ours"], prompt, new_tokens)
-        gens[LOOP] = lambda: outs.__setitem__(LOOP, loop())
-        gens[BARE] = lambda: outs.__setitem__(BARE, bare())
+        for name, decode in ((LOOP, forward_loop), (BARE, bare_decode)):
+            gens[name] = recorded(outs, name, decode(models["ours"], prompt, new_tokens))
     if not use_cache and "book" in models:
         model = models["book"]
         ctx = models["book_cfg"]["context_length"]
@@ -484,6 +482,15 @@ def weight_streaming_floor(model: torch.nn.Module, new_tokens: int) -> Callable[
             for _ in range(new_tokens):
                 for m in linears:
                     F.linear(inputs[m.in_features], m.weight, m.bias)
+
+    return run
+
+
+def recorded(outs: dict, name: str, fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """`fn` that also stores its output as outs[name] (checked against GPT-2's tokens)."""
+
+    def run():
+        outs[name] = fn()
 
     return run
 
@@ -516,7 +523,7 @@ def forward_loop(model, prompt: torch.Tensor, new_tokens: int) -> Callable[[], t
 def bare_decode(model, prompt: torch.Tensor, new_tokens: int) -> Callable[[], torch.Tensor]:
     """A bound, not a contender: the same math as our model written as bare torch functions on its
     weights (no modules, no transformers code, a list as KV cache) in a plain greedy loop: what an
-    eager fp32 decode costs with no framework at all. `weights floor` < this < any real model."""
+    eager fp32 decode costs with no framework at all."""
     body, E = model.model, model.config.emb_dim
     H = model.config.n_heads
     W = lambda lin: (lin.weight, lin.bias)
