@@ -214,8 +214,8 @@ def _check_ids_and_positions(config: GPTScratchConfig, input_ids, position_ids, 
             f"context_length is {config.context_length}. Truncate the input or use a model with a longer context."
         )
     decode_step = seq_len == 1 and not (known_past and past_len == 0)
-    tensor = input_ids if input_ids is not None else position_ids
-    read = tensor is not None and (_reads_are_free(tensor) or not decode_step)
+    values = input_ids if input_ids is not None else position_ids
+    read = values is not None and (not decode_step or _reads_are_free(values))
     if position_ids is not None and (read or too_long):
         low, high = torch.stack(torch.aminmax(position_ids)).tolist()
         if low < 0 or high >= config.context_length:
@@ -227,8 +227,9 @@ def _check_ids_and_positions(config: GPTScratchConfig, input_ids, position_ids, 
         low, high = torch.stack(torch.aminmax(input_ids)).tolist()
         if low < 0 or high >= config.vocab_size:
             raise ValueError(
-                f"Token id {low if low < 0 else high} is outside the vocabulary: ids must be in [0, "
-                f"{config.vocab_size}) (vocab_size={config.vocab_size}). Was the text encoded with this model's tokenizer?"
+                f"Token id {low if low < 0 else high} is outside the vocabulary: ids must be in "
+                f"[0, {config.vocab_size}) (vocab_size={config.vocab_size}). Was the text encoded with this "
+                "model's tokenizer?"
             )
 
 
@@ -360,7 +361,8 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets for next-token prediction, unshifted (`labels = input_ids` works; the loss
-            shifts them). Positions set to -100 are ignored.
+            shifts them). Positions set to -100 are ignored; other ids outside `[0, vocab_size)` and
+            another shape are a ValueError, in training and evaluation alike.
         logits_to_keep (`int` or `torch.Tensor`): compute logits for the last `logits_to_keep`
             positions only (0 keeps all), as `generate` does.
         """

@@ -511,8 +511,8 @@ def test_a_decode_step_reads_no_value_from_the_device(attn, cache_kind, with_mas
         attention_mask=torch.ones(2, 6, dtype=torch.long, device="meta") if with_mask else None,
     )
     assert model(**step, cache=cache, use_cache=True, logits_to_keep=1).logits.shape == (2, 1, 97)
-    if cache_kind == "dynamic":  # positions counted on from the cache, as transformers' own models do
-        assert model(step["input_ids"], cache=cache, use_cache=True).logits.shape == (2, 1, 97)
+    # positions counted on from the cache (a tensor in a StaticCache), as transformers' own models do
+    assert model(step["input_ids"], cache=cache, use_cache=True).logits.shape == (2, 1, 97)
     with pytest.raises(RuntimeError, match="meta"):  # the prefill does read the ids (once per generate call)
         model(torch.zeros(2, 3, dtype=torch.long, device="meta"))
 
