@@ -153,20 +153,104 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
 
-def _check_inputs(config: GPTScratchConfig, input_ids, seq_len: int, past_len: int):
-    """Clear errors for inputs the model cannot embed, instead of an index error deep in torch."""
-    if past_len + seq_len > config.context_length:
+def _check_shapes(config: GPTScratchConfig, input_ids, inputs_embeds, attention_mask, position_ids, past_len):
+    """ValueErrors naming the argument and its shape for inputs the model cannot run, raised before any
+    work (instead of a shape error deep in torch, or a silently wrong result). `past_len`: the cache
+    length, an int or a 0-d tensor (a filled StaticCache) that is not read."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+    if input_ids is not None and input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be 2-D [batch, tokens], got shape {list(input_ids.shape)}.")
+    if inputs_embeds is not None and (inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != config.emb_dim):
+        raise ValueError(
+            f"inputs_embeds must be [batch, tokens, emb_dim={config.emb_dim}], got shape {list(inputs_embeds.shape)}."
+        )
+    name, inputs = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+    batch, seq_len = inputs.shape[:2]
+    if batch == 0 or seq_len == 0:
+        raise ValueError(
+            f"{name} is empty (shape {list(inputs.shape)}): the model needs at least one row of one token "
+            "(to generate from nothing, start the prompt with a token such as the tokenizer's bos or eos id)."
+        )
+    if isinstance(attention_mask, torch.Tensor):
+        # transformers' convention: a 2-D mask covers the cached tokens and the new ones
+        known_past = isinstance(past_len, int)
+        expected = [batch, past_len + seq_len if known_past else attention_mask.shape[-1]]
+        if attention_mask.ndim == 4:  # already prepared: [B or 1, 1, T, S]
+            fits = attention_mask.shape[0] in (1, batch) and attention_mask.shape[2] == seq_len
+        else:
+            fits = list(attention_mask.shape) == expected
+        if not fits:
+            cached = f" after {past_len} cached tokens" if known_past and past_len else ""
+            raise ValueError(
+                f"attention_mask has shape {list(attention_mask.shape)}, but {name} is {list(inputs.shape[:2])}"
+                f"{cached}: expected {expected} (1 for real tokens, 0 for padding) or a 4-D mask."
+            )
+    if position_ids is not None and (
+        position_ids.ndim != 2 or position_ids.shape[0] not in (1, batch) or position_ids.shape[1] != seq_len
+    ):
+        raise ValueError(f"position_ids has shape {list(position_ids.shape)}, expected [{batch} or 1, {seq_len}].")
+
+
+def _reads_are_free(tensor) -> bool:
+    """Reading a tensor's values on the host costs no device-to-host sync only on the CPU."""
+    return tensor.device.type == "cpu"
+
+
+def _check_ids_and_positions(config: GPTScratchConfig, input_ids, position_ids, past_len, seq_len: int):
+    """ValueErrors for token ids outside the vocabulary and positions outside the position table.
+
+    The length rule is about positions, not the row's width: explicit `position_ids` (packed rows
+    restart at 0) may make a row longer than `context_length`. Values can only be checked by reading
+    them, a device-to-host sync on an accelerator: they are read on the CPU and on every call that
+    is not a cached decode step of one token per row (training, evaluation, a prefill), so `generate`
+    syncs once per call, not per token; the ids and positions it feeds back grow from checked ones.
+    """
+    known_past = isinstance(past_len, int)  # else a StaticCache's tensor: not read
+    too_long = known_past and past_len + seq_len > config.context_length
+    if position_ids is None and too_long:  # the positions would run on after the cache, past the table
         raise ValueError(
             f"Input is {past_len + seq_len} tokens long ({past_len} cached + {seq_len} new), but the model's "
             f"context_length is {config.context_length}. Truncate the input or use a model with a longer context."
         )
-    if input_ids is not None and input_ids.numel() > 0:
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= config.vocab_size:
-            bad = low if low < 0 else high
+    decode_step = seq_len == 1 and not (known_past and past_len == 0)
+    values = input_ids if input_ids is not None else position_ids
+    read = values is not None and (not decode_step or _reads_are_free(values))
+    if position_ids is not None and (read or too_long):
+        low, high = torch.stack(torch.aminmax(position_ids)).tolist()
+        if low < 0 or high >= config.context_length:
             raise ValueError(
-                f"Token id {bad} is outside the vocabulary: ids must be in [0, {config.vocab_size}) "
-                f"(vocab_size={config.vocab_size}). Was the text encoded with this model's tokenizer?"
+                f"position_ids holds {low if low < 0 else high}, but positions must be in [0, context_length="
+                f"{config.context_length}). Truncate the input or use a model with a longer context."
+            )
+    if input_ids is not None and read:
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()
+        if low < 0 or high >= config.vocab_size:
+            raise ValueError(
+                f"Token id {low if low < 0 else high} is outside the vocabulary: ids must be in "
+                f"[0, {config.vocab_size}) (vocab_size={config.vocab_size}). Was the text encoded with this "
+                "model's tokenizer?"
+            )
+
+
+def _check_labels(config: GPTScratchConfig, labels, shift_labels, input_ids, inputs_embeds):
+    """`labels` (and `shift_labels`, already shifted, as some transformers paths pass them) must have
+    the input's shape [batch, tokens] and hold token ids or -100 (ignored). Reads the values (a sync:
+    fine in training and evaluation; `generate` never passes labels). Raises ValueError."""
+    inputs = input_ids if input_ids is not None else inputs_embeds
+    for name, target in (("labels", labels), ("shift_labels", shift_labels)):
+        if target is None or inputs is None:
+            continue
+        if target.shape != inputs.shape[:2] or target.is_floating_point():
+            raise ValueError(
+                f"{name} must be integer token ids of the input's shape {list(inputs.shape[:2])}, got "
+                f"{target.dtype} of shape {list(target.shape)}."
+            )
+        bad = (target != -100) & ((target < 0) | (target >= config.vocab_size))
+        if bad.any():
+            raise ValueError(
+                f"{name} holds {target[bad][0].item()}: expected token ids in [0, vocab_size={config.vocab_size}) "
+                "or -100 for positions that count in no loss."
             )
 
 
@@ -202,26 +286,29 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        past_len = cache.get_seq_length() if cache is not None else 0
-        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        past_len = cache.get_seq_length() if cache is not None else 0  # int, or a 0-d tensor (StaticCache)
         if not torch.compiler.is_compiling():
-            _check_inputs(self.config, input_ids, seq_len, past_len)
+            _check_shapes(self.config, input_ids, inputs_embeds, attention_mask, position_ids, past_len)
+            seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            _check_ids_and_positions(self.config, input_ids, position_ids, past_len, seq_len)
 
         if inputs_embeds is None:
             inputs_embeds = self.tok_emb(input_ids)  # [B, T, E]
         if position_ids is None:
-            position_ids = self._positions(attention_mask, past_len, seq_len, inputs_embeds.device)
+            position_ids = self._positions(attention_mask, past_len, inputs_embeds)
         x = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))  # [B, T, E]
 
+        # An empty cache adds nothing to attend to. Left out, it lets transformers detect packed rows
+        # (position_ids restarting at 0, no attention_mask) and keep their examples apart, as it does
+        # without a cache; a StaticCache is kept (its keys span its whole length).
+        empty_cache = isinstance(past_len, int) and past_len == 0 and not getattr(cache, "is_compileable", False)
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            cache=cache,
+            cache=None if empty_cache else cache,
             position_ids=position_ids,
         )
         for block in self.trf_blocks:
@@ -230,13 +317,14 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=x, cache=cache if use_cache else None)
 
     @staticmethod
-    def _positions(attention_mask, past_len: int, seq_len: int, device) -> torch.LongTensor:
+    def _positions(attention_mask, past_len, inputs_embeds) -> torch.LongTensor:
         """Positions of the new tokens: counted over real tokens of `attention_mask` (so left padding
         does not shift them), else continuing after the cached ones. Returns [B or 1, T]."""
+        seq_len = inputs_embeds.shape[1]
         if attention_mask is not None and attention_mask.ndim == 2:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, S]
             return positions[:, -seq_len:]
-        return torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
+        return (torch.arange(seq_len, device=inputs_embeds.device) + past_len).unsqueeze(0)  # no sync on a tensor
 
 
 class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
@@ -273,10 +361,13 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets for next-token prediction, unshifted (`labels = input_ids` works; the loss
-            shifts them). Positions set to -100 are ignored.
+            shifts them). Positions set to -100 are ignored; other ids outside `[0, vocab_size)` and
+            another shape are a ValueError, in training and evaluation alike.
         logits_to_keep (`int` or `torch.Tensor`): compute logits for the last `logits_to_keep`
             positions only (0 keeps all), as `generate` does.
         """
+        if not torch.compiler.is_compiling():
+            _check_labels(self.config, labels, kwargs.get("shift_labels"), input_ids, inputs_embeds)
         outputs: BaseModelOutputWithPast = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -383,20 +474,26 @@ class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
 
     def _last_token_index(self, input_ids, attention_mask, hidden) -> torch.LongTensor:
         """Index of the rightmost real token of each row: from `attention_mask` when given, else the
-        rightmost token that is not `pad_token_id`."""
+        rightmost token that is not `pad_token_id`. A row with no real token is a ValueError."""
         batch_size, seq_len = hidden.shape[:2]
-        if self.config.pad_token_id is None and batch_size != 1:
-            raise ValueError(
-                f"Cannot classify a batch of {batch_size} sequences: the config has no pad_token_id, so padding "
-                "cannot be told apart from text. Set config.pad_token_id (e.g. the tokenizer's pad id)."
-            )
-        positions = torch.arange(seq_len, device=hidden.device)
         if attention_mask is not None and attention_mask.ndim == 2:
-            real = attention_mask[:, -seq_len:].to(hidden.device).bool()
+            real = attention_mask[:, -seq_len:].to(hidden.device).bool()  # [B, T]
+            what = "its attention_mask is all 0"
         elif input_ids is not None and self.config.pad_token_id is not None:
-            real = (input_ids != self.config.pad_token_id).to(hidden.device)
-        else:
+            real = (input_ids != self.config.pad_token_id).to(hidden.device)  # [B, T]
+            what = f"every id is pad_token_id={self.config.pad_token_id}"
+        elif self.config.pad_token_id is None and batch_size != 1:
+            raise ValueError(
+                f"Cannot classify a batch of {batch_size} sequences without an attention_mask: the config has no "
+                "pad_token_id, so padding cannot be told apart from text. Pass the attention_mask or set "
+                "config.pad_token_id (e.g. the tokenizer's pad id)."
+            )
+        else:  # one sequence, or embeddings: no padding to find
             return torch.full((batch_size,), seq_len - 1, device=hidden.device, dtype=torch.long)
+        empty = ~real.any(-1)  # [B]
+        if empty.any():
+            raise ValueError(f"Row {int(empty.nonzero()[0])} has no real token ({what}): there is nothing to classify.")
+        positions = torch.arange(seq_len, device=hidden.device)
         return (positions * real).argmax(-1)
 
 

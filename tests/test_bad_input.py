@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, TrainingArguments
 
 import hf_gpt_scratch
 import hf_gpt_scratch.tokenization
@@ -26,7 +26,7 @@ from hf_gpt_scratch.faults import ExampleTooLongError, check_sequence_lengths, p
 from hf_gpt_scratch.loading import CheckpointMismatchError, from_pretrained_strict, load_causal_lm
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
 
-from conftest import RECIPES, REPO, load_recipe
+from conftest import RECIPES, REPO, load_recipe, tiny_config
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 TINY = "n_layers=2,emb_dim=32,n_heads=2,context_length=64,drop_rate=0.0"
@@ -453,3 +453,115 @@ def test_pickle_files_lists_what_is_not_the_trainers(tmp_path):
                  "checkpoint-5/extra.pkl", "checkpoint-5/global_step5/mp_rank_00_model_states.pt", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert pickle_files(tmp_path) == ["checkpoint-5/extra.pkl", "pytorch_model.bin"]
+
+
+# --------------------------------------------------------------------------------------------
+# The model API: bad tensors get a ValueError naming the value, the same in train and eval mode
+# --------------------------------------------------------------------------------------------
+
+
+def _tiny(cls=GPTScratchForCausalLM, train=False, **overrides):
+    model = cls(tiny_config(**overrides))
+    return model.train(train)
+
+
+def _ids(*shape):
+    return torch.randint(1, 97, shape)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize(
+    "make_kwargs, pattern",
+    [
+        (lambda: dict(input_ids=_ids(1, 0)), r"input_ids is empty \(shape \[1, 0\]\)"),
+        (lambda: dict(input_ids=_ids(0, 4)), r"input_ids is empty \(shape \[0, 4\]\)"),
+        (lambda: dict(input_ids=_ids(5)), r"input_ids must be 2-D \[batch, tokens\], got shape \[5\]"),
+        (lambda: dict(inputs_embeds=torch.randn(2, 4, 16)), r"inputs_embeds must be \[batch, tokens, emb_dim=32\], got shape \[2, 4, 16\]"),
+        (lambda: dict(inputs_embeds=torch.randn(2, 0, 32)), r"inputs_embeds is empty"),
+        (lambda: dict(input_ids=_ids(2, 6), attention_mask=torch.ones(2, 5)), r"attention_mask has shape \[2, 5\].*expected \[2, 6\]"),
+        (lambda: dict(input_ids=_ids(2, 6), attention_mask=torch.ones(1, 6)), r"attention_mask has shape \[1, 6\].*expected \[2, 6\]"),
+        (lambda: dict(input_ids=_ids(2, 6), attention_mask=torch.ones(6)), r"attention_mask has shape \[6\]"),
+        (lambda: dict(input_ids=_ids(2, 6), position_ids=torch.arange(5)[None]), r"position_ids has shape \[1, 5\], expected \[2 or 1, 6\]"),
+    ],
+)
+@pytest.mark.parametrize("cls", [GPTScratchForCausalLM, GPTScratchForSequenceClassification])
+def test_bad_input_tensors(cls, make_kwargs, pattern, train):
+    model = _tiny(cls, train, pad_token_id=0)
+    with pytest.raises(ValueError, match=pattern):
+        model(**make_kwargs())
+
+
+def test_generate_with_an_empty_prompt():
+    model = _tiny(pad_token_id=0)
+    with pytest.raises(ValueError, match=r"input_ids is empty \(shape \[1, 0\]\).*bos or eos id"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2)
+
+
+def test_a_mask_with_a_cache_covers_the_cached_tokens_too():
+    """transformers' convention: after 4 cached tokens, 2 new ones take a mask of [batch, 6]."""
+    model = _tiny()
+    x = _ids(2, 6)
+    cache = DynamicCache(config=model.config)
+    model(x[:, :4], cache=cache, use_cache=True)
+    step = model(x[:, 4:], attention_mask=torch.ones(2, 6), cache=cache, use_cache=True).logits
+    torch.testing.assert_close(step, model(x).logits[:, 4:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \[2, 2\], but input_ids is \[2, 2\] after 6 cached "
+                                         r"tokens: expected \[2, 8\]"):
+        model(x[:, 4:], attention_mask=torch.ones(2, 2), cache=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize(
+    "make_labels, pattern",
+    [
+        (lambda x: torch.where(torch.arange(x.shape[1]) < 2, -1, x), r"labels holds -1: expected token ids in \[0, vocab_size=97\) or -100"),
+        (lambda x: torch.where(torch.arange(x.shape[1]) == 3, 97, x), r"labels holds 97: expected token ids in \[0, vocab_size=97\)"),
+        (lambda x: x[:, :-1], r"labels must be integer token ids of the input's shape \[2, 6\], got torch.int64 of shape \[2, 5\]"),
+        (lambda x: x.reshape(-1), r"labels must be .* shape \[2, 6\], got torch.int64 of shape \[12\]"),
+        (lambda x: x.float(), r"labels must be integer token ids .* got torch.float32"),
+    ],
+)
+def test_bad_causal_lm_labels(make_labels, pattern, train):
+    model = _tiny(train=train)
+    x = _ids(2, 6)
+    with pytest.raises(ValueError, match=pattern):
+        model(x, labels=make_labels(x))
+    with pytest.raises(ValueError, match=pattern.replace("labels", "shift_labels")):  # pre-shifted (context parallel)
+        model(x, labels=x, shift_labels=make_labels(x))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_shift_labels_give_the_loss_of_labels(train):
+    model = _tiny(train=train)
+    x = _ids(2, 6)
+    labels = x.clone()
+    labels[0, :2] = -100
+    shift = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].contiguous()  # as the Trainer passes them
+    expected = model(x, labels=labels).loss
+    torch.testing.assert_close(model(x, labels=labels, shift_labels=shift).loss, expected)
+    torch.testing.assert_close(model(x, labels=torch.full_like(x, -100), shift_labels=shift).loss, expected)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_classifier_refuses_a_row_with_no_real_token(train):
+    model = _tiny(GPTScratchForSequenceClassification, train, pad_token_id=0, num_labels=2)
+    x = _ids(3, 5)
+    mask = torch.ones_like(x)
+    mask[1] = 0
+    with pytest.raises(ValueError, match=r"Row 1 has no real token \(its attention_mask is all 0\)"):
+        model(x, attention_mask=mask, labels=torch.tensor([0, 1, 0]))
+    x[2] = 0
+    with pytest.raises(ValueError, match=r"Row 2 has no real token \(every id is pad_token_id=0\)"):
+        model(x, labels=torch.tensor([0, 1, 0]))
+
+
+def test_classifier_without_pad_token_id_uses_the_attention_mask():
+    model = _tiny(GPTScratchForSequenceClassification, num_labels=3)
+    assert model.config.pad_token_id is None
+    a, b = _ids(1, 3), _ids(1, 6)
+    batch = torch.cat([torch.cat([a, torch.full((1, 3), 5)], 1), b])  # right-padded with an ordinary id
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6])
+    alone = torch.cat([model(a).logits, model(b).logits])
+    torch.testing.assert_close(model(batch, attention_mask=mask).logits, alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"Cannot classify a batch of 2 sequences without an attention_mask.*pad_token_id"):
+        model(batch)

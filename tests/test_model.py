@@ -1,6 +1,7 @@
 """Behaviour of the model against transformers' contract: causality, backends, cache, padding,
 heads, gradient checkpointing, outputs, and the errors a user meets."""
 
+import functools
 import warnings
 
 import pytest
@@ -413,3 +414,147 @@ def test_zero3_partitioned_head_is_fused_only_when_registered():
     weight = model.out_head.weight
     model.ds_external_parameters = types.MethodType(lambda self: [("0", weight)], model)
     assert model(x, labels=x).logits is None
+
+
+# ---------------------------------------------------------------- packed rows (DataCollatorWithFlattening, TRL packing)
+
+
+def _gpt2(model, attn):
+    from hf_gpt_scratch.convert import scratch_to_gpt2
+
+    gpt2 = scratch_to_gpt2(model)
+    gpt2.set_attn_implementation(attn)
+    return gpt2
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_row_equals_its_sequences_run_alone(attn, use_cache):
+    """Context 8, one row holding two 6-token sequences with position_ids [0..5, 0..5]: each token
+    sees only its own sequence. transformers' create_causal_mask detects the restart from position_ids;
+    stock GPT-2 does so only without a cache (with use_cache=True it attends across the examples), so
+    the reference is GPT-2 with use_cache=False."""
+    model = lm(context_length=8)
+    model.set_attn_implementation(attn)
+    a, b = torch.randint(0, 97, (1, 6)), torch.randint(0, 97, (1, 6))
+    row, positions = torch.cat([a, b], 1), torch.arange(6).repeat(2)[None]
+    alone = torch.cat([model(a).logits, model(b).logits], 1)
+    packed = model(row, position_ids=positions, use_cache=use_cache).logits
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+    gpt2 = _gpt2(model, attn).eval()
+    torch.testing.assert_close(packed, gpt2(row, position_ids=positions, use_cache=False).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_flattened_batch_wider_than_the_context_trains_like_gpt2(attn):
+    """DataCollatorWithFlattening (padding-free, what TRL's packing produces) puts 18 tokens of three
+    examples in one row of a model with context 8: loss and gradients equal stock GPT-2's on the same
+    weights (use_cache=False, as the Trainer sets it)."""
+    from transformers import DataCollatorWithFlattening
+
+    model = lm(context_length=8).train()
+    model.set_attn_implementation(attn)
+    examples = [torch.randint(0, 97, (n,)).tolist() for n in (6, 5, 7)]
+    batch = DataCollatorWithFlattening()([{"input_ids": ids, "labels": ids} for ids in examples])
+    assert batch["input_ids"].shape == (1, 18) and "attention_mask" not in batch
+    gpt2 = _gpt2(model, attn).train()
+    ours, theirs = model(**batch), gpt2(**batch, use_cache=False)
+    ours.loss.backward()
+    theirs.loss.backward()
+    torch.testing.assert_close(ours.loss, theirs.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.model.pos_emb.weight.grad, gpt2.transformer.wpe.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.model.tok_emb.weight.grad, gpt2.transformer.wte.weight.grad, atol=1e-5, rtol=1e-4)
+    # the loss of the examples run one by one, weighted by their number of targets
+    model.eval()
+    losses = [model(torch.tensor([ids]), labels=torch.tensor([ids])).loss * (len(ids) - 1) for ids in examples]
+    torch.testing.assert_close(ours.loss, sum(losses) / 15, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [8, 50, -1])
+def test_position_ids_outside_the_table_name_the_value(bad):
+    model = lm(context_length=8)
+    positions = torch.arange(6)[None].clone()
+    positions[0, 3] = bad
+    with pytest.raises(ValueError, match=rf"position_ids holds {bad}.*\[0, context_length=8\)"):
+        model(torch.randint(0, 97, (1, 6)), position_ids=positions)
+
+
+# ---------------------------------------------------------------- no host sync per generated token
+
+
+def _filled_cache(kind, config, batch, past, device):
+    from transformers import StaticCache
+
+    cache = DynamicCache(config=config) if kind == "dynamic" else StaticCache(config=config, max_cache_len=16)
+    shape = (batch, config.n_heads, past, config.head_dim)
+    for layer in range(config.n_layers):
+        cache.update(torch.zeros(shape, device=device), torch.zeros(shape, device=device), layer)
+    return cache
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_decode_step_reads_no_value_from_the_device(attn, cache_kind, with_mask):
+    """On the meta device a tensor has no values: anything that reads one (`.item()`, `int()`, `if t:`,
+    `.tolist()`, boolean indexing, a tensor-sized `arange`, ...) raises. A cached decode step of one
+    token per row, as `generate` runs it on an accelerator, must run there; a prefill reads the ids.
+    (transformers' own sdpa mask reads a padding mask on every step, in GPT-2 too: not tested here.)"""
+    if attn == "sdpa" and with_mask:
+        pytest.skip("transformers' sdpa mask creation reads the padding mask (masking_utils._ignore_causal_mask_sdpa)")
+    model = GPTScratchForCausalLM(tiny_config()).eval().to("meta")
+    model.set_attn_implementation(attn)
+    cache = _filled_cache(cache_kind, model.config, batch=2, past=5, device="meta")
+    step = dict(
+        input_ids=torch.zeros(2, 1, dtype=torch.long, device="meta"),
+        position_ids=torch.zeros(2, 1, dtype=torch.long, device="meta"),
+        attention_mask=torch.ones(2, 6, dtype=torch.long, device="meta") if with_mask else None,
+    )
+    assert model(**step, cache=cache, use_cache=True, logits_to_keep=1).logits.shape == (2, 1, 97)
+    # positions counted on from the cache (a tensor in a StaticCache), as transformers' own models do
+    assert model(step["input_ids"], cache=cache, use_cache=True).logits.shape == (2, 1, 97)
+    with pytest.raises(RuntimeError, match="meta"):  # the prefill does read the ids (once per generate call)
+        model(torch.zeros(2, 3, dtype=torch.long, device="meta"))
+
+
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_generate_syncs_only_in_the_prefill(padded, cache_implementation, monkeypatch):
+    """Counts the reads of tensor values (`item`, `int()`, `bool()`, `tolist`) inside our forward during
+    `generate`, taking the accelerator path on the CPU (`_reads_are_free` patched): the prefill reads
+    (its checks), each decode step reads nothing. Padded batches run eager: transformers' sdpa mask
+    creation reads a padding mask itself (GPT-2 too)."""
+    from hf_gpt_scratch import modeling_gpt_scratch
+
+    model = AutoModelForCausalLM.from_config(tiny_config(pad_token_id=0), attn_implementation="eager" if padded else "sdpa")
+    model.eval()
+    monkeypatch.setattr(modeling_gpt_scratch, "_reads_are_free", lambda tensor: False, raising=False)
+    reads, calls = [0], []
+    for name in ("item", "__int__", "__bool__", "tolist", "__index__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads[0] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    forward = model.forward
+
+    @functools.wraps(forward)  # generate reads the signature (attention_mask, position_ids)
+    def counting_forward(*args, **kwargs):
+        before = reads[0]
+        out = forward(*args, **kwargs)
+        calls.append((kwargs["input_ids"].shape[1], reads[0] - before))
+        return out
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    prompt = torch.randint(1, 97, (2, 5))
+    mask = torch.ones_like(prompt)
+    if padded:
+        prompt[0, :2], mask[0, :2] = 0, 0
+    model.generate(prompt, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                   cache_implementation=cache_implementation)
+    monkeypatch.undo()
+    (prefill_len, prefill_reads), *steps = calls
+    assert prefill_len == 5 and prefill_reads > 0  # the counter sees our checks
+    assert steps == [(1, 0)] * 5
