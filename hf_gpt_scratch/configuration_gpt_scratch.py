@@ -10,6 +10,10 @@ value: a rule on one field (`n_heads > 0`) at each assignment; the rules across 
 construction, `from_dict`/`from_pretrained` (after keyword overrides), `update` and
 `update_from_string`, before `save_pretrained` writes anything, and when a model is built. So
 `cfg.emb_dim = 40; cfg.n_heads = 5` works one field at a time.
+
+Not huggingface_hub's `@strict` (transformers' own configs): its errors are not ValueErrors, it
+checks the name as written so `attribute_map` aliases skip it (`GPT2Config().num_attention_heads =
+"x"` is accepted), and its `float` check refuses an int (`GPT2Config(initializer_range=1)`).
 """
 
 import math
@@ -77,10 +81,16 @@ class GPTScratchConfig(PretrainedConfig):
             (OpenAI's GPT-2 weights have them).
         tie_word_embeddings (`bool`, defaults to False): share the output head with the token
             embedding. The book's `GPTModel` does not; OpenAI's GPT-2 does.
-        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
-        initializer_range (`float`, defaults to 0.02): std of the normal init of weights.
-        pad_token_id, bos_token_id, eos_token_id (`int`, optional): special ids; the GPT-2 BPE uses
-            50256 (`<|endoftext|>`) for end of text and, in this project's recipes, for padding.
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm, > 0.
+        initializer_range (`float`, defaults to 0.02): std of the normal init of weights, > 0.
+        use_cache (`bool`, defaults to True): `generate` keeps keys and values of past tokens.
+        pad_token_id, bos_token_id, eos_token_id (`int`, optional): special ids in [0, vocab_size)
+            (eos may be a list); the GPT-2 BPE uses 50256 (`<|endoftext|>`) for end of text and, in
+            this project's recipes, for padding.
+
+    Raises:
+        ValueError: a field breaks its rule, or two names of one field disagree (see the module
+            docstring for when each rule is checked).
 
     Example:
     ```python
