@@ -259,6 +259,7 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
 
     def __init__(self, config: GPTScratchConfig):
         super().__init__(config)
+        config.validate()  # the rules across fields (emb_dim % n_heads, ...) that assignment leaves to here
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
         self.drop_emb = nn.Dropout(config.drop_rate)

@@ -298,8 +298,12 @@ def _checkpoint(path, **overrides):
 
 
 def _edit_config(path, **values):
+    """Edit config.json under every name of each field: ours lists the standard names too
+    (`num_hidden_layers` beside `n_layers`), and two names that disagree are refused."""
     config = json.loads((path / "config.json").read_text())
     config.update(values)
+    if config.get("model_type") == GPTScratchConfig.model_type:
+        config.update({alias: config[name] for alias, name in GPTScratchConfig.attribute_map.items()})
     (path / "config.json").write_text(json.dumps(config))
 
 

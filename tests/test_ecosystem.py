@@ -1,13 +1,15 @@
-"""The ecosystem works on the model as on a stock one: pipelines with the GPT-2 tokenizer, and PEFT
-LoRA (wrap, generate, save/load the adapter, merge)."""
+"""The ecosystem works on the model as on a stock one: pipelines with the GPT-2 tokenizer, PEFT
+LoRA (wrap, generate, save/load the adapter, merge), and PEFT prompt and prefix tuning, which read
+the sizes from `config.to_dict()`."""
 
 import pytest
 import torch
 from conftest import tiny_config
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, pipeline
 
 from hf_gpt_scratch import GPTScratchForCausalLM, GPTScratchForSequenceClassification
+from hf_gpt_scratch.convert import scratch_to_gpt2
 from hf_gpt_scratch.tokenization import gpt2_tokenizer
 
 
@@ -82,3 +84,32 @@ def test_peft_lora_wraps_trains_saves_and_merges(tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(again(x).logits, tuned_logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(again.generate(x[:, :4], max_new_tokens=5, do_sample=False), generated)
+
+
+@pytest.mark.parametrize("peft_config", [PromptTuningConfig, PrefixTuningConfig])
+def test_peft_prompt_and_prefix_tuning_match_stock_gpt2(peft_config):
+    """PEFT reads num_hidden_layers / hidden_size / num_attention_heads from `config.to_dict()`; with
+    the same weights and the same virtual tokens our model and stock GPT-2 give the same outputs."""
+    ours = GPTScratchForCausalLM(tiny_config(qkv_bias=True)).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    stock = scratch_to_gpt2(ours).eval()
+    tuned = get_peft_model(ours, peft_config(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    reference = get_peft_model(stock, peft_config(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    settings = tuned.peft_config["default"]
+    assert (settings.num_layers, settings.token_dim, settings.num_attention_heads) == (2, 32, 4)
+    reference.prompt_encoder.load_state_dict(tuned.prompt_encoder.state_dict())
+
+    x = torch.randint(0, 97, (2, 6))
+    logits = tuned(input_ids=x).logits
+    torch.testing.assert_close(logits, reference(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+    with tuned.disable_adapter():
+        assert not torch.allclose(tuned(input_ids=x).logits, logits[:, -6:], atol=1e-3)  # the virtual tokens count
+    loss = tuned(input_ids=x, labels=x).loss
+    torch.testing.assert_close(loss, reference(input_ids=x, labels=x).loss, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    trainable = {n: p for n, p in tuned.named_parameters() if p.requires_grad}
+    assert trainable and all("prompt_encoder" in n and p.grad is not None for n, p in trainable.items())
+    assert torch.equal(tuned.generate(input_ids=x, max_new_tokens=4, do_sample=False),
+                       reference.generate(input_ids=x, max_new_tokens=4, do_sample=False))
