@@ -24,7 +24,6 @@ an adapter naming it would load for nobody, so then the merged model alone is pu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -158,10 +157,6 @@ def _fmt(value: Any) -> str:
     return str(getattr(value, "value", value))  # the enums of TrainingArguments
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _safetensors_header(path: Path) -> bytes:
     """The JSON header of a safetensors file (tensor names, dtypes, shapes, metadata)."""
     with open(path, "rb") as f:
@@ -172,14 +167,10 @@ def _hardware(training_args, world: int) -> str:
     import torch
     import transformers
 
-    device = "CPU"
-    with contextlib.suppress(Exception):  # `.device` sets up the devices; a card must not fail on it
-        if training_args.device.type == "cuda":
-            device = torch.cuda.get_device_name(training_args.device)
-        elif training_args.device.type != "cpu":
-            device = training_args.device.type.upper()
-    processes = f"{world} process{'es' if world > 1 else ''}"
-    return f"{processes} on {device}; torch {torch.__version__}, transformers {transformers.__version__}."
+    device = getattr(training_args, "device", torch.device("cpu"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
+    return (f"{world} process{'es' if world > 1 else ''} on {name}; torch {torch.__version__}, "
+            f"transformers {transformers.__version__}.")
 
 
 def _adapter_base(output_dir: Path) -> str | None:
@@ -187,15 +178,8 @@ def _adapter_base(output_dir: Path) -> str | None:
     return _hub_id(_read_json(output_dir / "adapter" / "adapter_config.json").get("base_model_name_or_path"))
 
 
-def model_card(
-    output_dir: str | Path,
-    results: Mapping[str, Any],
-    task: str,
-    training_args=None,
-    model_args=None,
-    data_args=None,
-    repo_id: str | None = None,
-):
+def model_card(output_dir: str | Path, results: Mapping[str, Any], task: str, training_args=None, model_args=None,
+               data_args=None, repo_id: str | None = None):
     """The `huggingface_hub.ModelCard` of the run in `output_dir` (see `write_model_card`)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -217,7 +201,8 @@ def model_card(
     eval_results = [
         EvalResult(task_type=pipeline_tag, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
                    dataset_split=split, metric_type=metric, metric_name=name, metric_value=results[key])
-        for key, split, metric, name in _METRICS[task] if _finite(results.get(key))
+        for key, split, metric, name in _METRICS[task]
+        if isinstance(results.get(key), (int, float)) and math.isfinite(results[key])
     ]
     remote_code = bool(config.get("auto_map"))
     tags = [CARD_TAG, "gpt_scratch", "llms-from-scratch", *["custom_code"] * remote_code,
@@ -255,15 +240,8 @@ def _card_path(output_dir: Path) -> Path:
     return path
 
 
-def write_model_card(
-    output_dir: str | Path,
-    results: Mapping[str, Any],
-    task: str = "pretrain",
-    training_args=None,
-    model_args=None,
-    data_args=None,
-    repo_id: str | None = None,
-) -> Path:
+def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: str = "pretrain", training_args=None,
+                     model_args=None, data_args=None, repo_id: str | None = None) -> Path:
     """Write output_dir/README.md, the model card, filled from `results` (the run's results.json).
 
     `task` is the recipe ("pretrain", "classify", "instruct") or "convert": it decides the pipeline
@@ -351,9 +329,9 @@ def push_run(output_dir: str | Path, repo_id: str, private: bool | None = None, 
     out = Path(output_dir)
     names = pushed_files(out)
     check_pushable(out, names)
-    repo_id = create_repo(repo_id, private=private)
     api = HfApi()
     try:
+        repo_id = create_repo(repo_id, private=private)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(
@@ -369,15 +347,8 @@ def push_run(output_dir: str | Path, repo_id: str, private: bool | None = None, 
     return info
 
 
-def finish_run(
-    output_dir: str | Path,
-    results: Mapping[str, Any],
-    task: str,
-    training_args=None,
-    model_args=None,
-    data_args=None,
-    target: HubTarget | None = None,
-):
+def finish_run(output_dir: str | Path, results: Mapping[str, Any], task: str, training_args=None, model_args=None,
+               data_args=None, target: HubTarget | None = None):
     """End of a recipe, on the main process: write the model card into `output_dir`, then push the
     run when `target` (from `prepare_push`) says so. Returns the push's `CommitInfo` or None.
     Without a push, a card that cannot be written is only a warning."""
