@@ -83,7 +83,8 @@ def hub_cache(tmp_path_factory):
     (root / "site").mkdir()
     shutil.copy(Path(hub_recorder.__file__), root / "site" / "sitecustomize.py")
     cache = root / "cache"
-    pythonpath = os.pathsep.join(filter(None, [str(root / "site"), str(REPO), os.environ.get("PYTHONPATH")]))
+    # the package as this process imports it: the installed one, or a checkout on PYTHONPATH
+    pythonpath = os.pathsep.join(filter(None, [str(root / "site"), os.environ.get("PYTHONPATH")]))
     return cache, dict(PYTHONPATH=pythonpath, HUB_RECORDER_CACHE=cache, HF_HUB_CACHE=cache, HF_TOKEN=FAKE_TOKEN)
 
 
