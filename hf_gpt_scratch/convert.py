@@ -696,7 +696,7 @@ def _convert(args) -> int:
         print(f"No model card written ({type(err).__name__}: {err}).")
     if args.push_to_hub:
         try:
-            info = push_run(output_dir, repo_id, "convert", private=args.private or None)
+            info = push_run(output_dir, repo_id, private=args.private or None)
         except Exception as err:
             print(f"error: the model is saved in {output_dir} but uploading to {repo_id} failed: {err}", file=sys.stderr)
             return 1

@@ -353,7 +353,7 @@ def refuse_hub_token(training_args) -> None:
     """Refuse `--hub_token`: the Trainer pickles its arguments into training_args.bin in every
     checkpoint (and the token would sit in the shell history and the process list). Tokens come
     from `hf auth login` or the HF_TOKEN environment variable, which huggingface_hub reads itself.
-    The same rule and wording as `hub.prepare_push`, applied to every recipe at parse time."""
+    Applied to every recipe at parse time, and by `hub.prepare_push`."""
     if getattr(training_args, "hub_token", None):
         raise ValueError(
             "--hub_token is not accepted: a token given as a flag ends up in logs and in the saved training "
