@@ -86,3 +86,31 @@ def verdict_bpe_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("verdict_bpe")
     train_bpe_tokenizer([VERDICT.read_text(encoding="utf-8")], vocab_size=512).save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------- a model and its GPT-2 export, on disk
+
+
+@pytest.fixture(scope="session")
+def gpt2_pair_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model with GPT-2's vocabulary and tokenizer saved with its code (`"ours"`), and its stock
+    `GPT2LMHeadModel` export of the same weights (`"gpt2"`), for clients (lm-eval, TRL) that load a
+    folder. Context 32 tokens; every weight is perturbed, so no norm is the identity and no bias zero."""
+    from hf_gpt_scratch.convert import scratch_to_gpt2
+    from hf_gpt_scratch.tokenization import gpt2_tokenizer
+
+    torch.manual_seed(0)
+    model = hf_gpt_scratch.GPTScratchForCausalLM(
+        tiny_config(vocab_size=50257, qkv_bias=True, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+    )
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    root = tmp_path_factory.mktemp("gpt2_pair")
+    dirs = {"ours": root / "ours", "gpt2": root / "gpt2"}
+    tok = gpt2_tokenizer()
+    for name, m in (("ours", model), ("gpt2", scratch_to_gpt2(model))):
+        m.save_pretrained(dirs[name])
+        tok.save_pretrained(dirs[name])
+    return dirs
