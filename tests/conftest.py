@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +87,44 @@ def verdict_bpe_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("verdict_bpe")
     train_bpe_tokenizer([VERDICT.read_text(encoding="utf-8")], vocab_size=512).save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------- a model and its GPT-2 export, on disk
+
+CLIENT_TEXTS = REPO / "tests" / "lm_eval_tasks"
+
+
+@pytest.fixture(scope="session")
+def client_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model saved with its code (`"ours"`) and its stock `GPT2LMHeadModel` export of the same
+    weights (`"gpt2"`), each with the same tokenizer, for clients that load a folder (lm-eval, TRL).
+
+    Context 32 tokens; every weight is perturbed, so no norm is the identity and no bias is zero.
+    The tokenizer is a byte-level BPE with GPT-2's pipeline trained on the lm-eval task texts (about
+    500 tokens, `<|endoftext|>` = eos = pad = id 0, `<|pad|>` = id 1): GPT-2's own 50k vocabulary works
+    the same but makes `datasets` spend seconds hashing the tokenizer on every TRL `map`."""
+    from hf_gpt_scratch.convert import scratch_to_gpt2
+    from hf_gpt_scratch.tokenization import train_bpe_tokenizer
+
+    texts = [
+        value
+        for f in sorted(CLIENT_TEXTS.glob("*.jsonl"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+        for value in json.loads(line).values()
+        if isinstance(value, str)
+    ]
+    tok = train_bpe_tokenizer(texts, vocab_size=512, special_tokens=("<|endoftext|>", "<|pad|>"))
+    torch.manual_seed(0)
+    model = hf_gpt_scratch.GPTScratchForCausalLM(
+        tiny_config(vocab_size=len(tok), qkv_bias=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    )
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    root = tmp_path_factory.mktemp("client_models")
+    dirs = {"ours": root / "ours", "gpt2": root / "gpt2"}
+    for name, m in (("ours", model), ("gpt2", scratch_to_gpt2(model))):
+        m.save_pretrained(dirs[name])
+        tok.save_pretrained(dirs[name])
+    return dirs
