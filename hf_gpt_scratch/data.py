@@ -49,8 +49,6 @@ __all__ = [
     "load_sms_spam",
     "load_text_classification_file",
     "labelled_dataset",
-    "infer_label_names",
-    "label_ids",
     "load_text_records",
     "balanced_split",
     "balance_and_split_spam",
@@ -275,8 +273,9 @@ def labelled_dataset(
         raise ValueError(f"{source}: missing column(s) {missing}; columns found: {ds.column_names} "
                          "(choose them with text_column / label_column)")
     texts, labels, feature = list(ds[text_column]), list(ds[label_column]), ds.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        labels, names = feature.int2str(labels), names or feature.names
+    if isinstance(feature, datasets.ClassLabel):  # -1 (no label, e.g. GLUE's test splits) becomes None
+        labels = [feature.int2str(v) if 0 <= v < feature.num_classes else None for v in labels]
+        names = names or feature.names
     for row, (text, label) in enumerate(zip(texts, labels)):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{source}: row {row} has no text in column {text_column!r} (got {text!r}); "

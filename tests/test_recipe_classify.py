@@ -410,6 +410,9 @@ def test_dataset_name_reads_class_labels_by_name(tmp_path):
     assert names == ["ham", "spam"] and splits["test"]["label"] == [1, 0] and splits["test"]["text"] == ["free prize", "see you"]
     with pytest.raises(ValueError, match=r"\[train\]: missing column\(s\) \['text'\]; columns found: \['sms', 'y'\]"):
         C.load_classification_splits(C.ClassifyDataArguments(dataset_name=str(tmp_path), label_column="y"))
+    C.datasets.Dataset.from_dict({"sms": ["a", "b"], "y": [0, -1]}, features=features).to_parquet(str(tmp_path / "test.parquet"))
+    with pytest.raises(ValueError, match=r"\[test\]: row 1 has no label in column 'y'"):  # -1: unlabelled
+        C.load_classification_splits(C.ClassifyDataArguments(**args))
 
 
 def test_tokenize_splits_length_and_eos(tiny_clm):
