@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -47,6 +48,7 @@ __all__ = [
     "split_text",
     "load_sms_spam",
     "load_text_classification_file",
+    "labelled_dataset",
     "load_text_records",
     "balanced_split",
     "balance_and_split_spam",
@@ -250,10 +252,38 @@ def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
 
 
 def _classification_dataset(texts: list[str], labels: list[int], names: Sequence[str]) -> datasets.Dataset:
-    features = datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))}
-    )
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
     return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def labelled_dataset(
+    ds: datasets.Dataset,
+    names: Sequence[str] | None = None,
+    source: str = "data",
+    text_column: str = "text",
+    label_column: str = "label",
+) -> tuple[datasets.Dataset, list[str]]:
+    """`(Dataset(text, label: ClassLabel), names)` from the text and label columns of `ds`, validated:
+    a missing column, a missing or blank text (it would be classified from a padding position) or
+    label is a ValueError naming `source`, the row (from 0) and the column. A ClassLabel column is
+    read by name (so `names` may reorder it) and names the classes when `names` is None; other
+    labels map by `label_ids`, or without `names` by `infer_label_names`."""
+    missing = [c for c in (text_column, label_column) if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}; columns found: {ds.column_names} "
+                         "(choose them with text_column / label_column)")
+    texts, labels, feature = list(ds[text_column]), list(ds[label_column]), ds.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):  # -1 (no label, e.g. GLUE's test splits) becomes None
+        labels = [feature.int2str(v) if 0 <= v < feature.num_classes else None for v in labels]
+        names = names or feature.names
+    for row, (text, label) in enumerate(zip(texts, labels)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{source}: row {row} has no text in column {text_column!r} (got {text!r}); "
+                             "an empty text would be classified from a padding position")
+        if label is None or label == "":
+            raise ValueError(f"{source}: row {row} has no label in column {label_column!r}")
+    names = [str(n) for n in names] if names is not None else infer_label_names(labels, source)
+    return _classification_dataset(texts, label_ids(labels, names, source), names), names
 
 
 def load_sms_spam(
@@ -262,41 +292,24 @@ def load_sms_spam(
     *,
     quoting: int = csv.QUOTE_NONE,
 ) -> datasets.Dataset:
-    """The SMS Spam Collection as a Dataset with `text` (str) and `label` (0 ham, 1 spam; a
-    `ClassLabel` named ("ham", "spam")).
+    """The SMS Spam Collection as a Dataset with `text` and `label` (a ClassLabel: 0 ham, 1 spam).
 
-    Read with pandas as a headerless TSV `label<TAB>text`. With `quoting=csv.QUOTE_NONE` (default)
-    every line is one message: 5,574 rows (4,827 ham, 747 spam). The book's notebook reads it with
-    pandas' default quoting (`quoting=csv.QUOTE_MINIMAL`), which strips some quote characters and
-    merges lines: 5,572 rows (4,825 ham); pass that to get the book's exact rows.
-    Without `path`, `fetch_book_file("SMSSpamCollection.tsv", data_dir)`.
+    Read with the book's pandas call (a headerless TSV `label<TAB>text`). With `quoting=csv.QUOTE_NONE`
+    (default) every line is one message: 5,574 rows (4,827 ham, 747 spam). The book's notebook reads it
+    with pandas' default `csv.QUOTE_MINIMAL`, which strips some quote characters and merges lines:
+    5,572 rows (4,825 ham); pass that for the book's exact rows. Without `path`,
+    `fetch_book_file("SMSSpamCollection.tsv", data_dir)`.
     """
     import pandas as pd
 
     path = Path(path) if path is not None else fetch_book_file("SMSSpamCollection.tsv", data_dir)
     if not path.is_file():
         raise FileNotFoundError(f"SMS spam file not found: {path}")
-    if quoting == csv.QUOTE_NONE:
-        df = pd.read_csv(
-            path, sep="\t", header=None, names=["Label", "Text"], quoting=csv.QUOTE_NONE,
-            dtype=str, keep_default_na=False, encoding="utf-8",
-        )
-    else:  # exactly the book's read_csv call, with the requested quoting
-        df = pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"], quoting=quoting)
+    verbatim = {"dtype": str, "keep_default_na": False, "encoding": "utf-8"} if quoting == csv.QUOTE_NONE else {}
+    df = pd.read_csv(path, sep="\t", header=None, names=["label", "text"], quoting=quoting, **verbatim)
     if df.empty:
         raise ValueError(f"SMS spam file is empty: {path}")
-    bad = ~df["Label"].isin(SPAM_LABELS)
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise ValueError(
-            f"{path}: row {row} has label {df['Label'].iloc[row]!r}; expected one of {SPAM_LABELS} "
-            f"(format: label<TAB>text, no header)"
-        )
-    if df["Text"].isna().any():
-        row = int(df["Text"].isna().to_numpy().nonzero()[0][0])
-        raise ValueError(f"{path}: row {row} has no text (format: label<TAB>text, no header)")
-    labels = [SPAM_LABELS.index(v) for v in df["Label"]]
-    return _classification_dataset(df["Text"].astype(str).tolist(), labels, SPAM_LABELS)
+    return labelled_dataset(datasets.Dataset.from_pandas(df), SPAM_LABELS, f"{path} (label<TAB>text, no header)")[0]
 
 
 def _read_records(path: Path) -> tuple[list[str], list[dict]]:
@@ -368,35 +381,74 @@ def as_int_label(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
     return None
 
 
-def label_ids(raw: Sequence[Any], names: Sequence[str], source: str, expected: str = "not in label_names") -> list[int]:
-    """Class ids of `raw` labels: a label whose text is a name gets its index, an integer in range
-    is the id itself; anything else is a ValueError naming the row (`{source}: row i has label v, which is
-    {expected} [names]`)."""
+def label_ids(raw: Sequence[Any], names: Sequence[str], source: str) -> list[int]:
+    """Class ids of `raw` labels: a label spelled exactly as a name gets its index, an integer id in
+    range is the id itself; anything else ("Spam" for "spam", "1.0", " spam") is a ValueError naming
+    `source`, the row and the value."""
     index = {n: i for i, n in enumerate(names)}
     ids = []
     for row, value in enumerate(raw):
         as_int = as_int_label(value)
         if str(value) in index:
             ids.append(index[str(value)])
-        elif as_int is not None and 0 <= as_int < len(names):
+        elif as_int is not None and as_int < len(names):
             ids.append(as_int)
         else:
-            raise ValueError(f"{source}: row {row} has label {value!r}, which is {expected} {list(names)}")
+            raise ValueError(f"{source}: row {row} has label {value!r}, which is not one of the classes {list(names)}")
     return ids
 
 
-def infer_label_names(raw: Sequence[Any]) -> list[str]:
-    """Class names of unnamed labels: "0".."max" when every label is an integer, else the sorted
-    distinct labels."""
-    ints = [as_int_label(v) for v in raw]
-    if all(v is not None for v in ints):
-        return [str(i) for i in range(max(ints) + 1)]
-    return sorted({str(v) for v in raw})
+def infer_label_names(raw: Sequence[Any], source: str = "labels") -> list[str]:
+    """Class names of labels given without names: "0".."n-1" when the labels are the integer ids
+    0..n-1, else the distinct labels sorted. Where that would guess, a ValueError names `source`, the
+    row and the values: integer ids that skip one (0 and 5 would make a six-class head), an integer
+    among names, a number that is not an integer ("1.0" beside "1"), spaces around a label, labels
+    that differ only in case ("spam" / "Spam"). Name the classes (`class_names`) or fix the data."""
+    first_row = {}
+    for row, value in enumerate(raw):
+        first_row.setdefault(value, row)
+    ids = {as_int_label(v) for v in first_row}
+    if None not in ids:
+        if ids != set(range(len(ids))):
+            raise ValueError(f"{source}: the integer labels {sorted(ids)} are not the ids 0..{len(ids) - 1}: they would "
+                             f"make a {max(ids) + 1}-class head; renumber them or name every class (class_names)")
+        return [str(i) for i in range(len(ids))]
+    seen: dict[str, Any] = {}
+    for value, row in sorted(first_row.items(), key=lambda item: as_int_label(item[0]) is not None):  # ids last
+        text = str(value)
+        why = ("an integer id among named classes" if as_int_label(value) is not None
+               else "a number that is not an integer id" if re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", text.strip().lower())
+               else "spaces around it" if text != text.strip()
+               else f"the same as {seen[text.casefold()]!r} but for case" if text.casefold() in seen else None)
+        if why:
+            raise ValueError(f"{source}: row {row} has label {value!r}, {why} (labels: {sorted(map(str, first_row))}); "
+                             "fix the data or name the classes (class_names)")
+        seen[text.casefold()] = value
+    return sorted(str(v) for v in first_row)
+
+
+def _csv_columns(path: Path, sep: str) -> list[str]:
+    """The header of a CSV (`sep` ",", quoted) or TSV ("\\t", unquoted) file, after checking that
+    every row has one field per column: a comma in an unquoted CSV field (or a tab in a TSV text)
+    would otherwise cut the text or shift it into the next column."""
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(load_text(path)), delimiter=sep, quoting=quoting)
+    header = next(reader)
+    rows = 0
+    for row in reader:
+        if row and len(row) != len(header):
+            raise ValueError(f"{path}: row {rows} (line {reader.line_num}) has {len(row)} fields {row} for the "
+                             f"{len(header)} columns {header}; " + ("quote a field that holds ','" if sep == "," else
+                             "an unquoted TSV field cannot hold a tab: use a quoted CSV"))
+        rows += bool(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return header
 
 
 def load_text_classification_file(
@@ -405,44 +457,33 @@ def load_text_classification_file(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
 ) -> tuple[datasets.Dataset, list[str]]:
-    """Any CSV / TSV (with a header row; TSV unquoted) / JSON (a list of objects) / JSONL file with
-    a text and a label column, as `(Dataset(text, label), label_names)`.
+    """A CSV / TSV (a header row; TSV unquoted) / JSON (a list of objects) / JSONL file with a text
+    and a label column, read with `datasets.load_dataset`, as `(Dataset(text, label), label_names)`.
 
-    Labels: with `label_names`, a label equal to one of the names gets its index, and an integer
-    (or digit string) in range is taken as the id itself; anything else is an error naming the row.
-    Without `label_names`: integer labels are ids (names "0", "1", ...); string labels are mapped
-    to ids in sorted order.
+    Labels: with `label_names`, `label_ids`; without, `infer_label_names`. Errors name the file, the
+    row (from 0, after the header) and the values: a row whose field count is not the header's, a
+    missing column, an empty text or label, a label the names do not cover or that would be guessed.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classification file not found: {path}")
-    columns, rows = _read_records(path)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    missing = [c for c in (text_column, label_column) if c not in columns]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {missing}; columns found: {columns} "
-            f"(choose them with text_column= / label_column=)"
-        )
-    texts, raw_labels = [], []
-    for i, row in enumerate(rows):
-        text, label = row.get(text_column), row.get(label_column)
-        if not isinstance(text, str):
-            raise ValueError(f"{path}: row {i} has no text in column {text_column!r} (got {text!r})")
-        if label is None or label == "":
-            raise ValueError(f"{path}: row {i} has no label in column {label_column!r}")
-        texts.append(text)
-        raw_labels.append(label)
-
-    if label_names is not None:
-        names = [str(n) for n in label_names]
-        if len(set(names)) != len(names):
-            raise ValueError(f"label_names has duplicates: {names}")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        sep = "\t" if suffix == ".tsv" else ","
+        columns = _csv_columns(path, sep)
+        kind, options = "csv", dict(sep=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL,
+                                    keep_default_na=False,  # no text or label becomes NaN (e.g. "NA", "null")
+                                    features=datasets.Features({c: datasets.Value("string") for c in columns}))
+    elif suffix in (".json", ".jsonl"):
+        load_text(path)  # a missing, empty or non-UTF-8 file: an error naming it
+        kind, options = "json", {}
     else:
-        names = infer_label_names(raw_labels)
-    labels = label_ids(raw_labels, names, str(path))
-    return _classification_dataset(texts, labels, names), names
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train", **options)
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
+        raise ValueError(f"{path}: not a JSON list of objects or JSON Lines ({err.__cause__ or err})") from None
+    return labelled_dataset(ds, label_names, str(path), text_column, label_column)
 
 
 def balanced_split(
@@ -453,16 +494,12 @@ def balanced_split(
     label_column: str = "label",
     balance: bool = True,
 ) -> datasets.DatasetDict:
-    """Undersample every class to the size of the smallest one, shuffle, and split into train /
-    validation / test, with the book's pandas calls (`llms_from_scratch.ch06`):
-
-    * each larger class: `df[df.label == c].sample(n_min, random_state=seed)`, concatenated in
-      label order, then the classes of size n_min whole (for spam: `concat([ham_subset, spam])`);
-    * `df.sample(frac=1, random_state=seed)`; `train_end = int(n * train_frac)`,
-      `validation_end = train_end + int(n * validation_frac)`.
-
-    Rows are selected from `ds` (all its columns and features are kept).
-    """
+    """Undersample every class to the size of the smallest, shuffle, and split into train /
+    validation / test with the book's pandas calls (`llms_from_scratch.ch06`; no library draws the
+    same rows): each larger class `df[df.label == c].sample(n_min, random_state=seed)` in label
+    order, then the classes of size n_min whole; `df.sample(frac=1, random_state=seed)`;
+    `train_end = int(n * train_frac)`, `validation_end = train_end + int(n * validation_frac)`.
+    Rows are selected from `ds` (all its columns and features are kept)."""
     import pandas as pd
 
     if label_column not in ds.column_names:
@@ -473,13 +510,9 @@ def balanced_split(
     if balance:
         counts = df["label"].value_counts()
         n_min = int(counts.min())
-        sampled = [
-            df[df["label"] == c].sample(n_min, random_state=seed)
-            for c in sorted(counts.index)
-            if counts[c] > n_min
-        ]
-        whole = [df[df["label"] == c] for c in sorted(counts.index) if counts[c] == n_min]
-        df = pd.concat(sampled + whole)
+        classes = sorted(counts.index)
+        sampled = [df[df["label"] == c].sample(n_min, random_state=seed) for c in classes if counts[c] > n_min]
+        df = pd.concat(sampled + [df[df["label"] == c] for c in classes if counts[c] == n_min])
     order = df.sample(frac=1, random_state=seed).index.to_numpy()
     train_end = int(len(order) * train_frac)
     validation_end = train_end + int(len(order) * validation_frac)
@@ -491,9 +524,9 @@ def balanced_split(
 
 
 def balance_and_split_spam(ds: datasets.Dataset, seed: int = 123) -> datasets.DatasetDict:
-    """The book's ch. 6 recipe: ham undersampled to the number of spam (747/747) with
-    `random_state=seed`, shuffled, split 70/10/20: 1045/149/300 rows, the book's rows in the
-    book's order (for the same parse of the file, see `load_sms_spam(quoting=...)`)."""
+    """The book's ch. 6 split: ham undersampled to the 747 spam, shuffled, split 70/10/20 into
+    1045/149/300 rows, the book's rows in the book's order (for the same parse of the file, see
+    `load_sms_spam(quoting=...)`)."""
     return balanced_split(ds, seed=seed, train_frac=0.7, validation_frac=0.1)
 
 

@@ -4,7 +4,8 @@ global pyplot backend is left alone).
 - `plot_losses(curves, path)`: training and validation loss against tokens seen, with epochs on
   a second x axis: the book's figure 5.12 style (chapter 5) and its accuracy twin in chapter 6
   (`plot_losses(curves, path, metric="accuracy")`).
-- `plot_confusion_matrix(y_true, y_pred, labels, path)`: counts per true/predicted class.
+- `plot_confusion_matrix(y_true, y_pred, labels, path)`: counts per true/predicted class
+  (scikit-learn's `ConfusionMatrixDisplay`).
 
 `curves` is what `hf_gpt_scratch.reporting.log_history_to_curves` returns:
 `{name: {"step": [...], "epoch": [...], "tokens_seen": [...], "value": [...]}}`.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -150,63 +151,26 @@ def plot_losses(
 
 
 def plot_confusion_matrix(
-    y_true: Sequence[Any],
-    y_pred: Sequence[Any],
-    labels: Sequence[str],
-    path: str | os.PathLike,
-    title: str | None = None,
-    normalize: bool = False,
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str], path: str | os.PathLike, title: str | None = None
 ) -> np.ndarray:
-    """Confusion matrix (rows: true class, columns: predicted) saved as a PNG at `path`.
+    """Confusion matrix of class ids (rows: true class, columns: predicted; `labels` names the ids
+    0..n-1), drawn with scikit-learn's `ConfusionMatrixDisplay` and saved as a PNG at `path`.
+    Returns the count matrix; ValueError for an id outside 0..n-1."""
+    from sklearn.metrics import ConfusionMatrixDisplay
 
-    `y_true` and `y_pred` hold either class ids (0..len(labels)-1) or the label strings
-    themselves; `labels` names the classes in order. With normalize=True each row is divided by
-    its total (the share of each true class). Returns the count matrix.
-    """
-    from sklearn.metrics import confusion_matrix
-
-    labels = [str(label) for label in labels]
-    if len(y_true) != len(y_pred):
-        raise ValueError(f"y_true has {len(y_true)} items but y_pred {len(y_pred)}")
-    values = list(y_true) + list(y_pred)
-    if values and all(isinstance(v, str) for v in values):
-        unknown = sorted(set(values) - set(labels))
-        if unknown:
-            raise ValueError(f"labels {unknown} are not in {labels}")
-        order: list[Any] = labels
-    else:
-        ints = [int(v) for v in values]
-        bad = sorted({v for v in ints if not 0 <= v < len(labels)})
-        if bad:
-            raise ValueError(f"class ids {bad} are outside 0..{len(labels) - 1} (labels {labels})")
-        y_true, y_pred = [int(v) for v in y_true], [int(v) for v in y_pred]
-        order = list(range(len(labels)))
-    counts = confusion_matrix(y_true, y_pred, labels=order)
-    shown = counts.astype(float)
-    if normalize:
-        totals = shown.sum(axis=1, keepdims=True)
-        shown = np.divide(shown, totals, out=np.zeros_like(shown), where=totals > 0)
-
-    n = len(labels)
-    fig = _new_figure(size=(1.2 * n + 2.5, 1.0 * n + 2.0))
+    ids = range(len(labels))
+    outside = sorted({int(v) for v in (*y_true, *y_pred)} - set(ids))
+    if outside:
+        raise ValueError(f"class ids {outside} are outside 0..{len(labels) - 1} (labels {list(labels)})")
+    fig = _new_figure(size=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 2.0))
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(shown, cmap="Blues", vmin=0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels(labels)
-    ax.set_yticklabels(labels)
-    ax.set_xlabel("Predicted")
-    ax.set_ylabel("True")
-    threshold = shown.max() / 2 if shown.size and shown.max() > 0 else 0.5
-    for i in range(n):
-        for j in range(n):
-            text = f"{shown[i, j]:.2f}\n({counts[i, j]})" if normalize else f"{counts[i, j]}"
-            ax.text(j, i, text, ha="center", va="center", color="white" if shown[i, j] > threshold else "black")
+    display = ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(ids), display_labels=[str(n) for n in labels], cmap="Blues", ax=ax
+    )
     if title:
         ax.set_title(title)
     _save(fig, path)
-    return counts
+    return display.confusion_matrix
 
 
 __all__ = ["plot_losses", "plot_confusion_matrix"]

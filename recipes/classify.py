@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import transformers
-from transformers import DataCollatorWithPadding, TrainingArguments
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.arguments import (
@@ -53,18 +53,13 @@ from hf_gpt_scratch.arguments import (
 from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
 from hf_gpt_scratch.classification import (
     ClassificationArguments,
-    ClassificationTrainer,
     ClassifyDataArguments,
-    WeightAverageCallback,
     build_compute_metrics,
-    count_parameters_by_trainability,
     load_classification_splits,
     load_sequence_classifier,
     set_trainable,
     tfidf_baseline,
     tokenize_splits,
-    train_tokenizer_on_texts,
-    write_pretraining_text,
 )
 from hf_gpt_scratch.faults import report_truncated_texts
 from hf_gpt_scratch.hub import finish_run, prepare_push
@@ -111,12 +106,10 @@ PRESETS = {
     },
     # The CPU demo: a small GPT pretrained on the SMS messages outside validation/test (see
     # hf_gpt_scratch/demo.py), every layer finetuned with a decaying learning rate, the last token an
-    # <|endoftext|>, ending on the moving average of the weights (mean test accuracy over seeds
-    # 123-125: 96.9%; 96.8% without the average, within the ±0.5-point seed noise).
+    # <|endoftext|>.
     "demo": {
         "trainable": "all",
         "append_eos": True,
-        "ema_decay": 0.99,
         "learning_rate": 3e-4,
         "lr_scheduler_type": "linear",
         "warmup_steps": 0.1,
@@ -139,53 +132,36 @@ def main(args: list[str] | None = None) -> dict:
     )
     setup_logging(training_args)
 
-    # Data first: a bad file fails before any model is loaded.
-    raw, label_names = load_classification_splits(data_args)
-    if data_args.export_train_texts:
-        if is_main_process():
-            path = write_pretraining_text(list(raw["train"]["text"]), data_args.export_train_texts)
-            print(f"wrote the {len(raw['train'])} training texts to {path}", flush=True)
-        return {"exported_train_texts": data_args.export_train_texts, "train_examples": len(raw["train"])}
+    raw, label_names = load_classification_splits(data_args)  # a bad file fails before any model is loaded
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
-    if cls_args.train_tokenizer_vocab_size:
-        if model_args.model_name_or_path:
-            raise ValueError("--train_tokenizer_vocab_size only applies without --model_name_or_path (a new model).")
-        if model_args.tokenizer_name:
-            raise ValueError("Pass either --train_tokenizer_vocab_size or --tokenizer_name, not both.")
-        # deterministic: every process trains the same BPE on the same texts
-        tokenizer = train_tokenizer_on_texts(list(raw["train"]["text"]), cls_args.train_tokenizer_vocab_size)
-    else:
-        tokenizer = load_tokenizer_for(model_args)
+    tokenizer = load_tokenizer_for(model_args)
     transformers.set_seed(training_args.seed)  # the new head's initialisation
     model = load_sequence_classifier(model_args, tokenizer, label_names)
-    context = context_length_of(model)
     with training_args.main_process_first(desc="tokenize"):
         encoded, max_seq_length = tokenize_splits(
-            raw, tokenizer, data_args.max_seq_length, context, append_eos=data_args.append_eos
+            raw, tokenizer, data_args.max_seq_length, context_length_of(model), data_args.append_eos,
+            data_args.preprocessing_num_workers,
         )
     # texts longer than max_seq_length are truncated (the book's choice): counted in a warning per split
-    report_truncated_texts(raw, tokenizer, max_seq_length - int(data_args.append_eos), data_args.train_file or "the SMS data")
+    source = data_args.train_file or data_args.dataset_name or "the SMS data"
+    report_truncated_texts(raw, tokenizer, max_seq_length - int(data_args.append_eos), source)
     model = set_trainable(
-        model,
-        cls_args.trainable,
-        lora_r=cls_args.lora_r,
-        lora_alpha=cls_args.lora_alpha,
-        lora_dropout=cls_args.lora_dropout,
-        lora_target_modules=cls_args.lora_target_modules,
+        model, cls_args.trainable, cls_args.lora_r, cls_args.lora_alpha, cls_args.lora_dropout, cls_args.lora_target_modules
     )
-    trainable, total = count_parameters_by_trainability(model)
+    if cls_args.trainable == "lora":
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
 
-    validation = encoded.get("validation")
-    test = encoded.get("test")
+    validation, test = encoded.get("validation"), encoded.get("test")
     eval_dataset = validation
     if validation is None:
         logger.warning("No validation split: training without evaluation.")
         training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
-        training_args.do_eval = False
     elif data_args.eval_train_samples > 0:
         n = min(data_args.eval_train_samples, len(encoded["train"]))
         eval_dataset = {"validation": validation, "train": encoded["train"].select(range(n))}
-
+    sizes = " / ".join(str(len(encoded[s])) if s in encoded else "-" for s in ("train", "validation", "test"))
     print_table(
         {
             "preset": preset or "-",
@@ -194,7 +170,7 @@ def main(args: list[str] | None = None) -> dict:
             "trainable_parameters": trainable,
             "total_parameters": total,
             "classes": ", ".join(label_names),
-            "train / validation / test": " / ".join(str(len(encoded[s])) if s in encoded else "-" for s in ("train", "validation", "test")),
+            "train / validation / test": sizes,
             "max_seq_length": max_seq_length,
             "processes": training_args.world_size,
             "device": str(training_args.device),
@@ -202,29 +178,26 @@ def main(args: list[str] | None = None) -> dict:
         title="classify",
     )
 
-    trainer = ClassificationTrainer(
+    trainer = Trainer(
         model=model,
-        aux_lm_weight=cls_args.aux_lm_weight,
         args=training_args,
         train_dataset=encoded["train"],
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=build_compute_metrics(len(label_names)),
-        callbacks=default_callbacks() + ([WeightAverageCallback(cls_args.ema_decay)] if cls_args.ema_decay else []),
+        callbacks=default_callbacks(),
     )
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(
+        resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
 
     results: dict = {"preset": preset, "trainable": cls_args.trainable}
     if validation is not None:
         results.update(trainer.evaluate(eval_dataset=validation, metric_key_prefix="val"))
-    predictions = None
     if test is not None:
         prediction = trainer.predict(test, metric_key_prefix="test")
         results.update(prediction.metrics)
-        predictions = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        predictions = predictions.argmax(-1).tolist()
 
     out_dir = Path(training_args.output_dir)
     if cls_args.trainable == "lora":
@@ -238,7 +211,6 @@ def main(args: list[str] | None = None) -> dict:
     else:
         save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
 
-    curves = log_history_to_curves(trainer.state.log_history)
     speed = find_callback(trainer, TokensSeenCallback)
     results.update(
         {
@@ -258,41 +230,39 @@ def main(args: list[str] | None = None) -> dict:
             "world_size": training_args.world_size,
         }
     )
+    if not is_main_process():
+        return results
 
-    if is_main_process():
-        from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
+    from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
 
-        if cls_args.tfidf_baseline:
-            sets = {name: (list(raw[name]["text"]), list(raw[name]["label"])) for name in ("validation", "test") if name in raw}
-            baseline = tfidf_baseline(
-                list(raw["train"]["text"]), list(raw["train"]["label"]), sets, len(label_names), seed=data_args.split_seed
-            )
-            for split, prefix in (("validation", "val"), ("test", "test")):
-                for metric, value in baseline.get(split, {}).items():
-                    results[f"baseline_tfidf_{prefix}_{metric}"] = value
-        for metric, name in (("loss", "loss.png"), ("accuracy", "accuracy.png")):
-            try:
-                plot_losses(curves, out_dir / name, metric=metric, title=preset or None)
-            except ValueError as err:  # too few logged points (e.g. a few --max_steps)
-                logger.warning("No %s plot: %s", metric, err)
-        if predictions is not None:
-            counts = plot_confusion_matrix(
-                list(raw["test"]["label"]), predictions, label_names, out_dir / "confusion_matrix.png", title="test"
-            )
-            results["test_confusion_matrix"] = counts.tolist()
-        results["runtime"] = time.perf_counter() - started
-        results = {k: v for k, v in results.items() if v is not None}
-        write_results(out_dir, results)
-        print_table({k: v for k, v in results.items() if k not in ("test_confusion_matrix", "label_names")}, title="results")
-        rows = {}
-        for metric in ("accuracy", "precision", "recall", "f1"):
-            for prefix in ("val", "test"):
-                gpt, base = results.get(f"{prefix}_{metric}"), results.get(f"baseline_tfidf_{prefix}_{metric}")
-                if gpt is not None:
-                    rows[f"{prefix}_{metric}"] = f"{gpt:.4f}" + (f"   {base:.4f}" if base is not None else "")
-        if rows:
-            print_table({"": "GPT      TF-IDF", **rows}, title="GPT vs TF-IDF + logistic regression")
-        finish_run(out_dir, results, "classify", training_args, model_args, data_args, hub_target)
+    if cls_args.tfidf_baseline:
+        baseline = tfidf_baseline(raw, len(label_names), seed=data_args.split_seed)
+        for split, prefix in (("validation", "val"), ("test", "test")):
+            results.update({f"baseline_tfidf_{prefix}_{k}": v for k, v in baseline.get(split, {}).items()})
+    curves = log_history_to_curves(trainer.state.log_history)
+    for metric in ("loss", "accuracy"):
+        try:
+            plot_losses(curves, out_dir / f"{metric}.png", metric=metric, title=preset or None)
+        except ValueError as err:  # too few logged points (e.g. a few --max_steps)
+            logger.warning("No %s plot: %s", metric, err)
+    if test is not None:
+        counts = plot_confusion_matrix(
+            test["label"], prediction.predictions.argmax(-1), label_names, out_dir / "confusion_matrix.png", title="test"
+        )
+        results["test_confusion_matrix"] = counts.tolist()
+    results["runtime"] = time.perf_counter() - started
+    results = {k: v for k, v in results.items() if v is not None}
+    write_results(out_dir, results)
+    print_table({k: v for k, v in results.items() if k not in ("test_confusion_matrix", "label_names")}, title="results")
+    rows = {}
+    for metric in ("accuracy", "precision", "recall", "f1"):
+        for prefix in ("val", "test"):
+            gpt, base = results.get(f"{prefix}_{metric}"), results.get(f"baseline_tfidf_{prefix}_{metric}")
+            if gpt is not None:
+                rows[f"{prefix}_{metric}"] = f"{gpt:.4f}" + (f"   {base:.4f}" if base is not None else "")
+    if rows:
+        print_table({"": "GPT      TF-IDF", **rows}, title="GPT vs TF-IDF + logistic regression")
+    finish_run(out_dir, results, "classify", training_args, model_args, data_args, hub_target)
     return results
 
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -242,9 +243,10 @@ def test_balanced_split_generic():
 
 
 def test_load_text_classification_file_formats(tmp_path):
-    (tmp_path / "a.csv").write_text('text,label\n"hi, there",pos\nbad,neg\nok,pos\n', encoding="utf-8")
+    (tmp_path / "a.csv").write_text('text,label\n"hi, there",pos\nNA,neg\nok,pos\n', encoding="utf-8")
     ds, names = D.load_text_classification_file(tmp_path / "a.csv")
-    assert names == ["neg", "pos"] and list(ds["label"]) == [1, 0, 1] and ds[0]["text"] == "hi, there"
+    assert names == ["neg", "pos"] and list(ds["label"]) == [1, 0, 1]
+    assert ds["text"] == ["hi, there", "NA", "ok"]  # "NA" stays a text (pandas would read a missing value)
 
     ds, names = D.load_text_classification_file(tmp_path / "a.csv", label_names=["pos", "neg"])
     assert names == ["pos", "neg"] and list(ds["label"]) == [0, 1, 0]
@@ -267,13 +269,47 @@ def test_load_text_classification_file_errors(tmp_path):
     with pytest.raises(ValueError, match=r"missing column\(s\) \['text'\]; columns found: \['body', 'label'\]"):
         D.load_text_classification_file(tmp_path / "a.csv")
     (tmp_path / "b.csv").write_text("text,label\nhi,pos\nyo,maybe\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"row 1 has label 'maybe', which is not in label_names"):
+    with pytest.raises(ValueError, match=r"row 1 has label 'maybe', which is not one of the classes \['neg', 'pos'\]"):
         D.load_text_classification_file(tmp_path / "b.csv", label_names=["neg", "pos"])
     with pytest.raises(FileNotFoundError):
         D.load_text_classification_file(tmp_path / "none.csv")
     (tmp_path / "c.txt").write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match="unsupported file type"):
         D.load_text_classification_file(tmp_path / "c.txt")
+
+
+@pytest.mark.parametrize(
+    "name, content, pattern",
+    [
+        ("comma.csv", "label,text\nham,hello\nham,ok lor, on the way\n",
+         r"row 1 \(line 3\) has 3 fields \['ham', 'ok lor', ' on the way'\] for the 2 columns \['label', 'text'\]; quote"),
+        ("first.csv", "label,text\nham,ok lor, on the way\nham,hi\n", r"row 0 \(line 2\) has 3 fields"),  # not an index
+        ("tab.tsv", "label\ttext\nham\thi\nspam\twin\tnow\n", r"row 1 \(line 3\) has 3 fields \['spam', 'win', 'now'\]"),
+        ("case.csv", "label,text\nspam,a\nham,b\nSPAM,c\n", r"row 2 has label 'SPAM', the same as 'spam' but for case"),
+        ("space.csv", "label,text\nspam,a\nham,b\n spam,c\n", r"row 2 has label ' spam', spaces around it"),
+        ("float.csv", "label,text\n0,a\n1,b\n1.0,c\n", r"row 2 has label '1.0', a number that is not an integer id"),
+        ("float.jsonl", '{"text": "a", "label": 0.0}\n{"text": "b", "label": 1.0}\n', r"row 0 has label 0.0, a number that is not"),
+        ("mixed.json", '[{"text": "a", "label": "ham"}, {"text": "b", "label": 1}]', r"row 1 has label 1, an integer id among named"),
+        ("gap.csv", "label,text\n0,a\n5,b\n", r"the integer labels \[0, 5\] are not the ids 0..1: they would make a 6-class head"),
+        ("empty.csv", "label,text\nham,a\nspam,\n", r"row 1 has no text in column 'text' \(got ''\); an empty text"),
+        ("blank.jsonl", '{"text": "a", "label": "ham"}\n{"text": "  ", "label": "spam"}\n', r"row 1 has no text"),
+    ],
+)
+def test_classification_files_refuse_to_guess(tmp_path, name, content, pattern):
+    """What a loader would otherwise guess (a cut text, new classes from spellings, a head with empty
+    classes, a text-less example) is an error naming the file, the row and the values."""
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(name) + ": " + pattern):
+        D.load_text_classification_file(tmp_path / name)
+
+
+def test_class_names_are_the_explicit_mapping(tmp_path):
+    (tmp_path / "a.csv").write_text("label,text\n0,a\n5,b\n", encoding="utf-8")
+    ds, names = D.load_text_classification_file(tmp_path / "a.csv", label_names=list("abcdef"))
+    assert names == list("abcdef") and ds["label"] == [0, 5]
+    (tmp_path / "b.csv").write_text("label,text\nspam,a\nham,b\nSpam,c\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"row 2 has label 'Spam', which is not one of the classes \['ham', 'spam'\]"):
+        D.load_text_classification_file(tmp_path / "b.csv", label_names=["ham", "spam"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""recipes/classify.py end to end (subprocesses, as a user runs it) and the shared logic of
+"""recipes/classify.py end to end (its `main(argv)`, in process) and the shared logic of
 hf_gpt_scratch/classification.py: what trains per --trainable mode, the body weights carried over
 from a causal-LM checkpoint, the data sources and their errors, the metrics and the baseline."""
 
@@ -7,7 +7,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import hf_gpt_scratch
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
 from hf_gpt_scratch import classification as C
 from hf_gpt_scratch.arguments import ModelArguments
+from hf_gpt_scratch.data import _classification_dataset
+from hf_gpt_scratch.loading import CheckpointMismatchError
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,30 +38,17 @@ SPAM = ["WIN a FREE prize now! Text WIN to 80082", "URGENT! You have won a 1000 
         "Congratulations you won a holiday! Call 0906 now", "You are selected for a cash prize, txt CLAIM"]
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
-    env["HF_GPT_SCRATCH_DATA"] = str(DATA)
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
-    return env
-
-
-def run(*args, timeout=600):
-    cmd = [sys.executable, str(CLASSIFY), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=REPO)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def load_recipe():
+@pytest.fixture(scope="module")
+def recipe():
     spec = importlib.util.spec_from_file_location("recipe_classify", CLASSIFY)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+def run(recipe, *args):
+    return recipe.main([str(a) for a in (*args, "--disable_tqdm", "true")])
 
 
 def tiny_config(vocab_size, **overrides):
@@ -94,15 +81,15 @@ def _finite_unit(results, key):
 
 
 @needs_sms
-def test_recipe_on_sms_spam(tiny_clm, tmp_path):
+def test_recipe_on_sms_spam(recipe, tiny_clm, tmp_path, capsys):
     out = tmp_path / "run"
-    proc = run(
+    run(
+        recipe,
         "--model_name_or_path", tiny_clm,
         "--output_dir", out,
         "--max_train_samples", 48, "--max_eval_samples", 16, "--max_test_samples", 24,
         "--max_steps", 4, "--per_device_train_batch_size", 4, "--logging_steps", 1,
         "--eval_strategy", "steps", "--eval_steps", 2,
-        "--disable_tqdm", "true",
     )
     results = json.loads((out / "results.json").read_text())
     for prefix in ("val", "test", "baseline_tfidf_val", "baseline_tfidf_test"):
@@ -131,7 +118,7 @@ def test_recipe_on_sms_spam(tiny_clm, tmp_path):
     batch = tokenizer(["Free entry! txt WIN to 80082", "see you later"], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 2)
-    assert "GPT vs TF-IDF" in proc.stdout
+    assert "GPT vs TF-IDF" in capsys.readouterr().out
 
 
 def _write_csv(path, rows, fieldnames):
@@ -142,20 +129,21 @@ def _write_csv(path, rows, fieldnames):
     return path
 
 
-def test_recipe_on_csv_with_custom_columns_and_lora(tiny_clm, tmp_path):
+def test_recipe_on_csv_with_custom_columns_and_lora(recipe, tiny_clm, tmp_path):
     rows = [{"id": i, "message": t, "category": "ham"} for i, t in enumerate(HAM * 4)]
     rows += [{"id": 100 + i, "message": t, "category": "spam"} for i, t in enumerate(SPAM * 4)]
     train = _write_csv(tmp_path / "train.csv", rows, ["id", "message", "category"])
     test = _write_csv(tmp_path / "test.csv", rows[::4], ["id", "message", "category"])
     out = tmp_path / "run"
     run(
+        recipe,
         "--model_name_or_path", tiny_clm,
         "--train_file", train, "--test_file", test,
         "--text_column", "message", "--label_column", "category",
         "--trainable", "lora", "--lora_r", 4, "--learning_rate", 1e-3,
         "--append_eos", "true",
         "--max_steps", 3, "--per_device_train_batch_size", 4,
-        "--output_dir", out, "--disable_tqdm", "true",
+        "--output_dir", out,
     )
     results = json.loads((out / "results.json").read_text())
     # validation carved from the training file (10%), the test file used as given
@@ -181,16 +169,11 @@ def test_recipe_on_csv_with_custom_columns_and_lora(tiny_clm, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def recipe():
-    return load_recipe()
-
-
 def test_missing_column_fails_before_training(recipe, tiny_clm, tmp_path):
     rows = [{"message": t, "label": "ham"} for t in HAM] + [{"message": t, "label": "spam"} for t in SPAM]
     train = _write_csv(tmp_path / "train.csv", rows, ["message", "label"])
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['text'\].*'message'.*--text_column"):
+    with pytest.raises(ValueError, match=r"train\.csv: missing column\(s\) \['text'\].*'message'.*text_column"):
         recipe.main(["--model_name_or_path", str(tiny_clm), "--train_file", str(train), "--output_dir", str(out)])
     assert not out.exists()
 
@@ -213,25 +196,25 @@ def test_unknown_label_fails_before_training(recipe, tiny_clm, tmp_path):
     assert not out.exists()
 
 
-def test_bad_flags(recipe, tmp_path):
-    with pytest.raises(SystemExit):
-        recipe.main(["--trainable", "everything", "--output_dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="--max_seq_length"):
-        recipe.main(["--block_size", "32", "--output_dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="--class_names needs at least two"):
-        recipe.main(["--class_names", "spam", "--output_dir", str(tmp_path)])
-
-
-@needs_sms
-def test_export_train_texts(recipe, tmp_path):
-    path = tmp_path / "sms_train.txt"
-    recipe.main(["--export_train_texts", str(path), "--output_dir", str(tmp_path / "unused")])
-    text = path.read_text(encoding="utf-8")
-    assert text.count("<|endoftext|>") == 1045
-    splits, _ = C.load_classification_splits(C.ClassifyDataArguments())
-    for message in splits["test"]["text"][:50]:
-        if message not in splits["train"]["text"]:  # (a few messages occur twice in the collection)
-            assert f"{message}<|endoftext|>" not in text
+@pytest.mark.parametrize(
+    "flags, error, match",
+    [
+        (["--trainable", "everything"], SystemExit, None),
+        (["--block_size", "32"], ValueError, "--block_size .* use --max_seq_length"),
+        (["--class_names", "spam"], ValueError, "--class_names needs at least two distinct"),
+        (["--class_names", "ham", "ham"], ValueError, "--class_names needs at least two distinct"),
+        (["--lora_target_modules", "W_query"], ValueError, "--lora_target_modules only applies to --trainable lora"),
+        (["--trainable", "lora", "--lora_alpha", "0"], ValueError, "--lora_r and --lora_alpha must be positive"),
+        (["--text_column", "message"], ValueError, "--text_column / --label_column name columns of --train_file"),
+        (["--test_split_percentage", "95"], ValueError, r"--validation_split_percentage \+ --test_split_percentage"),
+        (["--max_seq_length", "0"], ValueError, "--max_seq_length must be a positive integer"),
+    ],
+)
+def test_nonsense_flags_fail_before_any_work(recipe, tmp_path, flags, error, match):
+    out = tmp_path / "run"
+    with pytest.raises(error, match=match):
+        recipe.main([*flags, "--output_dir", str(out)])
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +233,12 @@ def _trainable_names(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _counts(model):
+    """(trainable, total) parameters, counted by hand."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_set_trainable_counts(qkv_bias):
     E, L, V, T, K = 32, 2, 97, 64, 2
@@ -259,22 +248,22 @@ def test_set_trainable_counts(qkv_bias):
     total = V * E + T * E + L * block + 2 * E + head
 
     model = C.set_trainable(_classifier(qkv_bias=qkv_bias), "head")
-    assert C.count_parameters_by_trainability(model) == (head, total)
+    assert _counts(model) == (head, total)
     assert _trainable_names(model) == {"score.weight", "score.bias"}
 
     model = C.set_trainable(_classifier(qkv_bias=qkv_bias), "last_block")
-    assert C.count_parameters_by_trainability(model) == (block + 2 * E + head, total)
+    assert _counts(model) == (block + 2 * E + head, total)
     names = _trainable_names(model)
     assert all(n.startswith(("model.trf_blocks.1.", "model.final_norm.", "score.")) for n in names)
     assert "model.trf_blocks.1.att.W_query.weight" in names and "model.final_norm.weight" in names
 
     model = C.set_trainable(_classifier(qkv_bias=qkv_bias), "all")
-    assert C.count_parameters_by_trainability(model) == (total, total)
+    assert _counts(model) == (total, total)
 
     r = 4
     model = C.set_trainable(_classifier(qkv_bias=qkv_bias), "lora", lora_r=r)
     lora = L * (4 * r * (E + E) + r * (E + 4 * E) + r * (4 * E + E))
-    trainable, all_params = C.count_parameters_by_trainability(model)
+    trainable, all_params = _counts(model)
     assert trainable == lora + head
     assert all_params == total + lora + head  # the frozen original head + its trainable copy
     assert all("lora_" in n or "score" in n for n in _trainable_names(model))
@@ -333,7 +322,7 @@ def test_checkpoint_missing_a_body_weight_is_an_error(tiny_clm, tmp_path):
     weights = load_file(broken / "model.safetensors")
     del weights["model.trf_blocks.1.ff.layers.0.weight"]
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"randomly initialised.*trf_blocks\.1\.ff\.layers\.0\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing from the checkpoint.*randomly initialised.*trf_blocks\.1\."):
         C.load_sequence_classifier(ModelArguments(model_name_or_path=str(broken)), _tokenizer_for(tiny_clm), ["a", "b"])
 
 
@@ -348,6 +337,18 @@ def test_config_overrides_and_new_classes(tiny_clm, tmp_path):
     torch.testing.assert_close(again.model.tok_emb.weight, model.model.tok_emb.weight)
     same = C.load_sequence_classifier(ModelArguments(model_name_or_path=str(tmp_path / "cls3")), None, ["neg", "neu", "pos"])
     torch.testing.assert_close(same.score.weight, model.score.weight)
+    renamed = C.load_sequence_classifier(ModelArguments(model_name_or_path=str(tmp_path / "cls3")), None, ["a", "b", "c"])
+    assert renamed.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert not torch.equal(renamed.score.weight, model.score.weight)  # same shape, other classes: a new head
+    torch.testing.assert_close(renamed.model.tok_emb.weight, model.model.tok_emb.weight)
+
+
+def test_no_checkpoint_is_a_new_gpt_for_the_tokenizer(tiny_clm):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_clm)
+    args = ModelArguments(config_overrides="n_layers=1,emb_dim=16,n_heads=2,context_length=32")
+    model = C.load_sequence_classifier(args, tokenizer, ["ham", "spam"])
+    assert model.config.vocab_size == len(tokenizer) and model.config.pad_token_id == tokenizer.pad_token_id
+    assert model.config.n_layers == 1 and model.score.out_features == 2
 
 
 def test_stock_gpt2_folder_is_converted(tmp_path):
@@ -394,11 +395,31 @@ def test_csv_train_only_is_carved_and_balanced(tmp_path):
     assert sum(len(v) for v in C.load_classification_splits(unbalanced)[0].values()) == 80
 
 
+def test_dataset_name_reads_class_labels_by_name(tmp_path):
+    """--dataset_name (here a local folder of parquet splits): a ClassLabel column names the classes,
+    --class_names may reorder them, and labels follow by name, not by id."""
+    features = C.datasets.Features({"sms": C.datasets.Value("string"), "y": C.datasets.ClassLabel(names=["spam", "ham"])})
+    rows = {"sms": HAM + SPAM + HAM + SPAM, "y": [1] * 6 + [0] * 6 + [1] * 6 + [0] * 6}
+    C.datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "train.parquet"))
+    C.datasets.Dataset.from_dict({"sms": ["free prize", "see you"], "y": [0, 1]}, features=features).to_parquet(str(tmp_path / "test.parquet"))
+    args = dict(dataset_name=str(tmp_path), text_column="sms", label_column="y")
+    splits, names = C.load_classification_splits(C.ClassifyDataArguments(**args))
+    assert names == ["spam", "ham"] and splits["test"]["label"] == [0, 1]
+    assert {k: len(v) for k, v in splits.items()} == {"train": 22, "validation": 2, "test": 2}  # 10% carved
+    splits, names = C.load_classification_splits(C.ClassifyDataArguments(**args, class_names=["ham", "spam"]))
+    assert names == ["ham", "spam"] and splits["test"]["label"] == [1, 0] and splits["test"]["text"] == ["free prize", "see you"]
+    with pytest.raises(ValueError, match=r"\[train\]: missing column\(s\) \['text'\]; columns found: \['sms', 'y'\]"):
+        C.load_classification_splits(C.ClassifyDataArguments(dataset_name=str(tmp_path), label_column="y"))
+    C.datasets.Dataset.from_dict({"sms": ["a", "b"], "y": [0, -1]}, features=features).to_parquet(str(tmp_path / "test.parquet"))
+    with pytest.raises(ValueError, match=r"\[test\]: row 1 has no label in column 'y'"):  # -1: unlabelled
+        C.load_classification_splits(C.ClassifyDataArguments(**args))
+
+
 def test_tokenize_splits_length_and_eos(tiny_clm):
     tokenizer = _tokenizer_for(tiny_clm)
     splits = C.datasets.DatasetDict(
-        train=C._standard_dataset(HAM, [0] * len(HAM), ["ham", "spam"]),
-        test=C._standard_dataset([SPAM[1] * 10], [1], ["ham", "spam"]),
+        train=_classification_dataset(HAM, [0] * len(HAM), ["ham", "spam"]),
+        test=_classification_dataset([SPAM[1] * 10], [1], ["ham", "spam"]),
     )
     longest = max(len(tokenizer(t)["input_ids"]) for t in HAM)
     encoded, length = C.tokenize_splits(splits, tokenizer, None, 64)
@@ -429,116 +450,12 @@ def test_metrics_match_sklearn():
 
 
 def test_tfidf_baseline():
-    texts, labels = HAM + SPAM, [0] * len(HAM) + [1] * len(SPAM)
-    result = C.tfidf_baseline(texts, labels, {"test": (["free prize call now", "see you at home"], [1, 0])})
-    assert set(result["test"]) == set(METRICS)
-    assert result["test_predictions"] == [1, 0] and result["test"]["accuracy"] == 1.0
+    splits = C.datasets.DatasetDict(
+        train=_classification_dataset(HAM + SPAM, [0] * len(HAM) + [1] * len(SPAM), ["ham", "spam"]),
+        test=_classification_dataset(["free prize call now", "see you at home"], [1, 0], ["ham", "spam"]),
+    )
+    result = C.tfidf_baseline(splits)
+    assert list(result) == ["test"] and set(result["test"]) == set(METRICS)
+    assert result["test"]["accuracy"] == 1.0
     with pytest.raises(ValueError, match="single class"):
-        C.tfidf_baseline(HAM, [0] * len(HAM), {})
-
-
-# --------------------------------------------------------------------------------------------
-# Auxiliary language-modeling loss, a new model with its own tokenizer
-# --------------------------------------------------------------------------------------------
-
-
-def test_auxiliary_lm_loss_matches_a_tied_head():
-    model = _classifier().eval()
-    ids = torch.randint(1, 97, (2, 6))
-    mask = torch.ones_like(ids)
-    mask[1, 4:] = 0
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    got = C.auxiliary_lm_loss(hidden, ids, mask, model.model.tok_emb.weight)
-    logits = hidden @ model.model.tok_emb.weight.T
-    losses = [torch.nn.functional.cross_entropy(logits[b, t], ids[b, t + 1]) for b in range(2) for t in range(5) if mask[b, t + 1]]
-    torch.testing.assert_close(got, torch.stack(losses).mean())
-
-
-def test_classification_trainer_adds_the_lm_loss_only_while_training(tmp_path):
-    from transformers import TrainingArguments
-
-    torch.manual_seed(0)
-    model = _classifier()
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], dataloader_pin_memory=False)
-    trainer = C.ClassificationTrainer(model=model, args=args, aux_lm_weight=0.5)
-    ids = torch.randint(1, 97, (3, 7))
-    mask = torch.ones_like(ids)
-    mask[0, 5:] = 0
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
-    model.train()  # drop_rate 0: deterministic
-    plain = model(**batch).loss
-    lm = C.auxiliary_lm_loss(model.model(input_ids=ids, attention_mask=mask).last_hidden_state, ids, mask, model.model.tok_emb.weight)
-    torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), plain + 0.5 * lm)
-    model.eval()
-    torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), model(**batch).loss)
-
-
-def test_weight_average_callback_ends_training_with_the_moving_average():
-    model = _classifier()
-    model.requires_grad_(False)
-    model.score.requires_grad_(True)  # only trainable weights are averaged
-    callback = C.WeightAverageCallback(0.5)
-    frozen = model.model.tok_emb.weight.detach().clone()
-    for value in (1.0, 3.0, 5.0):  # three optimizer steps
-        with torch.no_grad():
-            model.score.weight.fill_(value)
-            model.model.tok_emb.weight.add_(1.0)
-        callback.on_step_end(None, None, None, model=model)
-    callback.on_train_end(None, None, None, model=model)
-    # ema = 1 after the first step, then 0.5 * ema + 0.5 * w: 2, then 3.5
-    torch.testing.assert_close(model.score.weight, torch.full_like(model.score.weight, 3.5))
-    torch.testing.assert_close(model.model.tok_emb.weight, frozen + 3.0)  # untouched
-    with pytest.raises(ValueError, match="decay must be in"):
-        C.WeightAverageCallback(1.0)
-    with pytest.raises(ValueError, match="--ema_decay must be in"):
-        C.ClassificationArguments(ema_decay=-0.1)
-
-
-@needs_sms
-def test_new_model_with_a_tokenizer_trained_on_the_training_texts(recipe, tmp_path):
-    out = tmp_path / "run"
-    results = recipe.main([
-        "--train_tokenizer_vocab_size", "300",
-        "--config_overrides", "n_layers=1,emb_dim=16,n_heads=2,context_length=256,drop_rate=0.0",
-        "--trainable", "all", "--append_eos", "true", "--aux_lm_weight", "0.5",
-        "--max_train_samples", "32", "--max_eval_samples", "8", "--max_test_samples", "8",
-        "--max_steps", "2", "--output_dir", str(out), "--disable_tqdm", "true",
-    ])
-    assert results["trainable_parameters"] == results["total_parameters"]
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    assert len(tokenizer) == 300 and tokenizer.eos_token == "<|endoftext|>"
-    model = AutoModelForSequenceClassification.from_pretrained(out)
-    assert model.config.vocab_size == 300 and model.config.pad_token_id == tokenizer.pad_token_id
-    with pytest.raises(ValueError, match="only applies without --model_name_or_path"):
-        recipe.main(["--train_tokenizer_vocab_size", "300", "--model_name_or_path", str(out), "--output_dir", str(tmp_path / "x")])
-
-
-def test_weight_average_survives_a_resume(tmp_path):
-    """Stopped after its checkpoint at step 2 and resumed from it, a run with the weight average
-    ends with the same weights as an uninterrupted run (the average is saved with the checkpoint)."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    ids = torch.randint(1, 97, (16, 6))
-    data = [{"input_ids": ids[i], "attention_mask": torch.ones(6, dtype=torch.long), "labels": int(i % 2)} for i in range(16)]
-
-    class StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                control.should_training_stop = True
-
-    def train(out, resume=None, stop=False):
-        torch.manual_seed(0)
-        model = _classifier()
-        args = TrainingArguments(output_dir=str(out), max_steps=4, save_steps=2, per_device_train_batch_size=4,
-                                 learning_rate=1e-2, use_cpu=True, report_to=[], disable_tqdm=True, seed=0,
-                                 dataloader_pin_memory=False)
-        callbacks = [C.WeightAverageCallback(0.5)] + ([StopAt()] if stop else [])
-        Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks).train(resume_from_checkpoint=resume)
-        return model.state_dict()
-
-    whole = train(tmp_path / "whole")
-    train(tmp_path / "cut", stop=True)
-    assert (tmp_path / "cut" / "checkpoint-2" / C.WeightAverageCallback.FILE).is_file()
-    resumed = train(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-2"))
-    for name in whole:
-        torch.testing.assert_close(resumed[name], whole[name], msg=name)
+        C.tfidf_baseline(C.datasets.DatasetDict(train=splits["train"].select(range(len(HAM)))))

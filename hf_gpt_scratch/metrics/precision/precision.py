@@ -1,7 +1,7 @@
-"""Precision (offline copy of the hub's `precision`), computed with scikit-learn's `precision_score`."""
+"""The hub's `precision` metric (scikit-learn `precision_score`), offline."""
 
 from sklearn.metrics import precision_score
 
 from hf_gpt_scratch.metrics.prf import sklearn_score_metric
 
-Precision = sklearn_score_metric("precision", precision_score, "Precision = tp / (tp + fp); binary by default (positive class `pos_label=1`).")
+Precision = sklearn_score_metric("precision", precision_score)

@@ -1,7 +1,7 @@
-"""Recall (offline copy of the hub's `recall`), computed with scikit-learn's `recall_score`."""
+"""The hub's `recall` metric (scikit-learn `recall_score`), offline."""
 
 from sklearn.metrics import recall_score
 
 from hf_gpt_scratch.metrics.prf import sklearn_score_metric
 
-Recall = sklearn_score_metric("recall", recall_score, "Recall = tp / (tp + fn); binary by default (positive class `pos_label=1`).")
+Recall = sklearn_score_metric("recall", recall_score)
