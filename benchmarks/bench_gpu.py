@@ -78,8 +78,9 @@ DENSE_BF16_PEAK_TFLOPS = {
     "A100": 312.0,
 }
 MFU_FORMULA = (
-    "MFU = tokens/s * flops_per_token / peak, flops_per_token = 6*N + 12*n_layers*emb_dim*context_length "
-    "(PaLM appendix B: 6N + 12*L*H*Q*T; N = non-embedding parameters incl. the output head, see bench.py)"
+    "MFU = tokens/s * flops_per_token / peak; flops_per_token = 6*N + 12*n_layers*emb_dim*context_length "
+    "(PaLM appendix B: 6N + 12*L*H*Q*T), N = n_layers*(12*emb_dim^2 + 13*emb_dim) + 2*emb_dim + emb_dim*vocab_size "
+    "(non-embedding parameters plus the output head, which is a matmul even when tied)"
 )
 
 # Per-shape settings. 124M: GPT-2 small at context 1024; tiny: a smoke test of every code path.
@@ -487,11 +488,19 @@ def run_syncs(M: dict, shape: dict, S: dict, device) -> dict:
     """Synchronisations of decode steps (our forward alone, with a dynamic and a static cache), of a
     generated token inside `generate` (marginal: (count at n2 tokens - count at n1) / (n2 - n1)) and
     of an eager training step."""
-    res: dict = {"forward_decode": {}, "generate_per_token": {"dynamic": {}}, "train_step": {}}
+    res: dict = {}
+    attempt(res, "forward_decode", lambda: _syncs_forward_decode(M, shape, S, device))
+    attempt(res, "generate_per_token", lambda: {"dynamic": _syncs_generate(M, shape, S, device)})
+    attempt(res, "train_step", lambda: _syncs_train_step(M, shape, device))
+    return res
+
+
+def _syncs_forward_decode(M: dict, shape: dict, S: dict, device) -> dict:
+    res: dict = {}
     P, steps = S["prompt_tokens"], 8
     prompt = prompts(shape, 1, P, device, 7)
     for cache_kind in ("dynamic", "static"):
-        res["forward_decode"][cache_kind] = {}
+        res[cache_kind] = {}
         for name in MODELS:
             model = M["gen"][name]
             cache, tok = decode_setup(model, prompt, cache_kind, steps + 1)
@@ -499,9 +508,15 @@ def run_syncs(M: dict, shape: dict, S: dict, device) -> dict:
             rec = SyncRecorder(name, device)
             with rec():
                 decode_steps(model, cache, tok, steps)
-            res["forward_decode"][cache_kind][name] = rec.summary(steps)
-            log(f"syncs, forward decode step ({cache_kind} cache), {name}: {_sync_line(res['forward_decode'][cache_kind][name])}")
+            res[cache_kind][name] = rec.summary(steps)
+            log(f"syncs, forward decode step ({cache_kind} cache), {name}: {_sync_line(res[cache_kind][name])}")
+    return res
+
+
+def _syncs_generate(M: dict, shape: dict, S: dict, device) -> dict:
+    res: dict = {}
     n1, n2 = S["sync_tokens"]
+    prompt = prompts(shape, 1, S["prompt_tokens"], device, 7)
     for name in MODELS:
         counts = []
         for n in (n1, n2):
@@ -511,9 +526,13 @@ def run_syncs(M: dict, shape: dict, S: dict, device) -> dict:
             with rec():
                 gen()
             counts.append(rec.summary(1))
-        res["generate_per_token"]["dynamic"][name] = _diff(counts[0], counts[1], n2 - n1)
-        log(f"syncs per generated token (dynamic cache, generate), {name}: "
-            f"{_sync_line(res['generate_per_token']['dynamic'][name], 'per_token')}")
+        res[name] = _diff(counts[0], counts[1], n2 - n1)
+        log(f"syncs per generated token (dynamic cache, generate), {name}: {_sync_line(res[name], 'per_token')}")
+    return res
+
+
+def _syncs_train_step(M: dict, shape: dict, device) -> dict:
+    res: dict = {}
     B = 1
     x = prompts(shape, B, shape["context_length"], device, 8)
     for name in MODELS:
@@ -529,8 +548,8 @@ def run_syncs(M: dict, shape: dict, S: dict, device) -> dict:
             loss.backward()
         model.zero_grad(set_to_none=True)
         model.eval()
-        res["train_step"][name] = rec.summary(1)
-        log(f"syncs per training step (forward + backward, batch {B}), {name}: {_sync_line(res['train_step'][name])}")
+        res[name] = rec.summary(1)
+        log(f"syncs per training step (forward + backward, batch {B}), {name}: {_sync_line(res[name])}")
     return res
 
 
@@ -620,7 +639,7 @@ def try_batch(M: dict, shape: dict, B: int, device) -> dict:
     return res
 
 
-def run_train(M: dict, shape: dict, S: dict, B: int, mode: str, device, args, mm: dict, peak: float | None,
+def run_train(M: dict, shape: dict, S: dict, B: int, mode: str, device, args, mm: dict, peak_flops: float | None,
               compile_limit: Callable[[], float] | None = None) -> dict:
     """Interleaved training steps of ours and GPT-2 at batch B; mode "eager" or "compile"."""
     T = shape["context_length"]
@@ -681,7 +700,7 @@ def run_train(M: dict, shape: dict, S: dict, B: int, mode: str, device, args, mm
             "static_gib": static / 2**30,
             "peak_step_gib": peaks[name] / 2**30 if peaks.get(name) is not None else None,
             "achieved_tflops": bench.median(tps) * fpt / 1e12,
-            "mfu_datasheet": bench.median(tps) * fpt / peak if peak else None,
+            "mfu_datasheet": bench.median(tps) * fpt / peak_flops if peak_flops else None,
             "mfu_measured_mm": bench.median(tps) * fpt / (mm["tflops_median"] * 1e12) if mm else None,
             "loss_last": losses[name],
         }
@@ -721,7 +740,7 @@ def profile_summary(prof, steps: int, wall_s: float, device, path: Path, title: 
         if e.device_type == torch.autograd.DeviceType.CPU:
             cpu_names[e.name] += 1
     res["runtime_calls_per_step"] = {
-        k: cpu_names[k] / steps for k in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch",
+        k: cpu_names[k] / steps for k in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
                                           "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
                                           "cudaMemcpyAsync") if cpu_names[k]
     }
@@ -877,20 +896,36 @@ def run_generate(M: dict, shape: dict, S: dict, B: int, mode: str, device, args,
             entry["ratio_vs_gpt2"] = entry["new_tokens_per_s_median"] / base
             entry["paired_ratio_median"] = paired(times, name)
     if B == min(S["gen_batches"]) and out_dir is not None:  # where a generated token's time goes
-        res["profile"] = {}
-        n_prof = min(16, N)  # a short generate: the profiler's bookkeeping grows with the events
-        for name in fns:
-            fn = generate_fn(M["gen"][name], prompt, n_prof, mode, device, compile_ok)  # same cache size: no recompile
-            prof, wall = _profile(fn, 1, device)
-            res["profile"][name] = profile_summary(
-                prof, n_prof, wall, device, out_dir / f"profile_generate_{label}_{name}_b{B}.txt",
-                f"generate ({label}, batch {B}, {n_prof} new tokens), {name}, per new token (prefill included)")
-            del prof
+        attempt(res, "profile", lambda: profile_generate(M, prompt, min(16, N), mode, label, fns, device, compile_ok, out_dir))
     if compile_ok and device.type == "cuda" and B == min(S["gen_batches"]):
-        res["syncs_per_token"] = compiled_generate_syncs(M, shape, S, device)
+        attempt(res, "syncs_per_token", lambda: compiled_generate_syncs(M, shape, S, device))
     same = res.get("same_tokens", {})
     log(f"generate {label} b{B}: " + ", ".join(f"{n} {c['new_tokens_per_s_median']:.0f} tok/s" for n, c in res["contenders"].items())
         + (f"; same tokens: {same['rows_equal']}/{same['rows']} rows, {100 * same['token_match_fraction']:.1f}%" if same else ""))
+    return res
+
+
+def attempt(res: dict, key: str, fn: Callable[[], object]) -> None:
+    """res[key] = fn(), or the error in res["errors"][key]: a failing extra keeps the measurements."""
+    try:
+        res[key] = fn()
+    except Exception as exc:
+        res.setdefault("errors", {})[key] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+        log(f"{key} FAILED: {res['errors'][key][:300]}")
+        traceback.print_exc()
+
+
+def profile_generate(M: dict, prompt, n_prof: int, mode: str, label: str, fns: dict, device, compile_ok: bool,
+                     out_dir: Path) -> dict:
+    """torch.profiler of a short generate per model (a 16-token generate keeps the profiler's bookkeeping small;
+    the same static cache size as the timed runs, so no recompile)."""
+    res = {}
+    for name in fns:
+        fn = generate_fn(M["gen"][name], prompt, n_prof, mode, device, compile_ok)
+        prof, wall = _profile(fn, 1, device)
+        res[name] = profile_summary(
+            prof, n_prof, wall, device, out_dir / f"profile_generate_{label}_{name}_b{prompt.shape[0]}.txt",
+            f"generate ({label}, batch {prompt.shape[0]}, {n_prof} new tokens), {name}, per new token (prefill included)")
     return res
 
 
@@ -981,7 +1016,9 @@ def markdown(result: dict) -> str:
         "identical weights, interleaved round-robin; medians; `vs GPT-2` = ratio of medians, `paired` = median "
         "of same-round ratios.",
         "",
-        f"{MFU_FORMULA}. Peak: {result.get('peak_source')}; also against the measured bf16 `torch.mm` rate "
+        f"{MFU_FORMULA}: N = {result['flops']['n_params_nonembedding_incl_head'] / 1e6:.1f}M, "
+        f"{result['flops']['flops_per_token'] / 1e6:.1f} MFLOP per token. Peak: {result.get('peak_source')}; "
+        "also against the measured bf16 `torch.mm` rate "
         f"({f((result.get('matmul') or {}).get('tflops_median'), '.1f')} TFLOP/s, {(result.get('matmul') or {}).get('size')}^3).",
         "",
     ]
@@ -1104,20 +1141,28 @@ def markdown(result: dict) -> str:
             v = pct(v) if "MFU" in item["goal"] else f(v, ".3f")
             lines.append(f"| {item['goal']} | {v} | {'-' if item['met'] is None else ('yes' if item['met'] else 'NO')} |")
         lines.append("")
-    if result.get("skipped") or result.get("errors"):
+    if result.get("skipped") or result.get("errors") or (result.get("syncs") or {}).get("errors"):
         lines += ["## Skipped or failed", ""]
         lines += [f"- skipped {s['item']}: {s['reason']}" for s in result.get("skipped", [])]
         lines += [f"- error in {e['section']}: {e['error'][:300]}" for e in result.get("errors", [])]
+        lines += [f"- error in syncs, {k}: {e[:300]}" for k, e in (result.get("syncs") or {}).get("errors", {}).items()]
         lines.append("")
     lines.append(f"Elapsed {result.get('elapsed_s', 0):.0f}s.")
     return "\n".join(lines)
 
 
 def write(result: dict, out_dir: Path, budget: Budget) -> None:
+    """gpu.json, then gpu.md; a bug in the report must not lose the measurements."""
     result["elapsed_s"] = budget.elapsed()
-    result["goals"] = goals(result)
+    try:
+        result["goals"] = goals(result)
+    except Exception as exc:
+        result["goals"] = [{"goal": f"(goals failed: {type(exc).__name__}: {exc})", "value": None, "met": None}]
     (out_dir / "gpu.json").write_text(json.dumps(result, indent=2, default=str))
-    (out_dir / "gpu.md").write_text(markdown(result) + "\n")
+    try:
+        (out_dir / "gpu.md").write_text(markdown(result) + "\n")
+    except Exception:
+        (out_dir / "gpu.md").write_text("markdown failed, see gpu.json:\n\n```\n" + traceback.format_exc() + "```\n")
 
 
 # ----------------------------------------------------------------------------- main
@@ -1216,15 +1261,20 @@ def main(argv=None) -> dict:
     M = build(shape, args.seed, device, gen_dtype)
     n_flop, fpt = bench.flops_per_token(shape)
     result["flops"] = {"n_params_nonembedding_incl_head": n_flop, "flops_per_token": fpt}
+    def store(key: str, value) -> None:
+        if value is not None:
+            result[key] = value
+            write(result, out_dir, budget)
+
     if "parity" in on:
-        result["parity"] = section("parity", lambda: run_parity(M, shape, device))
+        store("parity", section("parity", lambda: run_parity(M, shape, device)))
     if "matmul" in on:
-        result["matmul"] = section("matmul", lambda: run_matmul(device, S["matmul_size"]))
+        store("matmul", section("matmul", lambda: run_matmul(device, S["matmul_size"])))
     mm = result.get("matmul")
     if "syncs" in on:
-        result["syncs"] = section("syncs", lambda: run_syncs(M, shape, S, device))
+        store("syncs", section("syncs", lambda: run_syncs(M, shape, S, device)))
     if "tokens" in on:
-        result["fp32_tokens"] = section("tokens", lambda: run_fp32_tokens(M, shape, S, device))
+        store("fp32_tokens", section("tokens", lambda: run_fp32_tokens(M, shape, S, device)))
 
     train: dict = {"runs": [], "search": []}
 

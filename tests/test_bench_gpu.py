@@ -101,3 +101,25 @@ def test_sync_recorder_counts_host_reads_and_cuda_warnings(bench_gpu, monkeypatc
     summary = rec.summary(steps=1)
     assert set(summary) == {"cuda"} and summary["cuda"]["total"] == 1
     assert "test_bench_gpu.py" in next(iter(summary["cuda"]["sites"]))
+
+
+def test_batch_search_stops_at_out_of_memory_and_compile_timeout_fires(bench_gpu, monkeypatch):
+    shape = bench_gpu.bench.SHAPES["tiny"]
+    M = bench_gpu.build(shape, 0, torch.device("cpu"), torch.bfloat16)
+    real_step = bench_gpu.make_step
+
+    def step_that_runs_out_of_memory_for_gpt2(model, opt, x, device):
+        step = real_step(model, opt, x, device)
+        if type(model).__name__ == "GPT2LMHeadModel":
+            def step():
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+        return step
+
+    monkeypatch.setattr(bench_gpu, "make_step", step_that_runs_out_of_memory_for_gpt2)
+    res = bench_gpu.try_batch(M, shape, 4, torch.device("cpu"))
+    assert res["fits"] is False and res["failed"] == "gpt2" and res["error"] == "OutOfMemoryError"
+
+    with pytest.raises(bench_gpu.CompileTimeout):
+        with bench_gpu.time_limit(0.2):
+            while True:
+                pass
