@@ -53,11 +53,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(grad, weight, out=chunk_grad)  # [C, E]
                 chunk_grad.mul_(row_scale)
             if need_weight_grad:
-                scaled_h = (h * row_scale).float()  # [C, E]
-                if grad_weight is None:
-                    grad_weight = torch.mm(grad.t().float(), scaled_h)  # [V, E]
-                else:
-                    grad_weight.addmm_(grad.t().float(), scaled_h)
+                if hidden.dtype == torch.float32:
+                    scaled_h = h * row_scale  # [C, E]
+                    if grad_weight is None:
+                        grad_weight = torch.mm(grad.t(), scaled_h)  # [V, E]
+                    else:
+                        grad_weight.addmm_(grad.t(), scaled_h)
+                else:  # bf16/fp16 matmul (as autocast's linear backward), summed over chunks in float32
+                    chunk_weight_grad = torch.mm(grad.t(), h * row_scale)  # [V, E]
+                    if grad_weight is None:
+                        grad_weight = chunk_weight_grad.float()
+                    else:
+                        grad_weight += chunk_weight_grad
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total * scale
@@ -78,12 +85,22 @@ def linear_cross_entropy(
     labels: torch.Tensor | None = None,
     num_items_in_batch: torch.Tensor | int | None = None,
     shift_labels: torch.Tensor | None = None,
-    chunk_rows: int = 256,
+    chunk_rows: int | None = None,
     **kwargs,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy of `hidden @ weight.T` against `labels`, exactly as transformers'
     `ForCausalLMLoss` (labels unshifted, -100 ignored, divided by `num_items_in_batch` when given),
-    without the [N, V] logits. hidden [B, T, E], weight [V, E], labels [B, T]."""
+    without the [N, V] logits. hidden [B, T, E], weight [V, E], labels [B, T].
+
+    Under autocast the two matmuls run in the autocast dtype, as `nn.Linear` would (the softmax stays
+    float32). `chunk_rows` (rows of logits per chunk) defaults to 256 on the CPU, where a small buffer
+    stays in cache, and 4096 elsewhere, where large matmuls keep the GPU busy."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    if chunk_rows is None:
+        chunk_rows = 256 if device_type == "cpu" else 4096
     if shift_labels is None:
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]  # [B, T]
     targets = shift_labels.reshape(-1).to(hidden.device)
@@ -92,8 +109,10 @@ def linear_cross_entropy(
     else:
         num_items = torch.as_tensor(num_items_in_batch, device=hidden.device)
     hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, E]
-    if not torch.compiler.is_compiling():  # (a data-dependent shape would break the graph)
+    # ignored rows (last positions, masked prompts) are dropped on the CPU; elsewhere finding them is
+    # a device-to-host sync, and under compile a data-dependent shape would break the graph
+    if device_type == "cpu" and not torch.compiler.is_compiling():
         kept = (targets != -100).nonzero().squeeze(1)
-        if kept.numel() < targets.numel():  # ignored rows (last positions, masked prompts) cost nothing
+        if kept.numel() < targets.numel():
             hidden, targets = hidden[kept], targets[kept]
     return _LinearCrossEntropy.apply(hidden, weight, targets, num_items, chunk_rows)

@@ -400,6 +400,35 @@ def test_fused_loss_in_chunks_with_shift_labels_and_a_frozen_head(compiling, mon
     torch.testing.assert_close(hidden.grad, ref_hidden.grad)
 
 
+def test_fused_loss_under_autocast_computes_like_a_linear_under_autocast():
+    """Under bf16 autocast the fused head's matmuls run in bf16 as `nn.Linear`'s do (a float32 head
+    would give the float32 loss instead and be several times slower on a GPU)."""
+    from hf_gpt_scratch.loss_gpt_scratch import linear_cross_entropy
+
+    hidden = torch.randn(2, 40, 32, requires_grad=True)
+    weight = (0.1 * torch.randn(300, 32)).requires_grad_()
+    labels = torch.randint(0, 300, (2, 40))
+    labels[0, :10] = -100
+
+    def losses(fused):
+        loss = linear_cross_entropy(hidden, weight, labels, chunk_rows=16) if fused else transformers_loss()
+        return loss, torch.autograd.grad(loss, (hidden, weight))
+
+    def transformers_loss():
+        from transformers.loss.loss_utils import ForCausalLMLoss
+
+        return ForCausalLMLoss(torch.nn.functional.linear(hidden, weight), labels, 300)
+
+    float32_loss = losses(fused=False)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (fused, fused_grads), (plain, plain_grads) = losses(fused=True), losses(fused=False)
+    assert abs(float(plain - float32_loss)) > 1e-5  # bf16 rounding is visible at this size
+    assert abs(float(fused - plain)) < abs(float(plain - float32_loss)) / 10
+    for got, want in zip(fused_grads, plain_grads):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()))
+
+
 def test_zero3_partitioned_head_is_fused_only_when_registered():
     """DeepSpeed ZeRO-3 marks partitioned weights with `ds_id` and gathers them only inside their
     own module's forward: the fused loss (which reads out_head.weight outside it) is used only once
