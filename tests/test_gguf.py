@@ -34,8 +34,11 @@ OPENAI_GPT2_CONFIG_KEYS = {
     "summary_type", "summary_use_proj", "vocab_size",
 }  # fmt: skip
 
-CONTEXT = 64
+CONTEXT = 256
 NEW_TOKENS = 20
+# Even in an f32 GGUF, ggml's CPU GELU looks its result up in an f16 table (GGML_GELU_FP16): on the
+# test models (|logits| up to ~3) llama.cpp's logits differ from ours by up to 1.7e-3.
+LOGIT_ATOL = 5e-3
 PROMPTS = [
     "Every effort moves you",
     "I HAD always thought Jack Gisburn rather a cheap genius--",
@@ -46,14 +49,15 @@ PROMPTS = [
 
 
 def tiny_bpe_model(tied: bool, qkv_bias: bool) -> GPTScratchForCausalLM:
-    """A 2-layer model over the real GPT-2 BPE, every weight, norm and bias perturbed so greedy
-    choices are not near-ties."""
+    """A 2-layer model over the real GPT-2 BPE, every weight, norm and bias perturbed. Its logits are
+    nearly flat, so greedy paths meet near-ties; with seed 7 our top-2 gap on this test's paths stays
+    above 1.9e-3 (seed 3 has one of 3.8e-5, where llama.cpp picks the other token)."""
     config = GPTScratchConfig(
         vocab_size=50257, context_length=CONTEXT, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
         qkv_bias=qkv_bias, tie_word_embeddings=tied, bos_token_id=GPT2_EOS_ID, eos_token_id=GPT2_EOS_ID,
     )  # fmt: skip
     model = GPTScratchForCausalLM(config)
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.1)
@@ -68,8 +72,7 @@ def test_gpt2_export_config_has_openai_keys_and_n_ctx(tmp_path):
     assert config["n_ctx"] == config["n_positions"] == 48
     assert OPENAI_GPT2_CONFIG_KEYS - set(config) == set()
     assert config["architectures"] == ["GPT2LMHeadModel"] and config["model_type"] == "gpt2"
-    # in Python too, and transformers still loads it as plain GPT-2
-    assert scratch_to_gpt2(small).config.n_ctx == 48
+    assert scratch_to_gpt2(small).config.n_ctx == 48  # in Python too
 
 
 def _converter() -> Path:
@@ -80,6 +83,17 @@ def _converter() -> Path:
     if not path.is_file():
         pytest.skip(f"LLAMA_CPP_CONVERTER={value} is not a file")
     return path
+
+
+def _assert_same_greedy(theirs: list[int], ours: list[int], step_logits: torch.Tensor) -> None:
+    """Equal tokens, unless they part where our two best logits are closer than llama.cpp's rounding
+    (from there on both continuations are right). step_logits: [len(ours), vocab], ours at each step."""
+    assert len(theirs) == len(ours)
+    for t, (a, b) in enumerate(zip(theirs, ours)):
+        if a != b:
+            best, second = step_logits[t].topk(2).values.tolist()
+            assert best - second < 2 * LOGIT_ATOL, f"new token {t}: llama.cpp {a}, ours {b}, our top-2 gap {best - second:.2e}"
+            return
 
 
 @pytest.mark.slow
@@ -101,15 +115,13 @@ def test_llama_cpp_runs_the_export_like_ours(tmp_path, tied, qkv_bias):
     assert llm.metadata["gpt2.context_length"] == str(CONTEXT)
     for prompt in PROMPTS:
         ids = tokenizer(prompt).input_ids
-        assert llm.tokenize(prompt.encode()) == ids, prompt  # default add_bos: GPT-2 adds none
+        assert llm.tokenize(prompt.encode()) == ids, prompt  # default add_bos: the GPT-2 vocab adds none
         with torch.no_grad():
-            ours = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids) :]
+            ours = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids) :].tolist()
+            logits = model(torch.tensor([ids + ours])).logits[0]  # [len(ids) + NEW_TOKENS, vocab]
         theirs = list(islice(llm.generate(ids, temp=0.0, repeat_penalty=1.0), NEW_TOKENS))
-        assert theirs == ours.tolist(), prompt
-        # the same logits on prompt + completion, to float32 rounding
-        full = ids + theirs
         llm.reset()
-        llm.eval(full)
-        with torch.no_grad():
-            expected = model(torch.tensor([full])).logits[0]
-        torch.testing.assert_close(torch.from_numpy(llm.scores[: len(full)].copy()), expected, atol=1e-4, rtol=1e-4)
+        llm.eval(ids + ours)
+        torch.testing.assert_close(torch.from_numpy(llm.scores[: len(logits)].copy()), logits, atol=LOGIT_ATOL, rtol=0)
+        _assert_same_greedy(theirs, ours, logits[len(ids) - 1 : -1])
+    llm.close()
