@@ -250,7 +250,8 @@ def scratch_to_gpt2(model: GPTScratchForCausalLM) -> GPT2LMHeadModel:
     Query, key and value are fused into `c_attn` (zero biases when `qkv_bias=False`) and weights are
     transposed into `Conv1D` layout. An untied model (`tie_word_embeddings=False`, as the book's
     `GPTModel`) gives a GPT-2 with `tie_word_embeddings=False`, whose `lm_head` is saved and
-    reloaded on its own.
+    reloaded on its own. The config also carries `n_ctx` (= `n_positions`), as OpenAI's
+    `config.json` does: llama.cpp's `convert_hf_to_gguf.py` reads GPT-2's context length from it.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -264,6 +265,9 @@ def scratch_to_gpt2(model: GPTScratchForCausalLM) -> GPT2LMHeadModel:
     config = GPT2Config(
         vocab_size=cfg.vocab_size,
         n_positions=cfg.context_length,
+        # Not a GPT2Config field (transformers ignores it), but OpenAI's config.json has it and
+        # llama.cpp's convert_hf_to_gguf.py reads its GPT-2 context length from it.
+        n_ctx=cfg.context_length,
         n_embd=cfg.emb_dim,
         n_layer=cfg.n_layers,
         n_head=cfg.n_heads,
