@@ -32,6 +32,10 @@ class GPTScratchConfig(PretrainedConfig):
             (OpenAI's GPT-2 weights have them).
         tie_word_embeddings (`bool`, defaults to False): share the output head with the token
             embedding. The book's `GPTModel` does not; OpenAI's GPT-2 does.
+        fused_loss (`bool`, defaults to True): in training with labels, compute the output head and
+            the loss in one chunked pass (`loss_gpt_scratch.py`) and return `logits=None`: the
+            [B, T, V] logits, their softmax and gradient are never built. False returns the logits in
+            training too (for metrics or a custom loss), with the same loss.
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
         initializer_range (`float`, defaults to 0.02): std of the normal init of weights.
         pad_token_id, bos_token_id, eos_token_id (`int`, optional): special ids; the GPT-2 BPE uses
@@ -63,6 +67,7 @@ class GPTScratchConfig(PretrainedConfig):
     drop_rate: float = 0.1
     qkv_bias: bool = False
     tie_word_embeddings: bool = False
+    fused_loss: bool = True
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     use_cache: bool = True
@@ -95,6 +100,8 @@ class GPTScratchConfig(PretrainedConfig):
             raise ValueError(
                 f"GPTScratchConfig.tie_word_embeddings must be True or False, got {self.tie_word_embeddings!r}."
             )
+        if not isinstance(self.fused_loss, bool):
+            raise ValueError(f"GPTScratchConfig.fused_loss must be True or False, got {self.fused_loss!r}.")
         if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
             raise ValueError(f"GPTScratchConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
