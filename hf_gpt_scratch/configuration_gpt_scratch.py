@@ -53,6 +53,7 @@ _FIELD_RULES = {
     "drop_rate": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "qkv_bias": (lambda v: isinstance(v, bool), "True or False"),
     "tie_word_embeddings": (lambda v: isinstance(v, bool), "True or False"),
+    "fused_loss": (lambda v: isinstance(v, bool), "True or False"),
     "use_cache": (lambda v: isinstance(v, bool), "True or False"),
     "layer_norm_eps": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     "initializer_range": (lambda v: _is_number(v) and v > 0, "a finite number > 0 (the std of the init)"),
@@ -81,6 +82,10 @@ class GPTScratchConfig(PretrainedConfig):
             (OpenAI's GPT-2 weights have them).
         tie_word_embeddings (`bool`, defaults to False): share the output head with the token
             embedding. The book's `GPTModel` does not; OpenAI's GPT-2 does.
+        fused_loss (`bool`, defaults to True): in training with labels, compute the output head and
+            the loss in one chunked pass (`loss_gpt_scratch.py`) and return `logits=None`: the
+            [B, T, V] logits, their softmax and gradient are never built. False returns the logits in
+            training too (for metrics or a custom loss), with the same loss.
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm, > 0.
         initializer_range (`float`, defaults to 0.02): std of the normal init of weights, > 0.
         use_cache (`bool`, defaults to True): `generate` keeps keys and values of past tokens.
@@ -118,6 +123,7 @@ class GPTScratchConfig(PretrainedConfig):
     drop_rate: float = 0.1
     qkv_bias: bool = False
     tie_word_embeddings: bool = False
+    fused_loss: bool = True
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     use_cache: bool = True

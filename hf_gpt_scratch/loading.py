@@ -252,22 +252,7 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
                 setattr(model.config, name, getattr(tokenizer, name))
                 if getattr(model, "generation_config", None) is not None:
                     setattr(model.generation_config, name, getattr(tokenizer, name))
-    _register_zero3_head(model)
     return model
-
-
-def _register_zero3_head(model) -> None:
-    """Under DeepSpeed ZeRO-3 (weights partitioned at creation), tell DeepSpeed that the causal
-    LM's forward reads `out_head.weight` itself: while training, GPTScratchForCausalLM computes the
-    head and the loss in one fused pass (`loss_gpt_scratch.linear_cross_entropy`) that uses the
-    weight outside `out_head`'s own forward, where ZeRO-3 would not gather it."""
-    head = getattr(model, "out_head", None)
-    weight = getattr(head, "weight", None)
-    if weight is None or not hasattr(weight, "ds_id"):
-        return
-    from deepspeed.runtime.zero import register_external_parameter  # deepspeed.zero is an attribute, not a module
-
-    register_external_parameter(model, weight)
 
 
 def count_parameters(model) -> int:

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -328,6 +329,25 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
         return (torch.arange(seq_len, device=inputs_embeds.device) + past_len).unsqueeze(0)  # no sync on a tensor
 
 
+class GPTScratchLMHead(nn.Linear):
+    """The output head, a bias-free Linear E -> V (weight [V, E]) that can also compute the
+    next-token loss itself: `head(hidden)` returns logits [B, T, V]; `head(hidden, labels=labels)`
+    returns the loss of `linear_cross_entropy`, fused and chunked, without the logits.
+
+    The loss runs inside this module's own forward, where every wrapper that provides a weight only
+    for its module's forward (accelerate's offload hooks, DeepSpeed ZeRO-3, FSDP) has provided it.
+    A weight that is not a plain tensor even there (a quantized tensor subclass, meta) gets the
+    plain logits and transformers' `ForCausalLMLoss`."""
+
+    def forward(self, hidden, labels=None, **loss_kwargs):
+        if labels is None:
+            return super().forward(hidden)  # [B, T, V]
+        weight = self.weight  # [V, E]
+        if type(weight) in (torch.Tensor, nn.Parameter) and not weight.is_meta:
+            return linear_cross_entropy(hidden, weight, labels, **loss_kwargs)
+        return ForCausalLMLoss(super().forward(hidden), labels, self.out_features, **loss_kwargs)
+
+
 class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
     """The GPT with its output head: next-token logits [B, T, V]."""
 
@@ -336,13 +356,17 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
     def __init__(self, config: GPTScratchConfig):
         super().__init__(config)
         self.model = GPTScratchModel(config)
-        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.out_head = GPTScratchLMHead(config.emb_dim, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self):
         return self.out_head
 
     def set_output_embeddings(self, value):
+        if type(value) is nn.Linear and value.bias is None:  # e.g. resize_token_embeddings' new head
+            head = GPTScratchLMHead(value.in_features, value.out_features, bias=False, device="meta")
+            head.weight = value.weight  # the same Parameter: the fused loss stays available
+            value = head
         self.out_head = value
 
     @can_return_tuple
@@ -382,7 +406,7 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         logits = loss = None
         if self._fuse_head_and_loss(labels, logits_to_keep):
             # training: head and loss in one chunked pass, the [B, T, V] logits are never built
-            loss = linear_cross_entropy(hidden, self.out_head.weight, labels, **kwargs)
+            loss = self.out_head(hidden, labels=labels, **kwargs)
         else:
             logits = self.out_head(slice_logits_to_keep(hidden, logits_to_keep))  # [B, T, V]
             if labels is not None:
@@ -395,25 +419,19 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
-
     def _fuse_head_and_loss(self, labels, logits_to_keep) -> bool:
-        """While training with labels, `logits` come back as None: nothing in a training step reads
-        them, and building them costs most of a small model's memory. Evaluation, generation and
-        no-grad calls get logits as usual; so does a head that is not a plain Linear (e.g. LoRA), and
-        one whose weight DeepSpeed ZeRO-3 partitions (`ds_id`) unless it was registered as an external
-        parameter of this model (`loading.load_causal_lm` does): ZeRO-3 gathers a weight only inside
-        its own module's forward, and the fused loss reads it outside."""
-        weight = self.out_head.weight
-        zero3_unregistered = hasattr(weight, "ds_id") and not any(
-            p is weight for _, p in getattr(self, "ds_external_parameters", list)()
-        )
+        """While training with labels and `config.fused_loss` (the default), the head returns the loss
+        itself and `logits` come back as None: a training step does not read them, and building them
+        costs most of a small model's step memory. Evaluation, generation, no-grad calls and
+        `fused_loss=False` get logits and `self.loss_function`; so does a head that is not ours
+        (LoRA-wrapped, replaced, quantized by module swap)."""
         return (
-            labels is not None
+            self.config.fused_loss
+            and labels is not None
             and self.training
             and torch.is_grad_enabled()
             and logits_to_keep == 0
-            and type(self.out_head) is nn.Linear
-            and not zero3_unregistered
+            and type(self.out_head) is GPTScratchLMHead
         )
 
 
@@ -521,4 +539,5 @@ __all__ = [
     "GPTScratchModel",
     "GPTScratchForCausalLM",
     "GPTScratchForSequenceClassification",
+    "GPTScratchLMHead",
 ]

@@ -429,22 +429,6 @@ def test_fused_loss_under_autocast_computes_like_a_linear_under_autocast():
         torch.testing.assert_close(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()))
 
 
-def test_zero3_partitioned_head_is_fused_only_when_registered():
-    """DeepSpeed ZeRO-3 marks partitioned weights with `ds_id` and gathers them only inside their
-    own module's forward: the fused loss (which reads out_head.weight outside it) is used only once
-    the weight is registered as an external parameter of the model; otherwise the plain path runs."""
-    import types
-
-    model = lm().train()
-    x = torch.randint(0, 97, (2, 7))
-    assert model(x, labels=x).logits is None  # fused
-    model.out_head.weight.ds_id = 0  # what ZeRO-3 sets on a partitioned parameter
-    assert model(x, labels=x).logits is not None  # unregistered: plain head + loss
-    weight = model.out_head.weight
-    model.ds_external_parameters = types.MethodType(lambda self: [("0", weight)], model)
-    assert model(x, labels=x).logits is None
-
-
 # ---------------------------------------------------------------- packed rows (DataCollatorWithFlattening, TRL packing)
 
 
