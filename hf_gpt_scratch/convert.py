@@ -583,8 +583,8 @@ def _convert(args) -> int:
     from transformers import AutoConfig, GPT2LMHeadModel
 
     # lazy: the training layer's loaders (strict, trust_remote_code explicit) and folder checks
-    from .faults import check_output_dir, remove_previous_run
-    from .loading import from_pretrained_strict, has_tokenizer, load_tokenizer, save_pretrained_to
+    from .faults import check_output_dir, remove_previous_run, save_pretrained_to
+    from .loading import from_pretrained_strict, has_tokenizer, load_tokenizer
 
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, overwrite=args.overwrite, flag="--overwrite")  # before any work

@@ -6,10 +6,12 @@ tokens and pickles. The recipes get all of it from `arguments.parse_recipe_args`
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import zipfile
@@ -24,11 +26,10 @@ from transformers.trainer_utils import sort_checkpoints
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
+_NO = {"", "false", "no", "0", "off"}
 
-# --------------------------------------------------------------------------------------------
-# Non-finite losses. Ours because the Trainer only hides a NaN loss from its logs
+# ---- Non-finite losses. Ours because the Trainer only hides a NaN loss from its logs
 # (`logging_nan_inf_filter`) and goes on training and saving the broken weights.
-# --------------------------------------------------------------------------------------------
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,15 +92,11 @@ class NonFiniteLossGuard(TrainerCallback):
         self._last_finite_step = state.global_step
 
     def _fail(self, args, state, what: str, detail: str = "") -> None:
-        last = last_complete_checkpoint(args.output_dir) if args.output_dir else None
-        fix = "try a lower --learning_rate or gradient clipping (--max_grad_norm)"
-        if last is not None:
-            keep = (f"The last good checkpoint is {last} (nothing was saved for step {state.global_step}); resume "
-                    f"from it with --resume_from_checkpoint {last}, e.g. with a lower --learning_rate or "
-                    "gradient clipping (--max_grad_norm).")
-        else:
-            keep = (f"No checkpoint was saved before step {state.global_step} (keep some with --save_strategy steps "
-                    f"--save_steps N); {fix}.")
+        last, step = last_complete_checkpoint(args.output_dir) if args.output_dir else None, state.global_step
+        fix = "a lower --learning_rate or gradient clipping (--max_grad_norm)"
+        keep = (f"The last good checkpoint is {last} (nothing was saved for step {step}); resume from it with "
+                f"--resume_from_checkpoint {last}, e.g. with {fix}." if last else
+                f"No checkpoint was saved before step {step} (keep some with --save_strategy steps --save_steps N); try {fix}.")
         message = (f"Training stopped at step {state.global_step} of {state.max_steps}: {what}"
                    + (f" ({detail})" if detail else "") + f". {keep}")
         logger.error(message)
@@ -138,9 +135,7 @@ class NonFiniteLossGuard(TrainerCallback):
                            f"learning rate {lr:g}" if isinstance(lr, (int, float)) else "")
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
+# ---- Checkpoints
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
@@ -179,7 +174,7 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str 
     """--resume_from_checkpoint: 'true', 'last' or 'latest' is the newest complete checkpoint in
     `output_dir` (`last_complete_checkpoint`), a path must be a complete checkpoint; None, '' or
     'false' is None. FileNotFoundError when there is none, ValueError naming a damaged file."""
-    if value is None or str(value).lower() in {"", "false", "no", "0", "off"}:
+    if value is None or str(value).lower() in _NO:
         return None
     if str(value).lower() in {"true", "last", "latest"}:
         last = last_complete_checkpoint(output_dir) if output_dir else None
@@ -195,14 +190,12 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str 
     return str(value)
 
 
-# --------------------------------------------------------------------------------------------
-# Output folders
-# --------------------------------------------------------------------------------------------
+# ---- Output folders
 
 # What the recipes, the Trainer and convert write into an output folder. A folder holding any of
 # it (or a pickle, or a folder with adapter_config.json) is refused without --overwrite_output_dir.
 # With it, RUN_STATE goes before training (no old checkpoint is resumed, no old adapter or result
-# pushed) and MODEL_FILES are replaced as one set by the final save (`loading.staged_save`).
+# pushed) and MODEL_FILES are replaced as one set by the final save (`staged_save`).
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                "adapter_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "chat_template.jinja")
@@ -242,7 +235,7 @@ def check_output_dir(output_dir: str | Path | None, overwrite: bool = False, res
         logger.warning("%s: the run in %s (%s) is replaced: its checkpoints, adapters and results are removed "
                        "before training, its model by the final save.", flag, output_dir, ", ".join(found[:8]))
         return
-    resume = None if resume is None or str(resume).lower() in {"", "false", "no", "0", "off"} else str(resume)
+    resume = None if resume is None or str(resume).lower() in _NO else str(resume)
     if resume is not None and (resume.lower() in {"true", "last", "latest"}
                                or Path(resume).resolve().parent == Path(output_dir).resolve()):
         return
@@ -270,9 +263,40 @@ def remove_previous_run(output_dir: str | Path) -> list[str]:
     return [p.name for p in removed]
 
 
-# --------------------------------------------------------------------------------------------
-# Lengths
-# --------------------------------------------------------------------------------------------
+STAGE = ".saving"
+
+
+@contextlib.contextmanager
+def staged_save(folder: str | Path):
+    """Yield `folder/.saving` to save into; when the block succeeds, its files move into `folder`
+    (`os.replace` needs no space) and `folder`'s other MODEL_FILES go: the new model replaces the
+    old as one set. When it fails (a full disk), `folder` is left as it was."""
+    folder = Path(folder)
+    stage = folder / STAGE
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        written = {p.name for p in stage.iterdir()}
+        for path in stage.iterdir():
+            if path.is_dir() and (folder / path.name).is_dir():
+                shutil.rmtree(folder / path.name)
+            os.replace(path, folder / path.name)
+        for old in folder.iterdir():
+            if old.is_file() and old.name not in written and any(fnmatch.fnmatch(old.name, p) for p in MODEL_FILES):
+                old.unlink()
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_pretrained_to(folder: str | Path, *objects) -> None:
+    """`save_pretrained` of each of `objects` (a model, its tokenizer) into `folder`, as one set (`staged_save`)."""
+    with staged_save(folder) as stage:
+        for obj in objects:
+            obj.save_pretrained(stage)
+
+
+# ---- Lengths
 
 
 class ExampleTooLongError(ValueError):
@@ -281,12 +305,9 @@ class ExampleTooLongError(ValueError):
 
 def check_sequence_lengths(lengths: Iterable[int], limit: int, *, source: str, policy: str = "truncate",
                            what: str = "example", hint: str = "") -> int:
-    """Count the examples longer than `limit` tokens (`lengths[i]` is example i's length).
-
-    policy "truncate": log one warning with the count, the longest length and the first row, and
-    return the count (the caller truncates). policy "refuse": raise `ExampleTooLongError` naming
-    `source`, the first row, its length and the limit. Returns 0 when everything fits.
-    """
+    """The number of examples longer than `limit` tokens (`lengths[i]`: example i's); policy
+    "truncate" logs one warning with the count, the first row and the longest (the caller
+    truncates), "refuse" raises `ExampleTooLongError` naming `source`, the first row and the limit."""
     if policy not in ("truncate", "refuse"):
         raise ValueError(f"policy must be 'truncate' or 'refuse', got {policy!r}")
     too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
@@ -305,10 +326,9 @@ def check_sequence_lengths(lengths: Iterable[int], limit: int, *, source: str, p
 
 
 def report_truncated_texts(splits, tokenizer, limit: int, source: str, column: str = "text") -> dict[str, int]:
-    """Classification texts longer than `limit` tokens are truncated (the book's choice: a
-    message's class is usually clear from its start); one warning per split of `splits` (a
-    DatasetDict with a `column` of texts) gives the count (`check_sequence_lengths`). Returns
-    {split: count}."""
+    """Count (one warning per split of `splits`, a DatasetDict with a `column` of texts) the
+    classification texts longer than `limit` tokens, which are truncated (the book's choice: a
+    message's class is usually clear from its start). Returns {split: count}."""
     counts = {}
     for split, ds in splits.items():
         ids = tokenizer(list(ds[column]), add_special_tokens=False, verbose=False)["input_ids"]
@@ -342,9 +362,7 @@ def check_instruction_lengths(splits: dict, max_length: int, source: str) -> dic
     return counts
 
 
-# --------------------------------------------------------------------------------------------
-# Tokens and pickles
-# --------------------------------------------------------------------------------------------
+# ---- Tokens and pickles
 
 
 def refuse_hub_token(training_args) -> None:
@@ -395,6 +413,6 @@ __all__ = [
     "NonFiniteLossError", "NonFiniteLossGuard", "non_finite_parameters",
     "checkpoint_problem", "last_complete_checkpoint", "resolve_resume_checkpoint",
     "MODEL_FILES", "RUN_STATE", "OutputDirNotEmptyError", "output_dir_contents", "check_output_dir",
-    "remove_previous_run", "ExampleTooLongError", "check_sequence_lengths", "report_truncated_texts",
+    "remove_previous_run", "staged_save", "save_pretrained_to", "ExampleTooLongError", "check_sequence_lengths", "report_truncated_texts",
     "check_instruction_lengths", "refuse_hub_token", "pickle_files", "replace_pickled_training_args",
 ]

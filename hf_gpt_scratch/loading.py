@@ -1,31 +1,14 @@
-"""Tokenizers and models for the recipes, loaded strictly and explicitly, trained from a checked
-checkpoint, and saved so that a failure never leaves a half-replaced model.
-
-- `load_tokenizer` (the one tokenizer loader), `load_tokenizer_for`, `tokenizer_source`.
-- `load_causal_lm`: ours, any causal LM, a stock GPT-2 folder converted on the fly, or a new
-  `GPTScratchConfig` plus overrides (`--init_weights gpt2|torch`, `torch_default_init`).
-- `from_pretrained_strict`, `check_loading_info`: missing, unused or mis-shaped weights are a
-  `CheckpointMismatchError`, not a warning and a randomly initialised layer (transformers only
-  logs a load report).
-- `train_model`: `trainer.train` after checking the checkpoint it resumes from
-  (`check_checkpoint_fits`) or removing the previous run it replaces.
-- `save_final_model`, `save_pretrained_to`, `staged_save`: safetensors, no pickle, full weights
-  under FSDP, written into a temporary folder and moved into place.
-- `weights_are_sharded`, `unsharded_loading` (full evaluation copies under ZeRO-3), `count_parameters`.
-
-Every load passes `trust_remote_code` explicitly (the user's --trust_remote_code, else False):
-left unset, transformers asks "run the custom code? [y/N]" in a terminal.
-"""
+"""Tokenizers and models for the recipes, loaded strictly with an explicit `trust_remote_code`
+(unset, transformers asks "run the custom code? [y/N]" in a terminal); `train_model` from a
+checked checkpoint; `save_final_model`. Ours because transformers only logs a report for missing,
+unused or mis-shaped weights (initialised randomly) and its Trainer resumes non-strictly."""
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import logging
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -35,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .arguments import ModelArguments, apply_config_overrides, parse_config_overrides
 from .configuration_gpt_scratch import GPTScratchConfig
-from .faults import MODEL_FILES, remove_previous_run, replace_pickled_training_args, resolve_resume_checkpoint
+from .faults import STAGE, remove_previous_run, replace_pickled_training_args, resolve_resume_checkpoint, staged_save
 from .tokenization import GPT2_EOS_ID, gpt2_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -43,9 +26,7 @@ logger = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-# --------------------------------------------------------------------------------------------
-# Tokenizers
-# --------------------------------------------------------------------------------------------
+# ---- Tokenizers
 
 
 def has_tokenizer(path: str | None) -> bool:
@@ -66,12 +47,11 @@ def load_tokenizer(source: str | None, trust_remote_code: bool = False):
 
 def tokenizer_source(model_args: ModelArguments) -> str | None:
     """--tokenizer_name, else --model_name_or_path when it has a tokenizer, else None (GPT-2's
-    BPE). A checkpoint folder without tokenizer files falls back to GPT-2's BPE only when its
-    config has GPT-2's 50,257 tokens (with a warning); otherwise ValueError: the embedding would
-    grow by random rows for a tokenizer it was never trained with."""
+    BPE): for a checkpoint folder only when its config has GPT-2's 50,257 tokens, with a warning
+    (ValueError otherwise: its embedding would grow by rows of random weights)."""
     path = model_args.model_name_or_path
     if model_args.tokenizer_name or has_tokenizer(path) or not path:
-        return model_args.tokenizer_name or path
+        return model_args.tokenizer_name or path or None
     config = Path(path) / "config.json"
     vocab = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
     if vocab != GPT2_EOS_ID + 1:
@@ -94,9 +74,7 @@ def load_tokenizer_for(model_args: ModelArguments):
     return tokenizer
 
 
-# --------------------------------------------------------------------------------------------
-# Strict loading
-# --------------------------------------------------------------------------------------------
+# ---- Strict loading
 
 
 class CheckpointMismatchError(ValueError):
@@ -145,7 +123,6 @@ def from_pretrained_strict(model_class, path: str, allow_missing: Sequence[str] 
                            allow_unexpected: Sequence[str] = (), **kwargs):
     """`model_class.from_pretrained(path, **kwargs)` that raises `CheckpointMismatchError`
     (`check_loading_info`) instead of logging a load report and initialising weights randomly."""
-    kwargs.pop("output_loading_info", None)
     kwargs.setdefault("ignore_mismatched_sizes", True)  # reported and judged here, not a bare RuntimeError
     kwargs.setdefault("trust_remote_code", False)
     model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
@@ -153,9 +130,7 @@ def from_pretrained_strict(model_class, path: str, allow_missing: Sequence[str] 
     return model
 
 
-# --------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------
+# ---- Models
 
 
 def _rebuild_with_overrides(model, overrides: dict[str, Any], model_args: ModelArguments):
@@ -171,28 +146,20 @@ def _rebuild_with_overrides(model, overrides: dict[str, Any], model_args: ModelA
 
 
 def torch_default_init(model) -> None:
-    """Re-initialise every Linear, Embedding and LayerNorm with PyTorch's own defaults
-    (`reset_parameters`), as the book's `GPTModel` is initialised: embeddings N(0, 1), Linear
-    weights and biases uniform in +-1/sqrt(fan_in), norms 1 and 0. Tied weights stay tied (the
-    output head is reset last, so a tied embedding gets the Linear init)."""
+    """PyTorch's default initialisation (`reset_parameters`), the book's `GPTModel`'s: embeddings
+    N(0, 1), Linear layers uniform in +-1/sqrt(fan_in), norms 1 and 0. A tied embedding gets the
+    Linear init (the output head is reset last)."""
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)):
             module.reset_parameters()
 
 
 def load_causal_lm(model_args: ModelArguments, tokenizer=None):
-    """The causal LM the recipe trains.
-
-    - `--model_name_or_path`: any AutoModelForCausalLM checkpoint, loaded strictly
-      (`from_pretrained_strict`); a stock GPT-2 one (model_type "gpt2") is converted with
-      `convert.gpt2_to_scratch`. `--config_overrides` must keep the weights' shapes (drop_rate=0.0).
-    - otherwise from scratch: `--config_name` (default `GPTScratchConfig()`, the book's 124M) plus
-      `--config_overrides`, with vocab_size = len(tokenizer) and pad/bos/eos ids from the tokenizer.
-
-    Remote code only runs with `--trust_remote_code`. A tokenizer with more tokens than the
-    checkpoint's embedding grows it (as run_clm does, with a warning); pad/eos ids missing from
-    the model's config are taken from the tokenizer.
-    """
+    """The causal LM the recipe trains: `--model_name_or_path` loaded strictly (a stock GPT-2
+    checkpoint converted with `convert.gpt2_to_scratch`; `--config_overrides` must keep the
+    weights' shapes), else a new model of `--config_name` (default `GPTScratchConfig()`) plus
+    `--config_overrides`, sized and given pad/bos/eos ids by the tokenizer. A tokenizer larger
+    than a checkpoint's embedding grows it (as run_clm does, with a warning)."""
     trust = bool(model_args.trust_remote_code)
     attn_kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
 
@@ -270,38 +237,27 @@ def _register_zero3_head(model) -> None:
 
 
 def count_parameters(model) -> int:
-    """Distinct parameters (a tied head counts once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += getattr(p, "ds_numel", None) or p.numel()  # DeepSpeed ZeRO-3 partitions p at creation
-    return total
+    """Distinct parameters (`parameters()` yields a tied head once; ZeRO-3 partitions at creation)."""
+    return sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters())
 
 
 def weights_are_sharded(trainer) -> bool:
     """True when each process holds only part of the weights (FSDP, DeepSpeed ZeRO-3): every
     process must then take part in each forward pass, e.g. when sampling after training."""
-    if getattr(trainer, "is_fsdp_enabled", False):
-        return True
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        from transformers.integrations import is_deepspeed_zero3_enabled
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
-        return bool(is_deepspeed_zero3_enabled())
-    return False
+    deepspeed = getattr(trainer, "is_deepspeed_enabled", False) and is_deepspeed_zero3_enabled()
+    return bool(getattr(trainer, "is_fsdp_enabled", False) or deepspeed)
 
 
-# --------------------------------------------------------------------------------------------
-# Training from a checked checkpoint
-# --------------------------------------------------------------------------------------------
+# ---- Training from a checked checkpoint
 
 
 def check_checkpoint_fits(checkpoint: str | Path, model) -> None:
-    """Before resuming from `checkpoint`: `CheckpointMismatchError` (`check_loading_info`) when its
-    weights (read from the safetensors headers, not loaded) are not the model's, e.g. another
-    architecture or tokenizer (the Trainer would load them non-strictly and train a random layer,
-    or fail on a size mismatch); a warning naming the optimizer, scheduler or RNG states it lacks
-    (the Trainer would start them afresh without a word)."""
+    """`CheckpointMismatchError` when the weights in `checkpoint` (their safetensors headers) are
+    not `model`'s, e.g. another architecture or tokenizer (the Trainer loads them non-strictly: a
+    random layer, or a size-mismatch traceback); a warning for missing optimizer, scheduler or RNG
+    states (the Trainer starts them afresh without a word)."""
     folder = Path(checkpoint)
     files = [*folder.glob("model*.safetensors"), *folder.glob("adapter_model.safetensors")]
     saved = {}
@@ -321,19 +277,17 @@ def check_checkpoint_fits(checkpoint: str | Path, model) -> None:
             "unexpected_keys": [k for k in saved if k not in expected],
             "mismatched_keys": [(k, saved[k], expected[k]) for k in saved if k in expected and saved[k] != expected[k]],
         }, f"--resume_from_checkpoint {folder}", config=getattr(model, "config", None))
-    lacking = [name for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth") if not (folder / name).is_file()]
-    if lacking and not any(p.name.startswith(("rng_state_", "global_step", "pytorch_model_fsdp", "optimizer_")) for p in folder.iterdir()):
+    lacking = [name for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth") if not any(folder.glob(name.split(".")[0] + "*"))]
+    if lacking and not any(folder.glob("global_step*")):  # (DeepSpeed keeps its states there)
         logger.warning("--resume_from_checkpoint %s has no %s: the optimizer, schedule or random state start afresh, so "
                        "the run will not continue exactly as it would have.", folder, ", ".join(lacking))
 
 
 def train_model(trainer):
-    """`trainer.train()` (returns its `TrainOutput`) after the checks that need the model:
-    --resume_from_checkpoint is resolved (`faults.resolve_resume_checkpoint`: 'last' is the
-    newest complete one) and checked (`check_checkpoint_fits`), and `eval_on_start` turned off
-    (the curves hold that evaluation already); without it, --overwrite_output_dir removes the
-    previous run's checkpoints, adapters and results (`faults.remove_previous_run`), so none of
-    them is resumed or pushed with the new model."""
+    """`trainer.train()`, resuming from the checked checkpoint of --resume_from_checkpoint
+    (`faults.resolve_resume_checkpoint`, `check_checkpoint_fits`; no second evaluation on start),
+    or with --overwrite_output_dir after removing the previous run's checkpoints, adapters and
+    results (`faults.remove_previous_run`), so none of them is resumed or pushed."""
     args = trainer.args
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if resume:
@@ -345,50 +299,10 @@ def train_model(trainer):
     return trainer.train(resume_from_checkpoint=resume)
 
 
-# --------------------------------------------------------------------------------------------
-# Saving
-# --------------------------------------------------------------------------------------------
-
-STAGE = ".saving"
-
-
-@contextlib.contextmanager
-def staged_save(folder: str | Path):
-    """Yield `folder/.saving` to save into. When the block succeeds its files are moved into
-    `folder` (`os.replace` needs no space) and `folder`'s other model files (`faults.MODEL_FILES`:
-    weights, configs, tokenizer files of the model replaced) are removed, so `folder` holds the
-    new model as one set; when it fails (a full disk) `folder` is left as it was."""
-    folder = Path(folder)
-    stage = folder / STAGE
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
-        yield stage
-        written = {p.name for p in stage.iterdir()}
-        for path in stage.iterdir():
-            if path.is_dir() and (folder / path.name).is_dir():
-                shutil.rmtree(folder / path.name)
-            os.replace(path, folder / path.name)
-        for old in folder.iterdir():
-            if old.is_file() and old.name not in written and any(fnmatch.fnmatch(old.name, p) for p in MODEL_FILES):
-                old.unlink()
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def save_pretrained_to(folder: str | Path, *objects) -> None:
-    """`save_pretrained` of each of `objects` (a model, its tokenizer) into `folder`, as one set (`staged_save`)."""
-    with staged_save(folder) as stage:
-        for obj in objects:
-            obj.save_pretrained(stage)
-
-
 def save_final_model(trainer, output_dir: str | None = None) -> None:
-    """`trainer.save_model` (weights as safetensors, config, tokenizer) into `output_dir` (default
-    --output_dir) through `staged_save`, with the pickled training_args.bin replaced by
-    training_args.json (tokens redacted). Call it on every process. Under FSDP with sharded
-    checkpoints (`fsdp_state_dict_type: SHARDED_STATE_DICT`) `save_model` would write no weights:
-    the plugin is switched to FULL_STATE_DICT first (checkpoints written before stay sharded)."""
+    """`trainer.save_model` (safetensors, config, tokenizer; training_args.json, not the pickle)
+    into `output_dir` (default --output_dir) through `faults.staged_save`; call it on every
+    process. FSDP's SHARDED_STATE_DICT would save no weights: switched to FULL_STATE_DICT first."""
     if getattr(trainer, "is_fsdp_enabled", False):
         plugin = trainer.accelerator.state.fsdp_plugin
         if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
@@ -405,10 +319,8 @@ def save_final_model(trainer, output_dir: str | None = None) -> None:
 
 @contextlib.contextmanager
 def unsharded_loading(training_args):
-    """A context in which `from_pretrained` builds a full model even under DeepSpeed ZeRO-3 (while
-    a ZeRO-3 config is registered with transformers, every model it builds is partitioned over the
-    processes): for evaluation copies that each process runs on its own, outside the Trainer. A
-    no-op otherwise (FSDP shards only the model the Trainer prepares)."""
+    """`from_pretrained` builds full models inside, even under DeepSpeed ZeRO-3 (which partitions
+    every model built while its config is registered): evaluation copies each process runs alone."""
     from transformers.integrations import is_deepspeed_zero3_enabled, set_hf_deepspeed_config, unset_hf_deepspeed_config
 
     plugin = getattr(training_args, "deepspeed_plugin", None)
@@ -427,6 +339,6 @@ def unsharded_loading(training_args):
 __all__ = [
     "TOKENIZER_FILES", "has_tokenizer", "load_tokenizer", "tokenizer_source", "load_tokenizer_for",
     "CheckpointMismatchError", "check_loading_info", "from_pretrained_strict", "torch_default_init", "load_causal_lm",
-    "count_parameters", "weights_are_sharded", "check_checkpoint_fits", "train_model", "staged_save",
-    "save_pretrained_to", "save_final_model", "unsharded_loading",
+    "count_parameters", "weights_are_sharded", "check_checkpoint_fits", "train_model", "save_final_model",
+    "unsharded_loading",
 ]

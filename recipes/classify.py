@@ -65,9 +65,9 @@ from hf_gpt_scratch.classification import (
     train_tokenizer_on_texts,
     write_pretraining_text,
 )
-from hf_gpt_scratch.faults import report_truncated_texts
+from hf_gpt_scratch.faults import report_truncated_texts, save_pretrained_to
 from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.loading import load_tokenizer_for, save_final_model, save_pretrained_to, train_model
+from hf_gpt_scratch.loading import load_tokenizer_for, save_final_model, train_model
 from hf_gpt_scratch.reporting import log_history_to_curves, print_table, write_results
 from hf_gpt_scratch.sampling import context_length_of
 

@@ -64,7 +64,7 @@ from hf_gpt_scratch.arguments import (
 )
 from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
 from hf_gpt_scratch.data import InstructionCollator
-from hf_gpt_scratch.faults import check_instruction_lengths
+from hf_gpt_scratch.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.hub import finish_run, prepare_push
 from hf_gpt_scratch.instruction import evaluate_instruction_model, judge_responses
 from hf_gpt_scratch.instruction_setup import (
@@ -82,7 +82,6 @@ from hf_gpt_scratch.loading import (
     load_causal_lm,
     load_tokenizer_for,
     save_final_model,
-    save_pretrained_to,
     train_model,
     unsharded_loading,
 )

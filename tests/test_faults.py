@@ -43,13 +43,13 @@ from hf_gpt_scratch.faults import (
     last_complete_checkpoint,
     pickle_files,
     resolve_resume_checkpoint,
+    save_pretrained_to,
 )
 from hf_gpt_scratch.hub import pushed_files
 from hf_gpt_scratch.loading import (
     CheckpointMismatchError,
     load_tokenizer,
     load_tokenizer_for,
-    save_pretrained_to,
     train_model,
 )
 from hf_gpt_scratch.tokenization import gpt2_tokenizer, train_bpe_tokenizer
