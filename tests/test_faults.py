@@ -667,3 +667,19 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir):
     assert "training_args.bin" not in os.listdir(full) and (full / "training_args.json").is_file()
     assert sorted(pickle_files(full / "checkpoint-12", allow_trainer_checkpoints=False)) == [
         "optimizer.pt", "rng_state.pth", "scheduler.pt", "training_args.bin"]
+
+
+def test_a_lora_checkpoint_resumes(tmp_path):
+    """The Trainer saves a PEFT model's adapter only: the check compares it with the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    def lora_trainer(**kwargs):
+        trainer, model = _trainer(tmp_path, **kwargs)
+        trainer.model = get_peft_model(model, LoraConfig(r=2, target_modules=["W_query", "W_value"]))
+        return Trainer(model=trainer.model, args=trainer.args, train_dataset=_Blocks(), data_collator=default_data_collator)
+
+    lora_trainer(max_steps=2).train()
+    assert (tmp_path / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    resumed = lora_trainer(max_steps=4, resume_from_checkpoint="last")
+    train_model(resumed)
+    assert resumed.state.global_step == 4
