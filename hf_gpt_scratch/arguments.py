@@ -7,8 +7,6 @@
   (`cpu_distributed_defaults`); it refuses to overwrite a finished --output_dir and refuses a
   --hub_token (see `hf_gpt_scratch.faults`).
 - `parse_config_overrides`, `apply_config_overrides`: `--config_overrides "n_layers=2,emb_dim=64"`.
-- `resolve_resume_checkpoint`, `resume_checkpoint_for`: --resume_from_checkpoint, with 'last'
-  meaning the newest *complete* checkpoint.
 - `process_rank`, `is_main_process`, `setup_logging`: every recipe runs unchanged under `python`,
   `torchrun --nproc_per_node N` and `accelerate launch`, on GPUs or (over gloo) on CPUs; only the
   main process writes files and prints reports.
@@ -31,12 +29,7 @@ import transformers
 from transformers import HfArgumentParser
 
 from .data import DATA_ENV
-from .faults import (
-    check_output_dir,
-    is_complete_checkpoint,
-    last_complete_checkpoint,
-    refuse_hub_token,
-)
+from .faults import check_output_dir, refuse_hub_token
 
 logger = logging.getLogger(__name__)
 
@@ -385,38 +378,6 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.enable_explicit_format()
 
 
-def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str | bool | None:
-    """--resume_from_checkpoint: a path, or 'true'/'last'/'latest' for the newest *complete*
-    checkpoint in output_dir (error if there is none). A checkpoint-N folder left half-written by
-    a killed run (no trainer_state.json, the Trainer's last write) is skipped with a warning."""
-    if value is None or value == "":
-        return None
-    if value.lower() in {"true", "last", "latest"}:
-        last = last_complete_checkpoint(output_dir) if output_dir and Path(output_dir).is_dir() else None
-        if last is None:
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint {value}: no checkpoint-* folder with a trainer_state.json (a complete checkpoint) in {output_dir}."
-            )
-        return last
-    if value.lower() in _FALSE:
-        return None
-    if not Path(value).is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder.")
-    if not is_complete_checkpoint(value):
-        logger.warning("--resume_from_checkpoint %s has no trainer_state.json: only its weights can be used.", value)
-    return value
-
-
-def resume_checkpoint_for(training_args) -> str | None:
-    """The checkpoint to pass to `trainer.train(resume_from_checkpoint=...)` (see
-    `resolve_resume_checkpoint`). When resuming, `eval_on_start` is turned off: the curves
-    already hold the evaluation before training, and the resumed step would be evaluated twice."""
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    if resume:
-        training_args.eval_on_start = False
-    return resume
-
-
 __all__ = [
     "INIT_SCHEMES",
     "ModelArguments",
@@ -429,6 +390,4 @@ __all__ = [
     "process_rank",
     "is_main_process",
     "setup_logging",
-    "resolve_resume_checkpoint",
-    "resume_checkpoint_for",
 ]

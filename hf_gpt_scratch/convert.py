@@ -550,29 +550,6 @@ def _max_logit_difference(a, b, vocab_size: int, context_length: int) -> float:
     return (la - lb).abs().max().item()
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
-
-
-def _load_tokenizer(source: str | None):
-    """The tokenizer saved in `source`, or None. transformers 5 builds an EMPTY GPT2Tokenizer from a
-    GPT-2 folder without tokenizer files, so such a result is not a tokenizer."""
-    if not source:
-        return None
-    if source == "gpt2" and not Path(source).exists():  # OpenAI's GPT-2 BPE, offline
-        from .tokenization import gpt2_tokenizer
-
-        return gpt2_tokenizer()
-    if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in _TOKENIZER_FILES):
-        return None
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception:  # no tokenizer there: the weights are converted all the same
-        return None
-    return tokenizer if getattr(tokenizer, "vocab_size", 0) else None
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-gpt-scratch-convert",
@@ -609,7 +586,14 @@ def _build_parser() -> argparse.ArgumentParser:
 def _convert(args) -> int:
     from transformers import AutoConfig, GPT2LMHeadModel
 
-    tokenizer_source = args.tokenizer
+    # lazy: the training layer's loaders (strict, trust_remote_code explicit) and folder checks
+    from .faults import check_output_dir, remove_previous_run, save_pretrained_to
+    from .loading import from_pretrained_strict, has_tokenizer, load_tokenizer
+
+    output_dir = Path(args.output_dir)
+    check_output_dir(output_dir, overwrite=args.overwrite, flag="--overwrite")  # before any work
+    tokenizer_source = args.tokenizer or args.model_name_or_path
+    tokenizer = load_tokenizer(tokenizer_source) if args.tokenizer or has_tokenizer(tokenizer_source) else None
     if args.book_checkpoint:
         state_dict = _read_pth(args.book_checkpoint)
         book_config = _read_book_config(args.book_config, state_dict)
@@ -628,14 +612,13 @@ def _convert(args) -> int:
             print("Converted it to GPTScratchForCausalLM, then to GPT2LMHeadModel.")
     else:
         src = args.model_name_or_path
-        tokenizer_source = tokenizer_source or src
-        model_type = AutoConfig.from_pretrained(src).model_type
+        model_type = AutoConfig.from_pretrained(src, trust_remote_code=False).model_type
         if args.to == "scratch":
             if model_type == GPTScratchConfig.model_type:
                 raise ValueError(f"{src} already is a gpt_scratch model; use --to gpt2 to export it to GPT-2.")
             if model_type != "gpt2":
                 raise ValueError(f"{src} is a {model_type!r} model; only GPT-2 (model_type 'gpt2') can be converted.")
-            source = GPT2LMHeadModel.from_pretrained(src).eval()
+            source = from_pretrained_strict(GPT2LMHeadModel, src).eval()  # missing weights: refused
             result = gpt2_to_scratch(source)
             conversion = "OpenAI GPT-2 (`GPT2LMHeadModel`) converted"
             print(f"Converted GPT2LMHeadModel {src} to GPTScratchForCausalLM.")
@@ -645,7 +628,7 @@ def _convert(args) -> int:
                     f"--to gpt2 exports a gpt_scratch model, but {src} is a {model_type!r} model"
                     + (" (already GPT-2)." if model_type == "gpt2" else ".")
                 )
-            source = GPTScratchForCausalLM.from_pretrained(src).eval()
+            source = from_pretrained_strict(GPTScratchForCausalLM, src).eval()
             result = scratch_to_gpt2(source)
             conversion = "`GPTScratchForCausalLM` exported"
             print(f"Converted GPTScratchForCausalLM {src} to GPT2LMHeadModel.")
@@ -662,14 +645,11 @@ def _convert(args) -> int:
         diff = _max_logit_difference(source, result, cfg.vocab_size, cfg.max_position_embeddings)
         print(f"  check: largest |logit difference| to the source on a random batch: {diff:.2e}")
 
-    output_dir = Path(args.output_dir)
-    if (output_dir / "config.json").exists() and not args.overwrite:
-        raise ValueError(f"{output_dir} already holds a model (config.json); pass --overwrite to replace it.")
-    result.save_pretrained(output_dir)
+    if args.overwrite:
+        remove_previous_run(output_dir)  # an old run's checkpoints and results are not the converted model's
+    save_pretrained_to(output_dir, result, *[tokenizer] * (tokenizer is not None))
     print(f"Saved the model to {output_dir} (safetensors).")
-    tokenizer = _load_tokenizer(tokenizer_source)
     if tokenizer is not None:
-        tokenizer.save_pretrained(output_dir)
         print(f"Saved the tokenizer of {tokenizer_source} to {output_dir}.")
     else:
         print("No tokenizer saved (none found" + (f" in {tokenizer_source}" if tokenizer_source else "") + "; see --tokenizer).")

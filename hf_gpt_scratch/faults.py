@@ -1,48 +1,35 @@
-"""Surviving faults in the training recipes: non-finite losses, interrupted runs, finished models
-in the way, over-long examples, pickles and hub tokens.
-
-Everything here reaches the recipes through the shared helpers (`arguments.parse_recipe_args`,
-`callbacks.default_callbacks`, `arguments.resolve_resume_checkpoint`, `loading.save_final_model`);
-a recipe needs no code of its own for it.
-
-- `NonFiniteLossGuard` (a `TrainerCallback`, in `default_callbacks()`): stops training with a
-  `NonFiniteLossError` naming the step when the weights or the logged training loss are no longer
-  finite, *before* the Trainer logs, evaluates or saves a checkpoint of that step, so the last
-  checkpoint on disk is the last good one and no broken final model is written.
-- `last_complete_checkpoint`: the newest `checkpoint-N` whose `trainer_state.json` (the Trainer's
-  last write) is there, so a run killed while saving resumes from the checkpoint before.
-- `check_output_dir`: refuses to train into a folder that holds a model or training state unless
-  the user said `--overwrite_output_dir` or `--resume_from_checkpoint`.
-- `check_sequence_lengths`: a counted warning (or an error naming the first row) for examples
-  longer than the context; `report_truncated_texts` (classification texts) and
-  `check_instruction_lengths` (instruction examples) apply it per split.
-- `refuse_hub_token`: a `--hub_token` flag is refused (it would be pickled into every
-  checkpoint's training_args.bin); tokens come from `hf auth login` or HF_TOKEN.
-- `replace_pickled_training_args`, `pickle_files`: the final model folder holds no pickle.
+"""Faults the recipes survive, none of them silently: a NaN loss, a run killed while saving, a
+damaged checkpoint, a finished model or a user's file in the output folder, over-long examples,
+tokens and pickles. The recipes get all of it from `arguments.parse_recipe_args`,
+`callbacks.default_callbacks` and `loading.train_model` / `loading.save_final_model`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import logging
 import math
 import os
 import re
+import shutil
+import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
+from safetensors import safe_open
 from transformers import TrainerCallback
+from transformers.trainer_utils import sort_checkpoints
 
 logger = logging.getLogger(__name__)
 
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE_NAME = "trainer_state.json"
+_NO = {"", "false", "no", "0", "off"}
 
-
-# --------------------------------------------------------------------------------------------
-# Non-finite losses
-# --------------------------------------------------------------------------------------------
+# ---- Non-finite losses. Ours because the Trainer only hides a NaN loss from its logs
+# (`logging_nan_inf_filter`) and goes on training and saving the broken weights.
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,79 +40,44 @@ def _local_tensor(p: torch.Tensor) -> torch.Tensor:
     """The part of a parameter this process holds (FSDP2 DTensor shard, DeepSpeed ZeRO-3 shard)."""
     if hasattr(p, "ds_tensor"):  # DeepSpeed ZeRO-3: p.data is an empty placeholder
         return p.ds_tensor
-    if hasattr(p, "to_local"):  # torch DTensor (FSDP2, tensor parallel)
-        return p.to_local()
-    return p
-
-
-def _is_sharded(params: Sequence[torch.Tensor]) -> bool:
-    return any(hasattr(p, "ds_tensor") or hasattr(p, "to_local") for p in params)
+    return p.to_local() if hasattr(p, "to_local") else p  # torch DTensor (FSDP2, tensor parallel)
 
 
 def non_finite_parameters(model: torch.nn.Module, limit: int = 5) -> list[str]:
-    """Names of (at most `limit`) parameters of `model` holding a NaN or an infinity, looking only
-    at this process's shards."""
-    bad = []
+    """Names of (at most `limit`) parameters holding a NaN or an infinity in this process's shards."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            local = _local_tensor(p)
-            if local.numel() and not bool(torch.isfinite(local).all()):
-                bad.append(name)
-                if len(bad) >= limit:
-                    break
-    return bad
+        bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(_local_tensor(p)).all())]
+    return bad[:limit]
 
 
 def _all_finite(model: torch.nn.Module) -> bool:
-    """True when every parameter of `model` is finite, on every process (one synchronisation).
-
-    Each tensor's minimum and maximum (`torch.aminmax`, which propagates NaN) are finite exactly
-    when all its values are; on a CPU that is about 10 times faster than `isfinite().all()`."""
-    params = [p for p in model.parameters()]
-    if not params:
-        return True
+    """True when every parameter is finite on every process (one all-reduce when sharded). Each
+    tensor's `aminmax` (NaN propagates) is finite exactly when all its values are: on a CPU about
+    10 times faster than `isfinite().all()`."""
+    params = list(model.parameters())
     with torch.no_grad():
-        extremes = []
-        for p in params:
-            local = _local_tensor(p)
-            if local.numel():
-                low, high = torch.aminmax(local.reshape(-1))
-                extremes += [low.float(), high.float()]
-        ok = torch.isfinite(torch.stack(extremes)).all() if extremes else torch.tensor(True)
-        if _is_sharded(params) and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Shards differ between processes: every process must stop at the same step.
-            if torch.distributed.get_backend() == "nccl":  # NCCL reduces GPU tensors only
-                device = torch.device("cuda", torch.cuda.current_device())
-            else:
-                device = torch.device("cpu")
-            bad = (~ok).to(device=device, dtype=torch.float32).reshape(1)
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-            return not bool(bad.item())
-        return bool(ok)
+        extremes = [torch.stack(torch.aminmax(t.reshape(-1))).float() for t in map(_local_tensor, params) if t.numel()]
+        ok = bool(torch.isfinite(torch.cat(extremes)).all()) if extremes else True
+    sharded = any(hasattr(p, "ds_tensor") or hasattr(p, "to_local") for p in params)
+    if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # shards differ between processes: every process must stop at the same step
+        nccl = torch.distributed.get_backend() == "nccl"  # NCCL reduces GPU tensors only
+        bad = torch.tensor([float(not ok)], device=torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        ok = not bool(bad.item())
+    return ok
 
 
 class NonFiniteLossGuard(TrainerCallback):
     """Stop training at a NaN or infinite loss before anything of the broken model is written.
 
-    Two checks, both before the Trainer logs, evaluates or saves a step (`on_step_end` and
-    `on_log` run before `_save_checkpoint` in the Trainer's loop, `on_epoch_end` before the
-    end-of-epoch save):
-
-    - the weights must be finite (a NaN/inf loss or gradient turns them NaN in the same step). They
-      are checked on every step that logs, evaluates or saves, and on the last step, so no
-      checkpoint and no final model holds a NaN; with `every_step=True` after every optimizer step,
-      which names the very step it broke at. One min/max pass over this process's parameters
-      (sharded runs agree on the result with one all-reduce): nothing on a GPU, but on a busy CPU
-      it can cost a sizeable part of a small step, hence not every step by default;
-    - every logged training loss (`on_log`) must be finite. The Trainer's `logging_nan_inf_filter`
-      (on by default) silently replaces a non-finite step loss with the running average (a NaN
-      step shows as a finite loss, or 0.0), so the guard turns it off: the loss curve shows the NaN.
-
-    On a failure it raises `NonFiniteLossError` naming the step, what was non-finite, the last step
-    whose weights were checked finite, and the last complete checkpoint in `output_dir` (to resume
-    from, e.g. with a lower learning rate). Raising (rather than `control.should_training_stop`)
-    keeps the recipe from saving the broken model as its final one; every process raises at the
-    same step, so none waits forever.
+    `on_step_end`, `on_log` and `on_epoch_end` run before the Trainer saves a step. Checked there:
+    the weights (a NaN loss or gradient turns them NaN in the same step) on every step that logs,
+    evaluates or saves and on the last one (`every_step=True`: after every optimizer step, naming
+    the very step), and every logged training loss (the Trainer's `logging_nan_inf_filter`, which
+    would hide it, is turned off). A failure raises `NonFiniteLossError` on every process at the
+    same step, naming the step, what broke and the last good checkpoint to resume from, so no
+    checkpoint and no final model holds a NaN.
     """
 
     def __init__(self, check_weights: bool = True, every_step: bool = False):
@@ -140,23 +92,13 @@ class NonFiniteLossGuard(TrainerCallback):
         self._last_finite_step = state.global_step
 
     def _fail(self, args, state, what: str, detail: str = "") -> None:
-        last = last_complete_checkpoint(args.output_dir) if args.output_dir else None
-        if last is not None:
-            keep = (
-                f"The last good checkpoint is {last} (nothing was saved for step {state.global_step}); resume "
-                f"from it with --resume_from_checkpoint {last}, e.g. with a lower --learning_rate or "
-                f"gradient clipping (--max_grad_norm)."
-            )
-        else:
-            keep = (
-                f"No checkpoint was saved before step {state.global_step} (keep some with --save_strategy steps "
-                f"--save_steps N); try a lower --learning_rate or gradient clipping (--max_grad_norm)."
-            )
-        message = (
-            f"Training stopped at step {state.global_step} of {state.max_steps}: {what}"
-            + (f" ({detail})" if detail else "")
-            + f". {keep}"
-        )
+        last, step = last_complete_checkpoint(args.output_dir) if args.output_dir else None, state.global_step
+        fix = "a lower --learning_rate or gradient clipping (--max_grad_norm)"
+        keep = (f"The last good checkpoint is {last} (nothing was saved for step {step}); resume from it with "
+                f"--resume_from_checkpoint {last}, e.g. with {fix}." if last else
+                f"No checkpoint was saved before step {step} (keep some with --save_strategy steps --save_steps N); try {fix}.")
+        message = (f"Training stopped at step {state.global_step} of {state.max_steps}: {what}"
+                   + (f" ({detail})" if detail else "") + f". {keep}")
         logger.error(message)
         raise NonFiniteLossError(message)
 
@@ -185,226 +127,208 @@ class NonFiniteLossGuard(TrainerCallback):
             self._check_weights(args, state, model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
-            return
         for key in ("loss", "train_loss"):
-            value = logs.get(key)
+            value = (logs or {}).get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
                 lr = logs.get("learning_rate")
-                detail = f"learning rate {lr:g}" if isinstance(lr, (int, float)) else ""
-                self._fail(args, state, f"the training loss is {value}", detail)
+                self._fail(args, state, f"the training loss is {value}",
+                           f"learning rate {lr:g}" if isinstance(lr, (int, float)) else "")
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
+# ---- Checkpoints
 
 
-def checkpoint_step(path: str | os.PathLike) -> int | None:
-    """N for a folder named checkpoint-N, else None."""
-    match = _CHECKPOINT_RE.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """True when the Trainer finished writing checkpoint folder `path`: its trainer_state.json
-    (written after the model, optimizer, scheduler and RNG states) is there and parses."""
-    state = Path(path) / TRAINER_STATE_NAME
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the Trainer's checkpoint folder `path` cannot be resumed from, or None. Cheap: parses
+    trainer_state.json (the Trainer's last write, missing when a run died while saving), opens
+    each safetensors header (a truncated file fails) and each torch.save file's zip directory."""
+    folder = Path(path)
     try:
-        json.loads(state.read_text())
+        json.loads((folder / TRAINER_STATE_NAME).read_text())
     except (OSError, ValueError):
-        return False
-    return True
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """checkpoint-N folders of `output_dir`, oldest (smallest N) first."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
-    return sorted(found, key=lambda p: checkpoint_step(p))
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest complete checkpoint-N folder in `output_dir` (see `is_complete_checkpoint`), or
-    None. Newer incomplete folders (a run killed while saving) are skipped with a warning."""
-    skipped = []
-    for path in reversed(list_checkpoints(output_dir)):
-        if is_complete_checkpoint(path):
-            if skipped:
-                logger.warning(
-                    "Skipping incomplete checkpoint(s) %s (no %s: the run stopped while saving); using %s.",
-                    ", ".join(skipped), TRAINER_STATE_NAME, path,
-                )
-            return str(path)
-        skipped.append(str(path))
+        return f"it has no readable {TRAINER_STATE_NAME} (the run stopped while saving it)"
+    for file in sorted(folder.iterdir()):
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), "pt"):
+                    pass
+            except Exception as err:  # SafetensorError: truncated, or not safetensors at all
+                return f"{file.name} is damaged ({err})"
+        elif file.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(file):
+            return f"{file.name} is damaged (not a complete torch.save file)"
     return None
 
 
-# --------------------------------------------------------------------------------------------
-# Output directory
-# --------------------------------------------------------------------------------------------
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest checkpoint-N folder of `output_dir` without a `checkpoint_problem`, or None;
+    newer folders are skipped with a warning naming their problem."""
+    for path in reversed(sort_checkpoints(str(output_dir)) if Path(output_dir).is_dir() else []):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("Skipping checkpoint %s: %s.", path, problem)
+    return None
 
-# What recipes and the Trainer write: a folder holding any of these has a model or training state.
-_MODEL_FILES = (
-    "config.json", "adapter_config.json", "results.json", TRAINER_STATE_NAME, "training_args.bin",
-    "training_args.json", "generation_config.json",
-)
-_MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str | None:
+    """--resume_from_checkpoint: 'true', 'last' or 'latest' is the newest complete checkpoint in
+    `output_dir` (`last_complete_checkpoint`), a path must be a complete checkpoint; None, '' or
+    'false' is None. FileNotFoundError when there is none, ValueError naming a damaged file."""
+    if value is None or str(value).lower() in _NO:
+        return None
+    if str(value).lower() in {"true", "last", "latest"}:
+        last = last_complete_checkpoint(output_dir) if output_dir else None
+        if last is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no complete checkpoint-N folder in {output_dir}.")
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder.")
+    problem = checkpoint_problem(value)
+    if problem is not None:
+        raise ValueError(f"--resume_from_checkpoint {value}: {problem}. Resume from an earlier checkpoint, or pass "
+                         "the folder as --model_name_or_path to start a new run from its weights.")
+    return str(value)
+
+
+# ---- Output folders
+
+# What the recipes, the Trainer and convert write into an output folder. A folder holding any of
+# it (or a pickle, or a folder with adapter_config.json) is refused without --overwrite_output_dir.
+# With it, RUN_STATE goes before training (no old checkpoint is resumed, no old adapter or result
+# pushed) and MODEL_FILES are replaced as one set by the final save (`staged_save`).
+MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+               "adapter_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+               "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "chat_template.jinja")
+RUN_STATE = ("checkpoint-*", "results.json", "responses*.json", TRAINER_STATE_NAME, "training_args.*",
+             "loss.png", "accuracy.png", "confusion_matrix.png")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class OutputDirNotEmptyError(FileExistsError):
     """--output_dir holds a model or training state and the user did not allow replacing it."""
 
 
-def output_dir_contents(output_dir: str | os.PathLike) -> list[str]:
-    """Names in `output_dir` that belong to a model or a training run (sorted), [] if none."""
+def _entries(output_dir, patterns) -> list[Path]:
+    """Entries of `output_dir` matching `patterns`, plus adapter folders (holding adapter_config.json)."""
     folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = []
-    for entry in folder.iterdir():
-        if entry.is_dir():
-            if checkpoint_step(entry) is not None or (entry / "adapter_config.json").is_file():
-                found.append(entry.name + "/")
-        elif entry.name in _MODEL_FILES or entry.suffix in _MODEL_SUFFIXES:
-            found.append(entry.name)
+    found = [p for p in folder.iterdir() if any(fnmatch.fnmatch(p.name, pattern) for pattern in patterns)
+             or (p.is_dir() and (p / "adapter_config.json").is_file())] if folder.is_dir() else []
     return sorted(found)
 
 
-def check_output_dir(output_dir: str | os.PathLike | None, overwrite: bool = False, resume: Any = None) -> None:
-    """Refuse to train into `output_dir` when it holds a model, checkpoints or results.
+def output_dir_contents(output_dir: str | Path) -> list[str]:
+    """Names in `output_dir` that belong to a model, a tokenizer or a training run (sorted), [] if none."""
+    found = _entries(output_dir, (*MODEL_FILES, *RUN_STATE, *(f"*{suffix}" for suffix in PICKLE_SUFFIXES)))
+    return [p.name + "/" * p.is_dir() for p in found]
 
-    Allowed: a missing or empty folder, a folder with only other files (data, notes), any folder
-    with `overwrite=True` (--overwrite_output_dir; files are replaced as they are written, nothing
-    is deleted up front) or when resuming (`resume`: --resume_from_checkpoint). Otherwise raises
-    `OutputDirNotEmptyError` naming the folder, what is in it and both flags, before any work.
-    """
-    if output_dir is None:
-        return
-    found = output_dir_contents(output_dir)
+
+def check_output_dir(output_dir: str | Path | None, overwrite: bool = False, resume: Any = None,
+                     flag: str = "--overwrite_output_dir") -> None:
+    """Refuse, before any work, to write into `output_dir` when it holds a model, a tokenizer,
+    checkpoints or results (`output_dir_contents`), unless `overwrite` (the `flag`) or `resume`
+    continues the run that is there (--resume_from_checkpoint 'last' or one of its checkpoint-N
+    folders). Raises `OutputDirNotEmptyError` naming the folder, what is in it and the flags."""
+    found = output_dir_contents(output_dir) if output_dir else []
     if not found:
         return
     if overwrite:
-        logger.warning("--overwrite_output_dir: writing over %s (holds %s).", output_dir, ", ".join(found[:8]))
+        logger.warning("%s: the run in %s (%s) is replaced: its checkpoints, adapters and results are removed "
+                       "before training, its model by the final save.", flag, output_dir, ", ".join(found[:8]))
         return
-    if resume not in (None, "", False) and str(resume).lower() not in {"false", "no", "0", "off"}:
+    resume = None if resume is None or str(resume).lower() in _NO else str(resume)
+    if resume is not None and (resume.lower() in {"true", "last", "latest"}
+                               or Path(resume).resolve().parent == Path(output_dir).resolve()):
         return
     shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
     hint = ""
-    if any(name.startswith("checkpoint-") for name in found):
+    if resume is not None:
+        hint = (f" --resume_from_checkpoint {resume} is not one of its checkpoints: the resumed run would be "
+                "written over it.")
+    elif any(name.startswith("checkpoint-") for name in found):
         hint = " To continue the run that left these checkpoints, pass --resume_from_checkpoint last."
     raise OutputDirNotEmptyError(
-        f"--output_dir {output_dir} already holds a model or training state ({shown}). Refusing to overwrite "
-        f"it: pass --overwrite_output_dir to replace it, or choose another --output_dir.{hint}"
+        f"--output_dir {output_dir} already holds a model, a tokenizer or training state ({shown}). Refusing to overwrite "
+        f"it: pass {flag} to replace it, or choose another --output_dir.{hint}"
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Lengths
-# --------------------------------------------------------------------------------------------
+def remove_previous_run(output_dir: str | Path) -> list[str]:
+    """Delete an earlier run's RUN_STATE from `output_dir` (checkpoints, adapters, results) and
+    return the names; its model files stay until the final save replaces them."""
+    removed = _entries(output_dir, RUN_STATE)
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if removed:
+        logger.warning("Removed the previous run's %s from %s.", ", ".join(p.name for p in removed), output_dir)
+    return [p.name for p in removed]
+
+
+STAGE = ".saving"
+
+
+@contextlib.contextmanager
+def staged_save(folder: str | Path):
+    """Yield `folder/.saving` to save into; when the block succeeds, its files move into `folder`
+    (`os.replace` needs no space) and `folder`'s other MODEL_FILES go: the new model replaces the
+    old as one set. When it fails (a full disk), `folder` is left as it was."""
+    folder = Path(folder)
+    stage = folder / STAGE
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        written = {p.name for p in stage.iterdir()}
+        for path in stage.iterdir():
+            if path.is_dir() and (folder / path.name).is_dir():
+                shutil.rmtree(folder / path.name)
+            os.replace(path, folder / path.name)
+        for old in folder.iterdir():
+            if old.is_file() and old.name not in written and any(fnmatch.fnmatch(old.name, p) for p in MODEL_FILES):
+                old.unlink()
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_pretrained_to(folder: str | Path, *objects) -> None:
+    """`save_pretrained` of each of `objects` (a model, its tokenizer) into `folder`, as one set (`staged_save`)."""
+    with staged_save(folder) as stage:
+        for obj in objects:
+            obj.save_pretrained(stage)
+
+
+# ---- Lengths
 
 
 class ExampleTooLongError(ValueError):
     """An example is longer than the model's context and the recipe refuses to truncate it."""
 
 
-def check_sequence_lengths(
-    lengths: Iterable[int],
-    limit: int,
-    *,
-    source: str,
-    policy: str = "truncate",
-    what: str = "example",
-    hint: str = "",
-) -> int:
-    """Count the examples longer than `limit` tokens (`lengths[i]` is example i's length).
-
-    policy "truncate": log one warning with the count, the longest length and the first row, and
-    return the count (the caller truncates). policy "refuse": raise `ExampleTooLongError` naming
-    `source`, the first row, its length and the limit. Returns 0 when everything fits.
-    """
+def check_sequence_lengths(lengths: Iterable[int], limit: int, *, source: str, policy: str = "truncate",
+                           what: str = "example", hint: str = "") -> int:
+    """The number of examples longer than `limit` tokens (`lengths[i]`: example i's); policy
+    "truncate" logs one warning with the count, the first row and the longest (the caller
+    truncates), "refuse" raises `ExampleTooLongError` naming `source`, the first row and the limit."""
     if policy not in ("truncate", "refuse"):
         raise ValueError(f"policy must be 'truncate' or 'refuse', got {policy!r}")
     too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
     if not too_long:
         return 0
-    first, first_len = too_long[0]
-    longest = max(n for _, n in too_long)
+    (first, first_len), longest = too_long[0], max(n for _, n in too_long)
+    hint = f" {hint}" if hint else ""
     if policy == "refuse":
         raise ExampleTooLongError(
             f"{source}: {len(too_long)} {what}(s) are longer than {limit} tokens; the first is row {first} "
-            f"({first_len} tokens), the longest {longest} tokens.{(' ' + hint) if hint else ''}"
+            f"({first_len} tokens), the longest {longest} tokens.{hint}"
         )
-    logger.warning(
-        "%s: truncating %d %s(s) longer than %d tokens (first: row %d with %d tokens; longest %d).%s",
-        source, len(too_long), what, limit, first, first_len, longest, (" " + hint) if hint else "",
-    )
+    logger.warning("%s: truncating %d %s(s) longer than %d tokens (first: row %d with %d tokens; longest %d).%s",
+                   source, len(too_long), what, limit, first, first_len, longest, hint)
     return len(too_long)
 
 
-# --------------------------------------------------------------------------------------------
-# Tokens and pickles
-# --------------------------------------------------------------------------------------------
-
-
-def refuse_hub_token(training_args) -> None:
-    """Refuse `--hub_token`: the Trainer pickles its arguments into training_args.bin in every
-    checkpoint (and the token would sit in the shell history and the process list). Tokens come
-    from `hf auth login` or the HF_TOKEN environment variable, which huggingface_hub reads itself.
-    Applied to every recipe at parse time, and by `hub.prepare_push`."""
-    if getattr(training_args, "hub_token", None):
-        raise ValueError(
-            "--hub_token is not accepted: a token given as a flag ends up in logs and in the saved training "
-            "arguments. Log in once with `hf auth login` (or set HF_TOKEN in the environment) instead."
-        )
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-# The Trainer's own resume files inside checkpoint-N folders (torch.save pickles).
-TRAINER_CHECKPOINT_PICKLES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin)$")
-
-
-def pickle_files(folder: str | os.PathLike, allow_trainer_checkpoints: bool = True) -> list[str]:
-    """Pickle-format files (by suffix) under `folder`, relative paths, sorted. With
-    `allow_trainer_checkpoints`, the Trainer's optimizer/scheduler/RNG/arguments files inside
-    checkpoint-N folders (and DeepSpeed's states in checkpoint-N/global_stepN/) are not listed:
-    the Trainer needs them to resume."""
-    root = Path(folder)
-    found = []
-    for path in root.rglob("*"):
-        if not path.is_file() or path.suffix not in PICKLE_SUFFIXES:
-            continue
-        rel = path.relative_to(root)
-        in_checkpoint = any(checkpoint_step(part) is not None for part in rel.parts[:-1])
-        deepspeed_state = any(part.startswith("global_step") for part in rel.parts[:-1])  # DeepSpeed's own states
-        if allow_trainer_checkpoints and in_checkpoint and (TRAINER_CHECKPOINT_PICKLES.match(path.name) or deepspeed_state):
-            continue
-        found.append(str(rel))
-    return sorted(found)
-
-
-def replace_pickled_training_args(output_dir: str | os.PathLike, training_args) -> Path | None:
-    """Replace the Trainer's training_args.bin (a pickle, written by `Trainer.save_model`) in
-    `output_dir` with training_args.json (tokens redacted by `TrainingArguments.to_json_string`).
-    Returns the JSON path, or None when there was no training_args.bin."""
-    folder = Path(output_dir)
-    pickled = folder / "training_args.bin"
-    if not pickled.is_file():
-        return None
-    path = folder / "training_args.json"
-    path.write_text(training_args.to_json_string())
-    pickled.unlink()
-    return path
-
-
 def report_truncated_texts(splits, tokenizer, limit: int, source: str, column: str = "text") -> dict[str, int]:
-    """Classification texts longer than `limit` tokens are truncated (the book's choice, kept by
-    recipes/classify.py: a message's class is usually clear from its start, and refusing would make
-    a data set with a few long texts unusable); this counts them per split of `splits` (a
-    DatasetDict with a `column` of texts) and logs one warning per split naming the count, the
-    first row and the longest length (`faults.check_sequence_lengths`). Returns {split: count}."""
+    """Count (one warning per split of `splits`, a DatasetDict with a `column` of texts) the
+    classification texts longer than `limit` tokens, which are truncated (the book's choice: a
+    message's class is usually clear from its start). Returns {split: count}."""
     counts = {}
     for split, ds in splits.items():
         ids = tokenizer(list(ds[column]), add_special_tokens=False, verbose=False)["input_ids"]
@@ -416,17 +340,11 @@ def report_truncated_texts(splits, tokenizer, limit: int, source: str, column: s
 
 
 def check_instruction_lengths(splits: dict, max_length: int, source: str) -> dict[str, int]:
-    """Instruction examples (features of `data.tokenize_instruction`: `input_ids` without the
-    end-of-text token the collator appends, `prompt_length`) against the `max_length` the
-    collator truncates to.
-
-    - An example whose prompt alone fills `max_length` is refused (`faults.ExampleTooLongError`
-      naming the split and entry): no response token would be left to learn from, and with
-      --mask_prompt a batch of them has no target at all (a 0/0 loss).
-    - Longer examples are truncated, as the book's collator does (`allowed_max_length`): the end
-      of the response and its end-of-text token are cut. One warning per split gives the count.
-
-    `splits` maps split names to datasets (None entries are skipped). Returns {split: truncated}."""
+    """Instruction examples (`input_ids` without the end-of-text token the collator appends,
+    `prompt_length`) against the `max_length` the collator truncates to: longer examples are
+    truncated as the book's collator does (one warning per split with the count); an example whose
+    prompt alone fills `max_length` is an `ExampleTooLongError` (no response token would be left
+    to learn from). `splits` maps split names to datasets (None skipped). Returns {split: truncated}."""
     counts = {}
     for split, ds in splits.items():
         if ds is None:
@@ -444,23 +362,57 @@ def check_instruction_lengths(splits: dict, max_length: int, source: str) -> dic
     return counts
 
 
+# ---- Tokens and pickles
+
+
+def refuse_hub_token(training_args) -> None:
+    """Refuse `--hub_token`: the Trainer pickles its arguments into every checkpoint's
+    training_args.bin (and a flag sits in the shell history). Tokens come from `hf auth login` or
+    HF_TOKEN, which huggingface_hub reads itself."""
+    if getattr(training_args, "hub_token", None):
+        raise ValueError(
+            "--hub_token is not accepted: a token given as a flag ends up in logs and in the saved training "
+            "arguments. Log in once with `hf auth login` (or set HF_TOKEN in the environment) instead."
+        )
+
+
+# The Trainer's own resume files inside checkpoint-N folders (torch.save pickles).
+TRAINER_CHECKPOINT_PICKLES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin)$")
+
+
+def pickle_files(folder: str | Path, allow_trainer_checkpoints: bool = True) -> list[str]:
+    """Pickle-format files (by suffix) under `folder`, relative paths, sorted. With
+    `allow_trainer_checkpoints`, the Trainer's resume files inside checkpoint-N folders (and
+    DeepSpeed's states in checkpoint-N/global_stepN/) are left out."""
+    root, found = Path(folder), []
+    for path in root.rglob("*"):
+        if not path.is_file() or path.suffix not in PICKLE_SUFFIXES:
+            continue
+        rel = path.relative_to(root)
+        in_checkpoint = any(re.fullmatch(r"checkpoint-\d+", part) for part in rel.parts[:-1])
+        deepspeed_state = any(part.startswith("global_step") for part in rel.parts[:-1])
+        if allow_trainer_checkpoints and in_checkpoint and (TRAINER_CHECKPOINT_PICKLES.match(path.name) or deepspeed_state):
+            continue
+        found.append(str(rel))
+    return sorted(found)
+
+
+def replace_pickled_training_args(output_dir: str | Path, training_args) -> Path | None:
+    """Replace the Trainer's pickled training_args.bin in `output_dir` by training_args.json
+    (tokens redacted by `TrainingArguments.to_json_string`). Returns its path, or None."""
+    pickled = Path(output_dir) / "training_args.bin"
+    if not pickled.is_file():
+        return None
+    path = pickled.with_suffix(".json")
+    path.write_text(training_args.to_json_string())
+    pickled.unlink()
+    return path
+
 
 __all__ = [
-    "NonFiniteLossError",
-    "NonFiniteLossGuard",
-    "non_finite_parameters",
-    "checkpoint_step",
-    "is_complete_checkpoint",
-    "list_checkpoints",
-    "last_complete_checkpoint",
-    "OutputDirNotEmptyError",
-    "output_dir_contents",
-    "check_output_dir",
-    "ExampleTooLongError",
-    "check_sequence_lengths",
-    "report_truncated_texts",
-    "check_instruction_lengths",
-    "refuse_hub_token",
-    "pickle_files",
-    "replace_pickled_training_args",
+    "NonFiniteLossError", "NonFiniteLossGuard", "non_finite_parameters",
+    "checkpoint_problem", "last_complete_checkpoint", "resolve_resume_checkpoint",
+    "MODEL_FILES", "RUN_STATE", "OutputDirNotEmptyError", "output_dir_contents", "check_output_dir",
+    "remove_previous_run", "staged_save", "save_pretrained_to", "ExampleTooLongError", "check_sequence_lengths", "report_truncated_texts",
+    "check_instruction_lengths", "refuse_hub_token", "pickle_files", "replace_pickled_training_args",
 ]

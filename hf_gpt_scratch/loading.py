@@ -1,62 +1,80 @@
-"""Tokenizers and models for the recipes: from a checkpoint or from scratch, loaded strictly, and
-saved without pickles.
-
-- `load_tokenizer_for`, `tokenizer_source`: the checkpoint's own tokenizer, else `--tokenizer_name`,
-  else the offline GPT-2 BPE.
-- `load_causal_lm`: ours, any causal LM, a stock GPT-2 folder converted on the fly, or a new
-  `GPTScratchConfig` plus overrides (`--init_weights gpt2|torch`: transformers' or the book's
-  initialisation, `torch_default_init`).
-- `from_pretrained_strict`, `check_loading_info`: missing, unused or mis-shaped weights are a
-  `CheckpointMismatchError`, not a warning.
-- `save_final_model` (safetensors, no pickle, full weights under FSDP), `weights_are_sharded`,
-  `unsharded_loading` (full evaluation copies under DeepSpeed ZeRO-3), `count_parameters`.
-"""
+"""Tokenizers and models for the recipes, loaded strictly with an explicit `trust_remote_code`
+(unset, transformers asks "run the custom code? [y/N]" in a terminal); `train_model` from a
+checked checkpoint; `save_final_model`. Ours because transformers only logs a report for missing,
+unused or mis-shaped weights (initialised randomly) and its Trainer resumes non-strictly."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-)
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .arguments import ModelArguments, apply_config_overrides, parse_config_overrides
 from .configuration_gpt_scratch import GPTScratchConfig
-from .faults import replace_pickled_training_args
+from .faults import STAGE, remove_previous_run, replace_pickled_training_args, resolve_resume_checkpoint, staged_save
+from .tokenization import GPT2_EOS_ID, gpt2_tokenizer
 
 logger = logging.getLogger(__name__)
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
-# Files that mark a folder as holding a tokenizer (not only a model).
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+# ---- Tokenizers
+
+
+def has_tokenizer(path: str | None) -> bool:
+    """True for a folder holding tokenizer files, or a hub id (its repository usually has one)."""
+    return bool(path) and (not Path(path).is_dir() or any((Path(path) / name).is_file() for name in TOKENIZER_FILES))
+
+
+def load_tokenizer(source: str | None, trust_remote_code: bool = False):
+    """The tokenizer in `source`: None or 'gpt2' (without such a folder) is OpenAI's GPT-2 BPE,
+    offline (`tokenization.gpt2_tokenizer`); anything else `AutoTokenizer.from_pretrained`.
+    ValueError for a folder without tokenizer files (transformers 5 would build an empty one)."""
+    if source is None or (source == "gpt2" and not Path(source).exists()):
+        return gpt2_tokenizer()
+    if not has_tokenizer(source):
+        raise ValueError(f"{source} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}).")
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
 def tokenizer_source(model_args: ModelArguments) -> str | None:
-    """What to load the tokenizer from: --tokenizer_name, else the checkpoint folder when it has a
-    tokenizer, else None (the offline GPT-2 BPE)."""
-    if model_args.tokenizer_name:
-        return model_args.tokenizer_name
+    """--tokenizer_name, else --model_name_or_path when it has a tokenizer, else None (GPT-2's
+    BPE): for a checkpoint folder only when its config has GPT-2's 50,257 tokens, with a warning
+    (ValueError otherwise: its embedding would grow by rows of random weights)."""
     path = model_args.model_name_or_path
-    if path:
-        folder = Path(path)
-        if folder.is_dir():
-            if any((folder / name).exists() for name in _TOKENIZER_FILES):
-                return str(folder)
-            return None
-        return path  # a hub id: its repository usually has the tokenizer
+    if model_args.tokenizer_name or has_tokenizer(path) or not path:
+        return model_args.tokenizer_name or path or None
+    config = Path(path) / "config.json"
+    vocab = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    if vocab != GPT2_EOS_ID + 1:
+        raise ValueError(
+            f"--model_name_or_path {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}) and its config says "
+            f"{vocab} tokens, not GPT-2's {GPT2_EOS_ID + 1}: pass the tokenizer it was trained with as --tokenizer_name."
+        )
+    logger.warning("%s has no tokenizer files: using OpenAI's GPT-2 BPE (same vocabulary size); "
+                   "pass --tokenizer_name to choose another.", path)
     return None
 
 
 def load_tokenizer_for(model_args: ModelArguments):
-    """The recipe's tokenizer (always with a pad token), chosen by `tokenizer_source`."""
-    from .tokenization import load_tokenizer
+    """The recipe's tokenizer (`tokenizer_source`), with pad = eos when it has no pad token."""
+    tokenizer = load_tokenizer(tokenizer_source(model_args), bool(model_args.trust_remote_code))
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad token nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
-    return load_tokenizer(tokenizer_source(model_args))
+
+# ---- Strict loading
 
 
 class CheckpointMismatchError(ValueError):
@@ -64,106 +82,62 @@ class CheckpointMismatchError(ValueError):
 
 
 def _key_groups(keys: Iterable[str], limit: int = 12) -> str:
-    """'model.trf_blocks.2.* (12 keys), model.final_norm.weight': keys of one numbered block
-    collapse into one entry."""
-    import re
-
+    """'model.trf_blocks.2.* (12 keys), model.final_norm.weight': a numbered block's keys collapse."""
     groups: dict[str, int] = {}
     for key in sorted(keys):
         match = re.match(r"^(.*?\.\d+)\.", key)
         name = f"{match.group(1)}.*" if match else key
         groups[name] = groups.get(name, 0) + 1
     items = [f"{name} ({n} keys)" if n > 1 else name for name, n in groups.items()]
-    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def check_loading_info(
-    info: dict,
-    source: str,
-    allow_missing: Sequence[str] = (),
-    allow_unexpected: Sequence[str] = (),
-    config=None,
-) -> None:
-    """Raise `CheckpointMismatchError` when `from_pretrained(..., output_loading_info=True)`
-    reported weights missing from the checkpoint (they would be randomly initialised), weights in
-    the checkpoint the model does not use, or weights of the wrong shape. Keys starting with a
-    prefix in `allow_missing` (e.g. a new head, "score.") may be missing or of another shape; keys
-    starting with one in `allow_unexpected` (e.g. "out_head." when a classifier is built from a
-    causal LM) may be unused."""
-
-    def allowed(key: str, prefixes: Sequence[str]) -> bool:
-        return any(key.startswith(prefix) for prefix in prefixes)
-
-    missing = [k for k in info.get("missing_keys", ()) if not allowed(k, allow_missing)]
-    unexpected = [k for k in info.get("unexpected_keys", ()) if not allowed(k, allow_unexpected)]
-    mismatched = []
-    for item in info.get("mismatched_keys", ()):
-        key = item[0] if isinstance(item, (tuple, list)) else item
-        if not allowed(str(key), allow_missing):
-            shapes = f" (checkpoint {tuple(item[1])}, model {tuple(item[2])})" if isinstance(item, (tuple, list)) and len(item) >= 3 else ""
-            mismatched.append(f"{key}{shapes}")
-    errors = [str(e) for e in info.get("error_msgs", ()) if e]
-    if not (missing or unexpected or mismatched or errors):
+def check_loading_info(info: dict, source: str, allow_missing: Sequence[str] = (),
+                       allow_unexpected: Sequence[str] = (), config=None) -> None:
+    """Raise `CheckpointMismatchError` when `info` (from `from_pretrained(...,
+    output_loading_info=True)`, or `check_checkpoint_fits`) lists weights missing from the
+    checkpoint, unused by the model, or of the wrong shape (`(key, checkpoint shape, model
+    shape)`). Keys starting with a prefix in `allow_missing` (a new head, "score.") may be missing
+    or reshaped; keys starting with one in `allow_unexpected` ("out_head.") may be unused."""
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith(tuple(allow_missing))]
+    unexpected = [k for k in info.get("unexpected_keys", ()) if not k.startswith(tuple(allow_unexpected))]
+    mismatched = [f"{k} (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in sorted(info.get("mismatched_keys", ()))
+                  if not k.startswith(tuple(allow_missing))]
+    parts = [f"{what}: {keys}" for what, keys in (
+        ("missing from the checkpoint (they would be randomly initialised)", missing and _key_groups(missing)),
+        ("in the checkpoint but not in the model", unexpected and _key_groups(unexpected)),
+        ("of the wrong shape", ", ".join(mismatched[:12])),
+        ("errors", "; ".join(str(e) for e in info.get("error_msgs", ()) if e))) if keys]
+    if not parts:
         return
-    parts = []
-    if missing:
-        parts.append(f"missing from the checkpoint (they would be randomly initialised): {_key_groups(missing)}")
-    if unexpected:
-        parts.append(f"in the checkpoint but not in the model: {_key_groups(unexpected)}")
-    if mismatched:
-        parts.append(f"of the wrong shape: {', '.join(mismatched[:12])}")
-    if errors:
-        parts.append("errors: " + "; ".join(errors[:5]))
-    described = ""
-    if config is not None:
-        fields = [f"{k}={getattr(config, k)}" for k in ("n_layers", "emb_dim", "n_heads", "vocab_size", "context_length",
-                                                       "num_hidden_layers", "hidden_size") if hasattr(config, k)]
-        described = f" (config: {', '.join(dict.fromkeys(fields))})"
+    fields = [f"{k}={getattr(config, k)}" for k in ("n_layers", "emb_dim", "n_heads", "vocab_size", "context_length",
+                                                   "num_hidden_layers", "hidden_size") if hasattr(config, k)]
+    described = f" (config: {', '.join(dict.fromkeys(fields))})" if fields else ""
     raise CheckpointMismatchError(
         f"{source}: the weights do not match the model its config.json describes{described}. Weights "
-        + "; ".join(parts)
-        + ". Fix config.json or the weight files (or choose the right checkpoint); nothing was trained."
+        + "; ".join(parts) + ". Fix config.json or the weight files (or choose the right checkpoint); nothing was trained."
     )
 
 
-def from_pretrained_strict(
-    model_class,
-    path: str,
-    allow_missing: Sequence[str] = (),
-    allow_unexpected: Sequence[str] = (),
-    **kwargs,
-):
-    """`model_class.from_pretrained(path, **kwargs)` that fails instead of warning.
-
-    transformers 5 only logs a load report when weights are missing (and initialises them
-    randomly) or unused; here any such key, or a weight of the wrong shape, raises
-    `CheckpointMismatchError` naming the folder and the keys (see `check_loading_info`), unless it
-    starts with a prefix in `allow_missing` / `allow_unexpected`."""
-    kwargs.pop("output_loading_info", None)
-    # Shape mismatches are reported (and judged) here rather than raised as a bare RuntimeError.
-    kwargs.setdefault("ignore_mismatched_sizes", True)
+def from_pretrained_strict(model_class, path: str, allow_missing: Sequence[str] = (),
+                           allow_unexpected: Sequence[str] = (), **kwargs):
+    """`model_class.from_pretrained(path, **kwargs)` that raises `CheckpointMismatchError`
+    (`check_loading_info`) instead of logging a load report and initialising weights randomly."""
+    kwargs.setdefault("ignore_mismatched_sizes", True)  # reported and judged here, not a bare RuntimeError
+    kwargs.setdefault("trust_remote_code", False)
     model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
     check_loading_info(info, str(path), allow_missing, allow_unexpected, config=getattr(model, "config", None))
     return model
 
 
-def _load_stock_gpt2(path: str, model_args: ModelArguments):
-    from transformers import GPT2LMHeadModel
-
-    from .convert import gpt2_to_scratch
-
-    gpt2 = from_pretrained_strict(GPT2LMHeadModel, path)
-    model = gpt2_to_scratch(gpt2)
-    del gpt2
-    return model
+# ---- Models
 
 
 def _rebuild_with_overrides(model, overrides: dict[str, Any], model_args: ModelArguments):
     """A copy of `model` built from its config plus `overrides`, with the same weights."""
     config = apply_config_overrides(model.config.__class__.from_dict(model.config.to_dict()), overrides)
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
-    new = type(model)._from_config(config, **kwargs) if hasattr(type(model), "_from_config") else type(model)(config)
+    new = type(model)._from_config(config, **kwargs)
     try:
         new.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as err:
@@ -172,31 +146,20 @@ def _rebuild_with_overrides(model, overrides: dict[str, Any], model_args: ModelA
 
 
 def torch_default_init(model) -> None:
-    """Re-initialise every Linear, Embedding and LayerNorm with PyTorch's own defaults
-    (`reset_parameters`), as the book's `GPTModel` is initialised: embeddings N(0, 1), Linear
-    weights and biases uniform in +-1/sqrt(fan_in), norms 1 and 0. Tied weights stay tied (the
-    output head is reset last, so a tied embedding gets the Linear init)."""
+    """PyTorch's default initialisation (`reset_parameters`), the book's `GPTModel`'s: embeddings
+    N(0, 1), Linear layers uniform in +-1/sqrt(fan_in), norms 1 and 0. A tied embedding gets the
+    Linear init (the output head is reset last)."""
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)):
             module.reset_parameters()
 
 
 def load_causal_lm(model_args: ModelArguments, tokenizer=None):
-    """The causal LM the recipe trains.
-
-    - `--model_name_or_path`: any AutoModelForCausalLM checkpoint; a stock GPT-2 checkpoint
-      (model_type "gpt2") is converted to `GPTScratchForCausalLM` with
-      `hf_gpt_scratch.convert.gpt2_to_scratch`. `--config_overrides` are applied on top (they
-      must keep the weights' shapes, e.g. drop_rate=0.0).
-    - otherwise from scratch: `--config_name` (default `GPTScratchConfig()`, the book's 124M) plus
-      `--config_overrides`, with vocab_size = len(tokenizer) and pad/bos/eos ids from the tokenizer.
-
-    Checkpoints load strictly (`from_pretrained_strict`): weights missing from the checkpoint,
-    unused or of the wrong shape raise `CheckpointMismatchError` instead of a warning and a randomly
-    initialised layer. Remote code only runs with `--trust_remote_code`. When the tokenizer has more
-    tokens than the checkpoint's embedding, the embedding is resized (as run_clm does); pad/eos ids missing from
-    the model's config are taken from the tokenizer.
-    """
+    """The causal LM the recipe trains: `--model_name_or_path` loaded strictly (a stock GPT-2
+    checkpoint converted with `convert.gpt2_to_scratch`; `--config_overrides` must keep the
+    weights' shapes), else a new model of `--config_name` (default `GPTScratchConfig()`) plus
+    `--config_overrides`, sized and given pad/bos/eos ids by the tokenizer. A tokenizer larger
+    than a checkpoint's embedding grows it (as run_clm does, with a warning)."""
     trust = bool(model_args.trust_remote_code)
     attn_kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
 
@@ -209,14 +172,17 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
         path = model_args.model_name_or_path
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         if config.model_type == "gpt2":
-            model = _load_stock_gpt2(path, model_args)
+            from transformers import GPT2LMHeadModel
+
+            from .convert import gpt2_to_scratch
+
+            model = gpt2_to_scratch(from_pretrained_strict(GPT2LMHeadModel, path, trust_remote_code=trust))
             # the overrides name GPTScratchConfig fields (drop_rate, ...), not GPT-2's
             overrides = parse_config_overrides(model_args.config_overrides, model.config)
             if overrides or attn_kwargs:
                 model = _rebuild_with_overrides(model, overrides, model_args)
         else:
             apply_config_overrides(config, parse_config_overrides(model_args.config_overrides, config))
-            # Strict: a weight missing from the checkpoint, unused or of the wrong shape is an error.
             model = from_pretrained_strict(AutoModelForCausalLM, path, config=config, trust_remote_code=trust, **attn_kwargs)
     else:
         if model_args.config_name:
@@ -256,51 +222,90 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
 
 
 def count_parameters(model) -> int:
-    """Distinct parameters (a tied head counts once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += getattr(p, "ds_numel", None) or p.numel()  # DeepSpeed ZeRO-3 partitions p at creation
-    return total
+    """Distinct parameters (`parameters()` yields a tied head once; ZeRO-3 partitions at creation)."""
+    return sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters())
 
 
 def weights_are_sharded(trainer) -> bool:
     """True when each process holds only part of the weights (FSDP, DeepSpeed ZeRO-3): every
     process must then take part in each forward pass, e.g. when sampling after training."""
-    if getattr(trainer, "is_fsdp_enabled", False):
-        return True
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        from transformers.integrations import is_deepspeed_zero3_enabled
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
-        return bool(is_deepspeed_zero3_enabled())
-    return False
+    deepspeed = getattr(trainer, "is_deepspeed_enabled", False) and is_deepspeed_zero3_enabled()
+    return bool(getattr(trainer, "is_fsdp_enabled", False) or deepspeed)
+
+
+# ---- Training from a checked checkpoint
+
+
+def check_checkpoint_fits(checkpoint: str | Path, model) -> None:
+    """`CheckpointMismatchError` when the weights in `checkpoint` (their safetensors headers) are
+    not `model`'s, e.g. another architecture or tokenizer (the Trainer loads them non-strictly: a
+    random layer, or a size-mismatch traceback); a warning for missing optimizer, scheduler or RNG
+    states (the Trainer starts them afresh without a word)."""
+    folder = Path(checkpoint)
+    files = [*folder.glob("model*.safetensors"), *folder.glob("adapter_model.safetensors")]
+    saved = {}
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            saved.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+    if saved:
+        if hasattr(model, "peft_config"):  # the Trainer saves a PEFT model's adapter weights only
+            from peft import get_peft_model_state_dict
+
+            expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        else:  # ZeRO-3 partitions parameters at creation: ds_shape is the full shape
+            expected = {k: tuple(getattr(p, "ds_shape", p.shape)) for k, p in model.named_parameters(remove_duplicate=False)}
+        tied = set(getattr(model, "all_tied_weights_keys", None) or ())
+        check_loading_info({
+            "missing_keys": [k for k in expected if k not in saved and k not in tied],
+            "unexpected_keys": [k for k in saved if k not in expected],
+            "mismatched_keys": [(k, saved[k], expected[k]) for k in saved if k in expected and saved[k] != expected[k]],
+        }, f"--resume_from_checkpoint {folder}", config=getattr(model, "config", None))
+    lacking = [name for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth") if not any(folder.glob(name.split(".")[0] + "*"))]
+    if lacking and not any(folder.glob("global_step*")):  # (DeepSpeed keeps its states there)
+        logger.warning("--resume_from_checkpoint %s has no %s: the optimizer, schedule or random state start afresh, so "
+                       "the run will not continue exactly as it would have.", folder, ", ".join(lacking))
+
+
+def train_model(trainer):
+    """`trainer.train()`, resuming from the checked checkpoint of --resume_from_checkpoint
+    (`faults.resolve_resume_checkpoint`, `check_checkpoint_fits`; no second evaluation on start),
+    or with --overwrite_output_dir after removing the previous run's checkpoints, adapters and
+    results (`faults.remove_previous_run`), so none of them is resumed or pushed."""
+    args = trainer.args
+    resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if resume:
+        check_checkpoint_fits(resume, trainer.model)
+        args.eval_on_start = False
+    elif getattr(args, "overwrite_output_dir", False) and args.should_save:
+        remove_previous_run(args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return trainer.train(resume_from_checkpoint=resume)
 
 
 def save_final_model(trainer, output_dir: str | None = None) -> None:
-    """`trainer.save_model(output_dir)` (weights as safetensors, config, tokenizer), then, on the
-    main process, the Trainer's pickled training_args.bin is replaced by training_args.json (tokens
-    redacted), so the final model folder holds no pickle. Call it on every process.
-
-    Under FSDP with sharded checkpoints (`fsdp_state_dict_type: SHARDED_STATE_DICT`, as in
-    recipes/accelerate/fsdp2.yaml) the Trainer's `save_model` would write no weights at all: the
-    plugin is switched to FULL_STATE_DICT first, so the full weights are gathered and saved as
-    safetensors that `from_pretrained` loads (checkpoints written before stay sharded)."""
+    """`trainer.save_model` (safetensors, config, tokenizer; training_args.json, not the pickle)
+    into `output_dir` (default --output_dir) through `faults.staged_save`; call it on every
+    process. FSDP's SHARDED_STATE_DICT would save no weights: switched to FULL_STATE_DICT first."""
     if getattr(trainer, "is_fsdp_enabled", False):
         plugin = trainer.accelerator.state.fsdp_plugin
         if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
             plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(output_dir)
-    if trainer.args.should_save:
-        replace_pickled_training_args(output_dir or trainer.args.output_dir, trainer.args)
+    main = trainer.args.should_save
+    folder = Path(output_dir or trainer.args.output_dir)
+    with staged_save(folder) if main else contextlib.nullcontext(folder / STAGE) as stage:
+        trainer.accelerator.wait_for_everyone()  # the stage exists before any process writes into it
+        trainer.save_model(str(stage))
+        trainer.accelerator.wait_for_everyone()  # every process wrote before the files move
+        if main:
+            replace_pickled_training_args(stage, trainer.args)
 
 
 @contextlib.contextmanager
 def unsharded_loading(training_args):
-    """A context in which `from_pretrained` builds a full model even under DeepSpeed ZeRO-3 (while
-    a ZeRO-3 config is registered with transformers, every model it builds is partitioned over the
-    processes): for evaluation copies that each process runs on its own, outside the Trainer. A
-    no-op otherwise (FSDP shards only the model the Trainer prepares)."""
+    """`from_pretrained` builds full models inside, even under DeepSpeed ZeRO-3 (which partitions
+    every model built while its config is registered): evaluation copies each process runs alone."""
     from transformers.integrations import is_deepspeed_zero3_enabled, set_hf_deepspeed_config, unset_hf_deepspeed_config
 
     plugin = getattr(training_args, "deepspeed_plugin", None)
@@ -317,15 +322,8 @@ def unsharded_loading(training_args):
 
 
 __all__ = [
-    "tokenizer_source",
-    "load_tokenizer_for",
-    "CheckpointMismatchError",
-    "check_loading_info",
-    "from_pretrained_strict",
-    "torch_default_init",
-    "load_causal_lm",
-    "count_parameters",
-    "weights_are_sharded",
-    "save_final_model",
+    "TOKENIZER_FILES", "has_tokenizer", "load_tokenizer", "tokenizer_source", "load_tokenizer_for",
+    "CheckpointMismatchError", "check_loading_info", "from_pretrained_strict", "torch_default_init", "load_causal_lm",
+    "count_parameters", "weights_are_sharded", "check_checkpoint_fits", "train_model", "save_final_model",
     "unsharded_loading",
 ]

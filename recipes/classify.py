@@ -47,7 +47,6 @@ from hf_gpt_scratch.arguments import (
     ModelArguments,
     is_main_process,
     parse_recipe_args,
-    resolve_resume_checkpoint,
     setup_logging,
 )
 from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
@@ -61,9 +60,9 @@ from hf_gpt_scratch.classification import (
     tfidf_baseline,
     tokenize_splits,
 )
-from hf_gpt_scratch.faults import report_truncated_texts
+from hf_gpt_scratch.faults import report_truncated_texts, save_pretrained_to
 from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.loading import load_tokenizer_for, save_final_model
+from hf_gpt_scratch.loading import load_tokenizer_for, save_final_model, train_model
 from hf_gpt_scratch.reporting import log_history_to_curves, print_table, write_results
 from hf_gpt_scratch.sampling import context_length_of
 
@@ -188,9 +187,7 @@ def main(args: list[str] | None = None) -> dict:
         compute_metrics=build_compute_metrics(len(label_names)),
         callbacks=default_callbacks(),
     )
-    train_result = trainer.train(
-        resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    )
+    train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
 
     results: dict = {"preset": preset, "trainable": cls_args.trainable}
     if validation is not None:
@@ -203,11 +200,10 @@ def main(args: list[str] | None = None) -> dict:
     if cls_args.trainable == "lora":
         # The adapter on its own, then the merged classifier (loads without peft).
         if is_main_process():
-            trainer.model.save_pretrained(out_dir / "adapter")
+            save_pretrained_to(out_dir / "adapter", trainer.model)
         merged = trainer.model.merge_and_unload()
         if is_main_process():
-            merged.save_pretrained(out_dir)
-            tokenizer.save_pretrained(out_dir)
+            save_pretrained_to(out_dir, merged, tokenizer)
     else:
         save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
 

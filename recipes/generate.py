@@ -31,7 +31,7 @@ from transformers import HfArgumentParser, TextStreamer
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.arguments import ModelArguments
 from hf_gpt_scratch.data import format_alpaca_prompt
-from hf_gpt_scratch.loading import load_causal_lm, load_tokenizer_for, tokenizer_source
+from hf_gpt_scratch.loading import has_tokenizer, load_causal_lm, load_tokenizer_for
 from hf_gpt_scratch.sampling import generate_text, generation_kwargs
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def load_for_generation(model_args: ModelArguments, gen_args: GenerateArguments)
         if base_path and not Path(base_path).exists() and (Path(path) / base_path).exists():
             base_path = str(Path(path) / base_path)
         base_args = replace(model_args, model_name_or_path=base_path)
-        if tokenizer_source(model_args) is None:  # the adapter folder has no tokenizer: the base's
+        if not has_tokenizer(path):  # the adapter folder has no tokenizer: the base's
             tokenizer = load_tokenizer_for(base_args)
         else:
             tokenizer = load_tokenizer_for(model_args)

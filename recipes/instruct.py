@@ -60,12 +60,11 @@ from hf_gpt_scratch.arguments import (
     ModelArguments,
     is_main_process,
     parse_recipe_args,
-    resolve_resume_checkpoint,
     setup_logging,
 )
 from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
 from hf_gpt_scratch.data import InstructionCollator
-from hf_gpt_scratch.faults import check_instruction_lengths
+from hf_gpt_scratch.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.hub import finish_run, prepare_push
 from hf_gpt_scratch.instruction import evaluate_instruction_model, judge_responses
 from hf_gpt_scratch.instruction_setup import (
@@ -83,6 +82,7 @@ from hf_gpt_scratch.loading import (
     load_causal_lm,
     load_tokenizer_for,
     save_final_model,
+    train_model,
     unsharded_loading,
 )
 from hf_gpt_scratch.reporting import (
@@ -296,8 +296,7 @@ def main(args: list[str] | None = None) -> dict:
         data_collator=collator,
         callbacks=default_callbacks(),
     )
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
     trainer.save_state()  # trainer_state.json (log history) in output_dir, main process only
     val_metrics = trainer.evaluate() if eval_dataset is not None else {}
 
@@ -315,11 +314,10 @@ def main(args: list[str] | None = None) -> dict:
             base = load_causal_lm(model_args, tokenizer)
             tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
         else:
-            tuned = AutoModelForCausalLM.from_pretrained(output_dir)
+            tuned = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=model_args.trust_remote_code)
     tuned.to(device).eval()
     if lora_args.use_lora and is_main_process():  # the merged model at the top of output_dir
-        tuned.save_pretrained(output_dir)
-        tokenizer.save_pretrained(output_dir)
+        save_pretrained_to(output_dir, tuned, tokenizer)
 
     after = None
     if test_entries:

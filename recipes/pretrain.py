@@ -42,7 +42,6 @@ from hf_gpt_scratch.arguments import (
     ModelArguments,
     is_main_process,
     parse_recipe_args,
-    resume_checkpoint_for,
     setup_logging,
 )
 from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, evaluate_once, find_callback
@@ -60,6 +59,7 @@ from hf_gpt_scratch.loading import (
     load_causal_lm,
     load_tokenizer_for,
     save_final_model,
+    train_model,
     weights_are_sharded,
 )
 from hf_gpt_scratch.reporting import (
@@ -342,8 +342,7 @@ def main(args: list[str] | None = None) -> dict:
         data_collator=default_data_collator,
         callbacks=default_callbacks(),
     )
-    resume = resume_checkpoint_for(training_args)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
     save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
     trainer.save_state()
 

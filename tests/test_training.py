@@ -23,7 +23,6 @@ from hf_gpt_scratch.arguments import (
     cpu_distributed_defaults,
     parse_config_overrides,
     parse_recipe_args,
-    resolve_resume_checkpoint,
 )
 from hf_gpt_scratch.callbacks import TokensSeenCallback, evaluate_once, find_callback
 from hf_gpt_scratch.loading import load_causal_lm, tokenizer_source
@@ -166,7 +165,9 @@ def test_load_causal_lm_from_our_checkpoint(tmp_path, gpt2_tok):
 def test_tokenizer_source(tmp_path, gpt2_tok):
     assert tokenizer_source(ModelArguments()) is None
     assert tokenizer_source(ModelArguments(tokenizer_name="gpt2")) == "gpt2"
-    assert tokenizer_source(ModelArguments(model_name_or_path=str(tmp_path))) is None  # no tokenizer files
+    assert tokenizer_source(ModelArguments(model_name_or_path="org/model")) == "org/model"  # a hub id
+    with pytest.raises(ValueError, match="no tokenizer files"):  # (see test_faults.py for the GPT-2-sized case)
+        tokenizer_source(ModelArguments(model_name_or_path=str(tmp_path)))
     gpt2_tok.save_pretrained(tmp_path)
     assert tokenizer_source(ModelArguments(model_name_or_path=str(tmp_path))) == str(tmp_path)
     assert tokenizer_source(ModelArguments(model_name_or_path=str(tmp_path), tokenizer_name="x")) == "x"
@@ -233,23 +234,6 @@ def test_cpu_distributed_defaults(monkeypatch):
     assert cpu_distributed_defaults() == {"dataloader_pin_memory": False, "ddp_backend": "gloo", "use_cpu": True}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cpu_distributed_defaults() == {}
-
-
-def test_resolve_resume_checkpoint(tmp_path):
-    assert resolve_resume_checkpoint(None, str(tmp_path)) is None
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        resolve_resume_checkpoint("last", str(tmp_path))
-    for step in (5, 12):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert resolve_resume_checkpoint("true", str(tmp_path)).endswith("checkpoint-12")
-    # a run killed while saving leaves a checkpoint without trainer_state.json (the Trainer's last write)
-    (tmp_path / "checkpoint-14").mkdir()
-    (tmp_path / "checkpoint-14" / "model.safetensors").write_bytes(b"partial")
-    assert resolve_resume_checkpoint("last", str(tmp_path)).endswith("checkpoint-12")
-    assert resolve_resume_checkpoint(str(tmp_path / "checkpoint-5"), None).endswith("checkpoint-5")
-    with pytest.raises(FileNotFoundError):
-        resolve_resume_checkpoint(str(tmp_path / "nope"), None)
 
 
 # ---------------------------------------------------------------- results, curves, tables
