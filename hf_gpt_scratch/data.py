@@ -554,23 +554,19 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text))
 
 
-def tokenize_instruction(entry: Mapping[str, Any], tokenizer: Any, max_length: int | None = None) -> dict:
+def tokenize_instruction(entry: Mapping[str, Any], tokenizer: Any) -> dict:
     """Features for `InstructionCollator`: `input_ids` of prompt + response (tokenized as one text,
     as the book does; no end-of-text token, the collator appends it) and `prompt_length`, the number
-    of leading ids that belong to the prompt. `max_length` truncates `input_ids`."""
+    of leading ids that belong to the prompt."""
     prompt = format_alpaca_prompt(entry)
     ids = _encode(tokenizer, prompt + format_alpaca_response(entry))
-    prompt_ids = _encode(tokenizer, prompt)
     # BPE merges never cross the prompt/response boundary unless the prompt ends in whitespace;
     # the common prefix is the prompt either way.
     prompt_length = 0
-    for a, b in zip(prompt_ids, ids):
+    for a, b in zip(_encode(tokenizer, prompt), ids):
         if a != b:
             break
         prompt_length += 1
-    if max_length is not None:
-        ids = ids[:max_length]
-        prompt_length = min(prompt_length, max_length)
     return {"input_ids": ids, "prompt_length": prompt_length}
 
 
@@ -579,16 +575,13 @@ class InstructionCollator:
     """The book's `custom_collate_fn` for the transformers Trainer (labels unshifted: the model's
     loss shifts them).
 
-    Each example gets the end-of-text token appended; the batch is right-padded with
-    `pad_token_id` to its longest example (rounded up to `pad_to_multiple_of`). `labels` are the
-    `input_ids` with padding set to `ignore_index`, keeping the appended end-of-text token as a
-    target (the book keeps the first one); with `mask_prompt=True` the prompt tokens (the first
-    `prompt_length` of each example) are `ignore_index` too (the book's exercise 7.2).
-    `max_length` truncates each example (after appending the end-of-text token).
-
-    The shifted labels equal the book's targets; inputs carry one extra trailing token whose
-    prediction is ignored. Padding is decided by position, not by token id, so a pad id equal to the
-    end-of-text id (GPT-2: 50256) is fine.
+    Each example gets the end-of-text token appended and is cut to `max_length`; the batch is
+    right-padded with `pad_token_id` to its longest example. `labels` are the `input_ids` with
+    padding set to -100, keeping the appended end-of-text token as a target (the book keeps the
+    first one); with `mask_prompt=True` the prompt tokens (the first `prompt_length` of each
+    example) are -100 too (the book's exercise 7.2). The shifted labels equal the book's targets;
+    padding is decided by position, not by token id, so a pad id equal to the end-of-text id
+    (GPT-2: 50256) is fine.
 
     `prompt_length` is not an argument of the model's `forward`: with `mask_prompt=True` train with
     `TrainingArguments(remove_unused_columns=False)` (or the Trainer drops that column).
@@ -597,44 +590,27 @@ class InstructionCollator:
     pad_token_id: int
     eos_token_id: int
     mask_prompt: bool = False
-    ignore_index: int = -100
     max_length: int | None = None
-    pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict:
         import torch
+        from torch.nn.utils.rnn import pad_sequence
 
         if not features:
             raise ValueError("InstructionCollator got an empty batch")
-        sequences, prompt_lengths = [], []
-        for i, feature in enumerate(features):
-            ids = list(feature["input_ids"]) + [self.eos_token_id]
-            if self.mask_prompt:
-                if "prompt_length" not in feature:
-                    raise KeyError(
-                        f"feature {i} has no 'prompt_length' (needed for mask_prompt=True); build "
-                        f"features with tokenize_instruction and train with remove_unused_columns=False"
-                    )
-                prompt_lengths.append(int(feature["prompt_length"]))
-            else:
-                prompt_lengths.append(0)
-            if self.max_length is not None:
-                ids = ids[: self.max_length]
-            sequences.append(ids)
-        length = max(len(s) for s in sequences)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            length = -(-length // m) * m
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        labels = torch.full((len(sequences), length), self.ignore_index, dtype=torch.long)
-        for row, (ids, n_prompt) in enumerate(zip(sequences, prompt_lengths)):
-            n = len(ids)
-            input_ids[row, :n] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, :n] = 1
-            labels[row, :n] = input_ids[row, :n]
-            labels[row, : min(n_prompt, n)] = self.ignore_index
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.mask_prompt and any("prompt_length" not in feature for feature in features):
+            raise KeyError("a feature has no 'prompt_length' (needed for mask_prompt=True); build features with "
+                           "tokenize_instruction and train with remove_unused_columns=False")
+        rows = [torch.tensor([*f["input_ids"], self.eos_token_id][: self.max_length]) for f in features]
+        labels = pad_sequence(rows, batch_first=True, padding_value=-100)  # [B, T]
+        if self.mask_prompt:
+            for row, feature in enumerate(features):
+                labels[row, : feature["prompt_length"]] = -100
+        return {
+            "input_ids": pad_sequence(rows, batch_first=True, padding_value=self.pad_token_id),
+            "attention_mask": pad_sequence([torch.ones_like(r) for r in rows], batch_first=True),
+            "labels": labels,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
