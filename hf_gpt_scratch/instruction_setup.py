@@ -112,11 +112,8 @@ def load_splits(data_args: InstructDataArguments) -> tuple[list[dict], list[dict
 
 
 def instruction_features(entries: list[dict], tokenizer) -> datasets.Dataset:
-    rows = [tokenize_instruction(entry, tokenizer) for entry in entries]
-    features = datasets.Features(
-        {"input_ids": datasets.List(datasets.Value("int64")), "prompt_length": datasets.Value("int64")}
-    )
-    return datasets.Dataset.from_list(rows, features=features)
+    """`tokenize_instruction` of each entry (input_ids, prompt_length) as a Dataset."""
+    return datasets.Dataset.from_list([tokenize_instruction(entry, tokenizer) for entry in entries])
 
 
 def adapter_base_path(model_args: ModelArguments) -> str | None:
