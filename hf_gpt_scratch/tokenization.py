@@ -173,7 +173,7 @@ def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerFast:
         try:
             validate_repo_id(name_or_path)
         except HFValidationError:
-            raise FileNotFoundError(f"tokenizer folder not found: {name_or_path}") from None
+            raise FileNotFoundError(f"{name_or_path}: no such folder (and not a hub repo id)") from None
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
