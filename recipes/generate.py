@@ -36,8 +36,6 @@ from hf_gpt_scratch.sampling import generate_text, generation_kwargs
 
 logger = logging.getLogger(__name__)
 
-RESPONSE_HEADER = "\n\n### Response:\n"
-
 
 @dataclass
 class GenerateArguments:
@@ -103,7 +101,7 @@ def build_prompt(text: str, gen_args: GenerateArguments) -> str:
     if not gen_args.alpaca:
         return text
     entry = {"instruction": text, "input": gen_args.input or ""}
-    return format_alpaca_prompt(entry) + RESPONSE_HEADER
+    return format_alpaca_prompt(entry, response_header=True)
 
 
 def _prompts(gen_args: GenerateArguments):

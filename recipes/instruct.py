@@ -1,30 +1,25 @@
 #!/usr/bin/env python
 """Instruction finetuning of the book's GPT with the transformers Trainer and PEFT LoRA (chapter 7).
 
-Data: the book's instruction-data.json (Alpaca format, 1,100 entries) or --train_file (a JSON list
+Data: the book's instruction-data.json (1,100 entries) or --train_file (a JSON list or JSONL file
 of {"instruction", "input", "output"}), split as the book does: 85% train, 10% test, 5% validation
 (935 / 110 / 55). Each example is prompt + "\\n\\n### Response:\\n" + output + <|endoftext|>;
 --mask_prompt leaves the prompt tokens out of the loss (the book's exercise 7.2).
 
-Model: --model_name_or_path (one of ours, e.g. from recipes/pretrain.py, any causal LM, or a stock
-OpenAI GPT-2 folder converted on the fly). LoRA adapters on the attention and feed-forward Linear
-layers by default (--lora_r 16, --lora_alpha 16, --lora_target_modules; "all-linear" works too);
---use_lora false finetunes all weights as the book does.
+Model: --model_name_or_path (ours, any causal LM, or a stock GPT-2 folder converted on the fly).
+LoRA adapters on the attention and feed-forward Linear layers by default (--lora_r 16,
+--lora_alpha 16, --lora_target_modules; "all-linear" works too); --use_lora false finetunes all
+weights as the book does. Learning rate: 5e-5 for full finetuning (the book), 5e-4 with LoRA (a
+LoRA update starts at zero and is low-rank: at the book's rate it barely moves in 2 epochs).
 
-Evaluation on the test split, before and after tuning:
-  - response loss: mean next-token loss over the response tokens only (prompt always masked, so
-    the numbers compare whatever --mask_prompt was);
-  - ROUGE-L of greedy responses (at most --max_new_tokens, 256 in the book; generation stops at
-    <|endoftext|> or "### Instruction"; the response is the text after "### Response:");
-  - optionally the book's LLM judge (--judge_url of an Ollama server, --judge_model llama3).
+Evaluation on the test split, before and after tuning: the response loss (mean next-token loss
+over the response tokens, prompt always masked, so it compares whatever --mask_prompt was) and the
+ROUGE-L of greedy responses (at most --max_new_tokens; stops at <|endoftext|> or "### Instruction").
+The book's LLM judge scores responses.json afterwards: `python examples/judge.py`.
 
 Outputs in --output_dir: the merged model and tokenizer (AutoModelForCausalLM), the LoRA adapter
-in adapter/ (PeftModel / AutoPeftModelForCausalLM over the base), responses.json (the test entries
-with "model_response", the book's format), responses_before.json, results.json and loss.png.
-
-Learning rate: 5e-5 for full finetuning (the book) and 5e-4 with LoRA. A LoRA update starts at
-zero (B = 0) and is low-rank, so at the book's rate it barely moves in 2 epochs; 1e-4..1e-3 is the
-usual range for LoRA (LoRA paper, PEFT examples). An explicit --learning_rate always wins.
+in adapter/, responses.json (the test entries with "model_response", the book's format),
+responses_before.json, results.json and loss.png.
 
 Examples:
 
@@ -62,11 +57,11 @@ from hf_gpt_scratch.arguments import (
     parse_recipe_args,
     setup_logging,
 )
-from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
+from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, evaluate_once, find_callback
 from hf_gpt_scratch.data import InstructionCollator
 from hf_gpt_scratch.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.instruction import evaluate_instruction_model, judge_responses
+from hf_gpt_scratch.instruction import evaluate_instruction_model
 from hf_gpt_scratch.instruction_setup import (
     DEFAULT_TARGET_MODULES,
     InstructDataArguments,
@@ -226,13 +221,8 @@ def main(args: list[str] | None = None) -> dict:
     model.to(device)
     world = training_args.world_size
     gen_batch = eval_args.generation_batch_size or training_args.per_device_eval_batch_size
-    eval_kwargs = dict(
-        max_new_tokens=eval_args.max_new_tokens,
-        batch_size=gen_batch,
-        response_header=eval_args.response_header_in_prompt,
-        max_length=max_seq_length,
-        progress=not training_args.disable_tqdm,
-    )
+    eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, batch_size=gen_batch, max_length=max_seq_length,
+                       response_header=eval_args.response_header_in_prompt, progress=not training_args.disable_tqdm)
 
     with training_args.main_process_first(desc="tokenize"):
         train_ds = instruction_features(train_entries, tokenizer)
@@ -275,30 +265,19 @@ def main(args: list[str] | None = None) -> dict:
         model = wrap_with_lora(model, lora_args, model_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    eval_dataset = val_ds
     if val_ds is None:
         logger.warning("No validation entries: training without evaluation.")
         training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
         training_args.eval_on_start = False
         training_args.do_eval = False
-    collator = InstructionCollator(
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        mask_prompt=data_args.mask_prompt,
-        max_length=max_seq_length,
-    )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=collator,
-        callbacks=default_callbacks(),
-    )
+    collator = InstructionCollator(tokenizer.pad_token_id, tokenizer.eos_token_id, data_args.mask_prompt,
+                                   max_length=max_seq_length)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
+                      processing_class=tokenizer, data_collator=collator, callbacks=default_callbacks())
+    # resuming: no second evaluation at the resumed step; the last step's evaluation is reused
     train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
+    val_metrics = evaluate_once(trainer) if val_ds is not None else {}
     trainer.save_state()  # trainer_state.json (log history) in output_dir, main process only
-    val_metrics = trainer.evaluate() if eval_dataset is not None else {}
 
     output_dir = Path(training_args.output_dir)
     # The Trainer saves what it trained (under FSDP or ZeRO-3 it gathers the shards first); then
@@ -338,7 +317,7 @@ def main(args: list[str] | None = None) -> dict:
         "train_loss": final_metric(curves, "train_loss", train_result.metrics.get("train_loss", float("nan"))),
         "train_loss_mean": train_result.metrics.get("train_loss"),
         "eval_loss": val_metrics.get("eval_loss"),
-        "initial_eval_loss": first_metric(curves, "eval_loss") if eval_dataset is not None else None,
+        "initial_eval_loss": first_metric(curves, "eval_loss") if val_ds is not None else None,
         "trainable_parameters": trainable,
         "total_parameters": total_parameters,
         "trainable_percent": 100.0 * trainable / total_parameters if total_parameters else None,
@@ -359,36 +338,13 @@ def main(args: list[str] | None = None) -> dict:
         "world_size": world,
     }
     if lora_args.use_lora:
-        results.update(
-            lora_r=lora_args.lora_r,
-            lora_alpha=lora_args.lora_alpha,
-            lora_dropout=lora_args.lora_dropout,
-            lora_target_modules=lora_args.lora_target_modules,
-        )
+        results.update({k: getattr(lora_args, k) for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")})
 
+    results["runtime"] = time.perf_counter() - started
+    results = {k: v for k, v in results.items() if v is not None}
     if is_main_process():
-        judge = None
-        if eval_args.judge_url and after:
-            records = response_records(test_entries, after["responses"])
-            t0 = time.perf_counter()
-            judge = judge_responses(
-                records, eval_args.judge_url, model=eval_args.judge_model, timeout=eval_args.judge_timeout,
-                progress=not training_args.disable_tqdm,
-            )
-            results.update(
-                judge_model=eval_args.judge_model,
-                judge_mean_score=judge["mean"],
-                judge_scored=judge["n_scored"],
-                judge_failed=judge["n_failed"],
-                judge_runtime=time.perf_counter() - t0,
-            )
-            if judge["error"]:
-                results["judge_error"] = judge["error"]
         if after:
-            _write_json(
-                output_dir / "responses.json",
-                response_records(test_entries, after["responses"], judge["scores"] if judge else None),
-            )
+            _write_json(output_dir / "responses.json", response_records(test_entries, after["responses"]))
         if before:
             _write_json(output_dir / "responses_before.json", response_records(test_entries, before["responses"]))
         from hf_gpt_scratch.plots import plot_losses
@@ -397,17 +353,12 @@ def main(args: list[str] | None = None) -> dict:
             plot_losses(curves, output_dir / "loss.png", title=f"Instruction finetuning ({results['finetuning']})")
         except ValueError as err:  # nothing logged (e.g. fewer steps than logging_steps and no eval)
             logger.warning("No loss plot: %s", err)
-        results["runtime"] = time.perf_counter() - started
-        results = {k: v for k, v in results.items() if v is not None}
         write_results(output_dir, results)
         print_table(results, title="results")
         if after:
             for entry, response in list(zip(test_entries, after["responses"]))[:3]:
                 print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n  model:     {response!r}", flush=True)
         finish_run(output_dir, results, "instruct", training_args, model_args, data_args, hub_target)
-    else:
-        results["runtime"] = time.perf_counter() - started
-        results = {k: v for k, v in results.items() if v is not None}
     return results
 
 

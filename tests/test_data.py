@@ -7,7 +7,10 @@ import io
 import json
 import os
 import re
+import threading
 import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -37,7 +40,7 @@ def instruction_path():
 
 @pytest.fixture
 def no_download(monkeypatch):
-    def fail(url, dest):
+    def fail(url, output_file, pooch=None):
         raise AssertionError(f"test tried to download {url}")
 
     monkeypatch.setattr(D, "_download", fail)
@@ -54,15 +57,6 @@ def test_resolve_data_dir_order(monkeypatch, tmp_path):
     assert D.resolve_data_dir() == tmp_path / "env"
     monkeypatch.delenv(D.DATA_ENV)
     assert D.resolve_data_dir() == Path("~/.cache/hf_gpt_scratch").expanduser()
-
-
-def test_book_files_table():
-    assert set(D.BOOK_FILES) == {
-        "the-verdict.txt", "instruction-data.json",
-        "instruction-data-with-preference.json", "SMSSpamCollection.tsv",
-    }
-    for url, sha in D.BOOK_FILES.values():
-        assert url.startswith("https://") and len(sha) == 64
 
 
 @pytest.mark.parametrize("name", sorted(D.BOOK_FILES))
@@ -90,7 +84,7 @@ def test_fetch_missing_file_downloads(tmp_path, monkeypatch):
     content = _book_path("the-verdict.txt").read_bytes()
     calls = []
 
-    def fake_download(url, dest):
+    def fake_download(url, dest, pooch=None):
         calls.append(url)
         Path(dest).write_bytes(content)
 
@@ -110,14 +104,15 @@ def test_fetch_sms_extracts_zip_and_normalises_crlf(tmp_path, monkeypatch, sms_p
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("readme", "SMS Spam Collection v.1")
         archive.writestr("SMSSpamCollection", lf.replace(b"\n", b"\r\n"))
-    monkeypatch.setattr(D, "_download", lambda url, dest: Path(dest).write_bytes(buffer.getvalue()))
+    monkeypatch.setattr(D, "_download", lambda url, dest, pooch=None: Path(dest).write_bytes(buffer.getvalue()))
     path = D.fetch_book_file("SMSSpamCollection.tsv", data_dir=tmp_path)
     assert path.name == "SMSSpamCollection.tsv" and path.read_bytes() == lf
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SMSSpamCollection.tsv"]  # zip and temp folder gone
 
 
 def test_fetch_download_with_wrong_hash_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_download", lambda url, dest: Path(dest).write_bytes(b"tampered"))
-    with pytest.raises(OSError, match="sha256 mismatch") as info:
+    monkeypatch.setattr(D, "_download", lambda url, dest, pooch=None: Path(dest).write_bytes(b"tampered"))
+    with pytest.raises(OSError, match="does not match the known hash") as info:
         D.fetch_book_file("instruction-data.json", data_dir=tmp_path)
     assert D.BOOK_FILES["instruction-data.json"][0] in str(info.value)
     assert list(tmp_path.iterdir()) == []
@@ -129,7 +124,7 @@ def test_fetch_tries_mirror_after_failure(tmp_path, monkeypatch, sms_path):
         archive.writestr("SMSSpamCollection", sms_path.read_bytes())
     calls = []
 
-    def flaky(url, dest):
+    def flaky(url, dest, pooch=None):
         calls.append(url)
         if len(calls) == 1:
             raise OSError("connection refused")
@@ -138,6 +133,28 @@ def test_fetch_tries_mirror_after_failure(tmp_path, monkeypatch, sms_path):
     monkeypatch.setattr(D, "_download", flaky)
     D.fetch_book_file("SMSSpamCollection.tsv", data_dir=tmp_path)
     assert calls[0] == D.BOOK_FILES["SMSSpamCollection.tsv"][0] and "backblaze" in calls[1]
+
+
+def test_fetch_with_the_real_downloader_from_a_local_server(tmp_path, monkeypatch):
+    """pooch's HTTP downloader itself, from a server on 127.0.0.1: the file arrives checked, and a
+    wrong hash writes nothing."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "the-verdict.txt").write_bytes(_book_path("the-verdict.txt").read_bytes())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/the-verdict.txt"
+        monkeypatch.setitem(D.BOOK_FILES, "the-verdict.txt", (url, D.BOOK_FILES["the-verdict.txt"][1]))
+        path = D.fetch_book_file("the-verdict.txt", data_dir=tmp_path / "data")
+        assert path.read_bytes() == (served / "the-verdict.txt").read_bytes()
+        monkeypatch.setitem(D.BOOK_FILES, "the-verdict.txt", (url, "0" * 64))
+        with pytest.raises(OSError, match=f"{url}: SHA256 hash of downloaded file"):
+            D.fetch_book_file("the-verdict.txt", data_dir=tmp_path / "other")
+        assert list((tmp_path / "other").iterdir()) == []
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,8 +174,12 @@ def test_load_text_errors(tmp_path):
     with pytest.raises(ValueError, match="empty.*empty.txt"):
         D.load_text(tmp_path / "empty.txt")
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9 ok".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.txt is not valid UTF-8: byte 'e9' at offset 3"):
+    with pytest.raises(ValueError, match=r"latin1.txt is not valid UTF-8: byte 'e9' at offset 3.*iconv -f ENCODING"):
         D.load_text(tmp_path / "latin1.txt")
+    for encoding in ("utf-16", "utf-16-le"):  # with and without a byte-order mark
+        (tmp_path / "utf16.txt").write_bytes("caf\u00e9 ok".encode(encoding))
+        with pytest.raises(ValueError, match=r"utf16.txt is not UTF-8 text: .*iconv -f utf-16 -t utf-8"):
+            D.load_text(tmp_path / "utf16.txt")
 
 
 def test_load_text_newlines_like_open(tmp_path):
@@ -340,6 +361,7 @@ def test_alpaca_format_matches_book(instruction_path):
     assert with_input and without
     for entry in entries:
         assert D.format_alpaca_prompt(entry) == ch07.format_input(entry)
+        assert D.format_alpaca_prompt(entry, response_header=True) == ch07.format_input(entry) + "\n\n### Response:\n"
         assert D.format_alpaca_response(entry) == f"\n\n### Response:\n{entry['output']}"
     assert "### Input:" in D.format_alpaca_prompt(with_input[0])
     assert "### Input:" not in D.format_alpaca_prompt(without[0])
@@ -362,6 +384,20 @@ def test_instruction_data_errors(tmp_path, content, match):
     path.write_text(json.dumps(content), encoding="utf-8")
     with pytest.raises(ValueError, match=match):
         D.load_instruction_data(path)
+
+
+def test_instruction_data_jsonl(tmp_path):
+    """JSON lines are read like a JSON list, in a .jsonl file or in a .json one."""
+    entries = [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "output": "d"}]
+    for name in ("e.jsonl", "e.json"):
+        (tmp_path / name).write_text("\n".join(json.dumps(e) for e in entries) + "\n", encoding="utf-8")
+        assert D.load_instruction_data(tmp_path / name) == entries
+    (tmp_path / "bad.jsonl").write_text(json.dumps(entries[0]) + "\n" + '{"instruction": "x", "output": 3}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl: entry 1 field 'output' must be a non-empty string"):
+        D.load_instruction_data(tmp_path / "bad.jsonl")
+    (tmp_path / "broken.json").write_text('[{"instruction": "a", "output": "b"},\n oops]')
+    with pytest.raises(ValueError, match=r"broken.json: invalid JSON: Expecting value: line 2"):
+        D.load_instruction_data(tmp_path / "broken.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,11 +454,9 @@ def test_collator_mask_prompt_masks_exactly_the_prompt():
 
 
 def test_collator_options_and_errors():
-    collator = D.InstructionCollator(pad_token_id=0, eos_token_id=EOS, ignore_index=-1, pad_to_multiple_of=16)
-    out = collator(_features())
-    assert out["input_ids"].shape == (3, 16)
-    assert out["input_ids"][1].tolist()[:4] == [11, 12, EOS, 0]
-    assert out["labels"][1].tolist()[:4] == [11, 12, EOS, -1]
+    out = D.InstructionCollator(pad_token_id=0, eos_token_id=EOS)(_features())
+    assert out["input_ids"][1].tolist() == [11, 12, EOS, 0, 0, 0, 0, 0]
+    assert out["labels"][1].tolist() == [11, 12, EOS, -100, -100, -100, -100, -100]
     out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, max_length=4)(_features())
     assert out["input_ids"].shape == (3, 4) and out["labels"][0].tolist() == [5, 6, 7, 8]
     with pytest.raises(KeyError, match="prompt_length"):
@@ -442,8 +476,6 @@ def test_tokenize_instruction_char_tokenizer():
     prompt = D.format_alpaca_prompt(entry)
     assert feats["input_ids"] == [ord(c) for c in prompt + "\n\n### Response:\n3"]
     assert feats["prompt_length"] == len(prompt)
-    short = D.tokenize_instruction(entry, CharTokenizer(), max_length=10)
-    assert short == {"input_ids": feats["input_ids"][:10], "prompt_length": 10}
 
 
 def test_tokenize_instruction_gpt2_on_book_data(instruction_path):
@@ -519,34 +551,3 @@ def test_book_windows_loss_is_the_books():
         fallback = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
     assert torch.allclose(loss, book_loss)
     assert not torch.allclose(fallback, book_loss)  # labels alone lose each window's last target
-
-
-def test_trainer_forwards_shift_labels_only_without_column_removal(tmp_path):
-    """The Trainer drops dataset columns that forward() does not name: `shift_labels` reaches the
-    loss only with remove_unused_columns=False."""
-    import transformers
-    from conftest import tiny_config
-
-    from hf_gpt_scratch import GPTScratchForCausalLM
-
-    model = GPTScratchForCausalLM(tiny_config())
-    seen = []
-    model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
-    ds = D.book_windows(torch.randint(0, 97, (40,)).tolist(), 8, 8)
-    for remove in (True, False):
-        seen.clear()
-        args = transformers.TrainingArguments(
-            output_dir=str(tmp_path / str(remove)), per_device_train_batch_size=2, max_steps=1,
-            use_cpu=True, report_to=[], remove_unused_columns=remove, save_strategy="no",
-            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-        )
-        transformers.Trainer(model=model, args=args, train_dataset=ds).train()
-        assert ("shift_labels" in seen[0]) is (not remove)
-
-
-def test_real_downloader_on_a_file_url(tmp_path):
-    """The urllib + tqdm downloader itself, on a local file:// URL (no network)."""
-    source = tmp_path / "src.bin"
-    source.write_bytes(bytes(range(256)) * 1000)
-    D._download(source.as_uri(), tmp_path / "dest.bin")
-    assert (tmp_path / "dest.bin").read_bytes() == source.read_bytes()

@@ -6,7 +6,14 @@ import sys
 
 import pytest
 
-from hf_gpt_scratch.data import SPAM_LABELS, _classification_dataset, balance_and_split_spam, load_sms_spam
+from hf_gpt_scratch.data import (
+    SPAM_LABELS,
+    _classification_dataset,
+    balance_and_split_spam,
+    load_sms_spam,
+    load_text,
+    split_text,
+)
 from hf_gpt_scratch.demo import build_corpus, unlabeled_spam_texts
 
 
@@ -29,9 +36,26 @@ def test_demo_corpus_has_no_validation_or_test_message(tmp_path, data_dir):
     # the collection repeats messages: some held-out texts also occur among the other rows
     outside = {t.strip() for t in messages["text"]} - held_out
     assert len(pool) == len(outside) > 4000 and not held_out & set(pool)
-    build_corpus(tmp_path / "corpus.txt", str(data_dir))
-    lines = {line.strip() for line in (tmp_path / "corpus.txt").read_text().replace("<|endoftext|>", "\n").splitlines()}
-    assert set(pool) <= lines and not held_out & lines
+    sizes = build_corpus(tmp_path, str(data_dir))
+    files = {name: (tmp_path / f"{name}.txt").read_text() for name in ("train", "validation")}
+    assert sizes == {name: len(text) for name, text in files.items()}
+    lines = {name: {line.strip() for line in text.replace("<|endoftext|>", "\n").splitlines()} for name, text in files.items()}
+    assert set(pool) <= lines["train"] | lines["validation"] and not held_out & (lines["train"] | lines["validation"])
+
+
+def test_demo_validation_text_is_a_sample_of_every_source(tmp_path, data_dir):
+    """The pretraining validation text holds ~10% of each source (the-verdict.txt's end, SMS
+    messages, instruction entries), none of it in the training text."""
+    build_corpus(tmp_path, str(data_dir))
+    train, validation = ((tmp_path / f"{name}.txt").read_text() for name in ("train", "validation"))
+    verdict = load_text(data_dir / "the-verdict.txt")
+    assert train.startswith(split_text(verdict)[0]) and validation.startswith(split_text(verdict)[1])
+    for marker in ("<|endoftext|>", "### Instruction:"):
+        n_train, n_val = train.count(marker), validation.count(marker)
+        assert 0.09 < n_val / (n_train + n_val) < 0.11, (marker, n_train, n_val)
+    entries = validation.split("Below is an instruction")[1:]
+    assert len(entries) > 80 and not any("Below is an instruction" + e.rstrip() in train for e in entries)
+    assert len(validation) / (len(train) + len(validation)) == pytest.approx(0.1, abs=0.01)
 
 
 @pytest.mark.slow
@@ -44,7 +68,7 @@ def test_demo_quick_runs_the_whole_journey(tmp_path, data_dir):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     expected = {
-        "pretrain": {"val_loss", "val_perplexity", "train_tokens", "tokens_per_second"},
+        "pretrain": {"train_loss", "val_loss", "val_perplexity", "train_tokens", "tokens_per_second"},
         "classify": {"val_accuracy", "test_accuracy", "test_f1", "baseline_tfidf_test_accuracy"},
         "instruct": {"test_loss_before", "test_loss_after", "rouge_l_before", "rouge_l_after"},
     }

@@ -1,6 +1,6 @@
 """recipes/instruct.py and hf_gpt_scratch.instruction: instruction finetuning end to end on a tiny
-checkpoint (LoRA and full), the evaluation helpers, and the LLM judge against a fake Ollama server
-on 127.0.0.1."""
+checkpoint (LoRA and full), the evaluation helpers, and examples/judge.py (the book's LLM judge)
+against a fake Ollama server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -24,15 +24,9 @@ import hf_gpt_scratch  # noqa: F401
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
 from hf_gpt_scratch.data import format_alpaca_prompt, load_instruction_data
 from hf_gpt_scratch.instruction import (
-    RESPONSE_HEADER,
-    build_prompt,
     evaluate_instruction_model,
     extract_response,
     generate_responses,
-    judge_endpoint,
-    judge_prompt,
-    judge_responses,
-    parse_score,
     response_loss,
     rouge_l,
 )
@@ -141,17 +135,6 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_recipe(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, str(RECIPE), *args, "--disable_tqdm", "true"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    assert proc.returncode == 0, f"recipe failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
 def _load_recipe_module():
     name = "instruct_recipe"
     if name not in sys.modules:
@@ -160,6 +143,11 @@ def _load_recipe_module():
         sys.modules[name] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def _run_recipe(args: list) -> dict:
+    """The recipe's main(argv), in this process."""
+    return _load_recipe_module().main([str(a) for a in args] + ["--disable_tqdm", "true"])
 
 
 def _check_results(out: Path, n_test: int) -> dict:
@@ -185,39 +173,22 @@ def _check_results(out: Path, n_test: int) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def test_lora_end_to_end_with_judge(tmp_path, tiny_checkpoint, train_file, fake_judge):
+def test_lora_end_to_end(tmp_path, tiny_checkpoint, train_file):
     from peft import AutoPeftModelForCausalLM, PeftModel
 
     out = tmp_path / "lora"
-    port = fake_judge.server_address[1]
     _run_recipe([
-        "--model_name_or_path", str(tiny_checkpoint), "--train_file", str(train_file), "--output_dir", str(out),
+        "--model_name_or_path", tiny_checkpoint, "--train_file", train_file, "--output_dir", out,
         "--max_train_samples", "24", "--max_new_tokens", "8", "--num_train_epochs", "1",
         "--per_device_train_batch_size", "4", "--eval_steps", "3", "--logging_steps", "1", "--mask_prompt",
-        "--judge_url", f"http://127.0.0.1:{port}", "--judge_model", "fake-judge",
     ])
     results = _check_results(out, n_test=4)
     assert results["finetuning"] == "lora"
     assert results["learning_rate"] == pytest.approx(5e-4)
     assert results["train_steps"] == 6
     assert 0 < results["trainable_parameters"] < results["total_parameters"]
-    assert results["judge_mean_score"] == pytest.approx(85.0)
-    assert results["judge_scored"] == 4
-    assert [r["judge_score"] for r in json.loads((out / "responses.json").read_text())] == [85.0] * 4
-
-    # The judge got the book's prompt for every test entry, at /api/chat, deterministic options.
-    assert len(fake_judge.requests) == 4
-    test_entries = _entries(40)[34:38]
     responses = json.loads((out / "responses.json").read_text())
-    first = fake_judge.requests[0]
-    assert first["path"] == "/api/chat" and first["body"]["model"] == "fake-judge"
-    assert first["body"]["options"] == {"seed": 123, "temperature": 0, "num_ctx": 2048}
-    expected = (
-        f"Given the input `{format_alpaca_prompt(test_entries[0])}` and correct output `{test_entries[0]['output']}`, "
-        f"score the model response `{responses[0]['model_response']}` on a scale from 0 to 100, where 100 is the "
-        f"best score. Respond with the integer number only."
-    )
-    assert first["body"]["messages"] == [{"role": "user", "content": expected}]
+    assert [r["instruction"] for r in responses] == [e["instruction"] for e in _entries(40)[34:38]]
 
     # Adapter over the base == merged model == AutoPeftModel, and tuning changed the model.
     x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -238,19 +209,17 @@ def test_lora_end_to_end_with_judge(tmp_path, tiny_checkpoint, train_file, fake_
     assert (out / "tokenizer.json").exists() and (out / "adapter" / "tokenizer.json").exists()
 
 
-def test_full_finetuning_end_to_end_unreachable_judge(tmp_path, tiny_checkpoint, train_file):
+def test_full_finetuning_end_to_end(tmp_path, tiny_checkpoint, train_file):
     out = tmp_path / "full"
-    proc = _run_recipe([
-        "--model_name_or_path", str(tiny_checkpoint), "--train_file", str(train_file), "--output_dir", str(out),
+    _run_recipe([
+        "--model_name_or_path", tiny_checkpoint, "--train_file", train_file, "--output_dir", out,
         "--use_lora", "false", "--max_train_samples", "16", "--max_new_tokens", "6", "--max_steps", "3",
-        "--per_device_train_batch_size", "4", "--judge_url", f"http://127.0.0.1:{_closed_port()}",
+        "--per_device_train_batch_size", "4",
     ])
     results = _check_results(out, n_test=4)
     assert results["finetuning"] == "full"
     assert results["learning_rate"] == pytest.approx(5e-5)  # the book's rate for full finetuning
     assert results["trainable_parameters"] == results["total_parameters"]
-    assert "judge_mean_score" not in results and "not reachable" in results["judge_error"]
-    assert "Skipping the LLM judge" in proc.stdout + proc.stderr
     assert not (out / "adapter").exists()
     tuned = AutoModelForCausalLM.from_pretrained(out).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
@@ -263,7 +232,7 @@ def test_book_data_split_and_sample_limits(tmp_path, tiny_checkpoint, data_dir):
         pytest.skip("instruction-data.json not in the data folder")
     out = tmp_path / "book"
     _run_recipe([
-        "--model_name_or_path", str(tiny_checkpoint), "--data_dir", str(data_dir), "--output_dir", str(out),
+        "--model_name_or_path", tiny_checkpoint, "--data_dir", data_dir, "--output_dir", out,
         "--max_train_samples", "8", "--max_eval_samples", "4", "--max_test_samples", "3", "--max_new_tokens", "4",
         "--max_steps", "2", "--per_device_train_batch_size", "4", "--eval_before", "false",
     ])
@@ -273,6 +242,21 @@ def test_book_data_split_and_sample_limits(tmp_path, tiny_checkpoint, data_dir):
     book = load_instruction_data(data_dir / "instruction-data.json")
     responses = json.loads((out / "responses.json").read_text())
     assert [r["instruction"] for r in responses] == [e["instruction"] for e in book[935:938]]  # the book's test split
+
+
+def test_resume_evaluates_each_step_once(tmp_path, tiny_checkpoint, train_file):
+    """A resumed run does not evaluate its resumed step again (eval_on_start is off), and the final
+    evaluation reuses the last step's."""
+    out = tmp_path / "resumed"
+    common = ["--model_name_or_path", tiny_checkpoint, "--train_file", train_file, "--output_dir", out,
+              "--max_train_samples", "16", "--per_device_train_batch_size", "4", "--eval_steps", "2",
+              "--save_strategy", "steps", "--save_steps", "2", "--eval_before", "false",
+              "--max_test_samples", "1", "--max_new_tokens", "2"]
+    _run_recipe(common + ["--max_steps", "2"])
+    results = _run_recipe(common + ["--max_steps", "4", "--resume_from_checkpoint", "last"])
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "eval_loss" in e] == [0, 2, 4]
+    assert results["train_steps"] == 4 and results["eval_loss"] == [e for e in history if "eval_loss" in e][-1]["eval_loss"]
 
 
 def test_malformed_instruction_file_fails_before_training(tmp_path, train_file):
@@ -367,13 +351,6 @@ def test_extract_response_from_the_books_prompt(generated, expected):
     assert extract_response(generated, header_in_prompt=False) == expected
 
 
-def test_build_prompt():
-    entry = {"instruction": "Rewrite.", "input": "It is fast.", "output": "x"}
-    assert build_prompt(entry) == format_alpaca_prompt(entry) + "\n\n### Response:\n"
-    assert build_prompt(entry, response_header=False) == format_alpaca_prompt(entry)
-    assert RESPONSE_HEADER == "\n\n### Response:\n"
-
-
 def test_batched_left_padded_generation_matches_one_by_one(tokenizer):
     model = _tiny_model(tokenizer)
     entries = _entries(5)
@@ -381,14 +358,14 @@ def test_batched_left_padded_generation_matches_one_by_one(tokenizer):
     batched = generate_responses(model, tokenizer, entries, max_new_tokens=6, batch_size=4, stop_strings=None)
     assert [r["generated"] for r in batched] == [r["generated"] for r in one]
     # Each raw continuation equals a plain greedy generate of that single prompt.
-    ids = tokenizer(build_prompt(entries[2]), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = tokenizer(format_alpaca_prompt(entries[2], response_header=True), return_tensors="pt")["input_ids"]
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     assert one[2]["generated"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert not model.training
 
 
-def test_generation_keeps_prompts_whole_within_the_context(tokenizer):
+def test_generation_keeps_prompts_whole_within_the_context(tokenizer, caplog):
     model = _tiny_model(tokenizer)  # context 160; these prompts are ~40-60 tokens
     entries = _entries(2)
     short = generate_responses(model, tokenizer, entries, max_new_tokens=6, batch_size=1, stop_strings=None)
@@ -396,9 +373,13 @@ def test_generation_keeps_prompts_whole_within_the_context(tokenizer):
     for a, b in zip(short, long):
         assert b["generated"].startswith(a["generated"])  # the prompt was not cut to make room
         assert len(b["generated"]) > len(a["generated"])  # ... and generation ran on to the context's end
-    # A prompt longer than the context is cut from the left instead of failing.
-    huge = [{"instruction": "word " * 300, "input": "", "output": "x"}]
-    assert len(generate_responses(model, tokenizer, huge, max_new_tokens=8, stop_strings=None)) == 1
+    assert "cut" not in caplog.text
+    # A prompt longer than the context is cut from the left instead of failing, with a warning.
+    huge = entries + [{"instruction": "word " * 300, "input": "", "output": "x"}]
+    with caplog.at_level("WARNING", logger="hf_gpt_scratch.instruction"):
+        assert len(generate_responses(model, tokenizer, huge, max_new_tokens=8, stop_strings=None)) == 3
+    n = len(tokenizer(format_alpaca_prompt(huge[2], response_header=True))["input_ids"])
+    assert f"Entry 2: its prompt has {n} tokens, the model's context 160; generating from its last 152 tokens" in caplog.text
 
 
 def test_response_loss_counts_response_tokens_only(tokenizer):
@@ -438,59 +419,52 @@ def test_rouge_l():
 
 
 # --------------------------------------------------------------------------------------------
-# LLM judge
+# examples/judge.py: the book's LLM judge on responses.json
 # --------------------------------------------------------------------------------------------
 
 
-def test_judge_endpoint_and_parse_score():
-    assert judge_endpoint("http://127.0.0.1:11434") == "http://127.0.0.1:11434/api/chat"
-    assert judge_endpoint("http://127.0.0.1:11434/") == "http://127.0.0.1:11434/api/chat"
-    assert judge_endpoint("http://127.0.0.1:11434/api/chat") == "http://127.0.0.1:11434/api/chat"
-    with pytest.raises(ValueError):
-        judge_endpoint("127.0.0.1:11434")
-    assert parse_score("85") == 85
-    assert parse_score(" 70\n") == 70
-    assert parse_score("Score: 40") == 40
-    assert parse_score("great") is None
-    assert parse_score("250") is None
+def _judge_module():
+    spec = importlib.util.spec_from_file_location("judge_example", ROOT / "examples" / "judge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_judge_scores_with_fake_ollama(fake_judge):
+def _responses_file(tmp_path, n=3) -> Path:
+    path = tmp_path / "responses.json"
+    path.write_text(json.dumps([dict(e, model_response=f"response {i}") for i, e in enumerate(_entries(n))]))
+    return path
+
+
+def test_judge_scores_responses_with_fake_ollama(tmp_path, fake_judge, capsys):
+    judge = _judge_module()
     answers = iter(["90", "I would say 60.", "no idea"])
     fake_judge.answer = lambda prompt: next(answers)
-    entries = [dict(e, model_response=f"response {i}") for i, e in enumerate(_entries(3))]
-    result = judge_responses(entries, f"http://127.0.0.1:{fake_judge.server_address[1]}", model="llama3")
-    assert result["scores"] == [90, 60, None]
-    assert result["mean"] == pytest.approx(75.0)
-    assert (result["n_scored"], result["n_failed"], result["error"]) == (2, 1, None)
-    prompts = [r["body"]["messages"][0]["content"] for r in fake_judge.requests]
-    assert prompts == [judge_prompt(e) for e in entries]
-    assert "score the model response `response 1` on a scale from 0 to 100" in prompts[1]
+    responses = _responses_file(tmp_path)
+    url = f"http://127.0.0.1:{fake_judge.server_address[1]}/api/chat"
+    assert judge.main([str(responses), "--url", url, "--model", "fake-judge"]) == [90, 60, None]
+    assert "Could not convert score for entry 2: 'no idea'" in capsys.readouterr().out
+    scored = json.loads((tmp_path / "responses_scored.json").read_text())
+    assert [r["judge_score"] for r in scored] == [90, 60, None] and scored[1]["model_response"] == "response 1"
+    # The book's prompt for every entry, at /api/chat, with the book's deterministic options.
+    entry = json.loads(responses.read_text())[1]
+    first = fake_judge.requests[1]
+    assert first["path"] == "/api/chat" and first["body"]["model"] == "fake-judge"
+    assert first["body"]["options"] == {"seed": 123, "temperature": 0, "num_ctx": 2048}
+    expected = (
+        f"Given the input `{format_alpaca_prompt(entry)}` and correct output `{entry['output']}`, "
+        f"score the model response `response 1` on a scale from 0 to 100, where 100 is the "
+        f"best score. Respond with the integer number only."
+    )
+    assert first["body"]["messages"] == [{"role": "user", "content": expected}]
 
 
-def test_judge_unreachable_is_a_warning(caplog):
-    entries = [dict(e, model_response="x") for e in _entries(2)]
-    with caplog.at_level("WARNING"):
-        result = judge_responses(entries, f"http://127.0.0.1:{_closed_port()}")
-    assert result["mean"] is None and result["scores"] == [None, None] and result["n_failed"] == 2
-    assert "not reachable" in result["error"]
-    assert "Skipping the LLM judge" in caplog.text
-
-
-def test_judge_server_error_keeps_scores_so_far(fake_judge):
-    calls = {"n": 0}
-
-    def answer(prompt):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("boom")  # the handler dies: the connection closes without an answer
-        return "50"
-
-    fake_judge.answer = answer
-    entries = [dict(e, model_response="x") for e in _entries(3)]
-    result = judge_responses(entries, f"http://127.0.0.1:{fake_judge.server_address[1]}", timeout=10)
-    assert result["scores"][0] == 50 and result["scores"][1] is None
-    assert result["error"] is not None and result["mean"] == pytest.approx(50.0)
+def test_judge_parse_score_and_unreachable_server(tmp_path):
+    judge = _judge_module()
+    assert [judge.parse_score(a) for a in ("85", " 70\n", "Score: 40", "great", "250")] == [85, 70, 40, None, None]
+    url = f"http://127.0.0.1:{_closed_port()}/api/chat"
+    with pytest.raises(SystemExit, match=r"did not answer entry 0: .*is `ollama serve` running"):
+        judge.main([str(_responses_file(tmp_path)), "--url", url])
 
 
 # --------------------------------------------------------------------------------------------

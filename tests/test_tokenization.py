@@ -2,6 +2,7 @@
 tokenizers."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -115,9 +116,6 @@ def test_gpt2_save_and_auto_load(gpt2, tmp_path):
     assert loaded("Hello, world")["input_ids"] == [15496, 11, 995]
     assert (loaded.pad_token_id, loaded.eos_token_id) == (50256, 50256)
     assert (loaded.model_max_length, len(loaded)) == (1024, 50257)
-    # Loading a local folder by path, with another padding side.
-    again = gpt2_tokenizer(str(tmp_path), padding_side="left")
-    assert again.padding_side == "left" and again.pad_token_id == 50256
 
 
 def test_load_tokenizer(tmp_path):
@@ -127,6 +125,10 @@ def test_load_tokenizer(tmp_path):
     gpt2_tokenizer(pad_token=None).save_pretrained(tmp_path)
     tok = load_tokenizer(str(tmp_path))
     assert tok.pad_token == tok.eos_token == "<|endoftext|>"
+    # a folder that is not there is named as such, not as a malformed hub repo id
+    for missing in (tmp_path / "no" / "such", "./runs/nothing_here"):
+        with pytest.raises(FileNotFoundError, match=re.escape(f"{missing}: no such folder (and not a hub repo id)")):
+            load_tokenizer(str(missing))
 
 
 # Trained byte-level BPE
@@ -187,3 +189,13 @@ def test_cli_train(tmp_path, data_dir_path):
     )
     tok = AutoTokenizer.from_pretrained(out)
     assert len(tok) == 300 and tok.pad_token_id == 0
+
+
+def test_cli_names_a_file_that_is_not_utf8(tmp_path, capsys):
+    (tmp_path / "utf16.txt").write_bytes("caf\u00e9".encode("utf-16"))
+    with pytest.raises(SystemExit):
+        tokenization.main(["train", "--train_file", str(tmp_path / "utf16.txt"), "--vocab_size", "300",
+                           "--output_dir", str(tmp_path / "tok")])
+    error = capsys.readouterr().err
+    assert "--train_file" in error and "utf16.txt is not UTF-8 text (byte 0xff at offset 0)" in error
+    assert "iconv -f utf-16 -t utf-8" in error and not (tmp_path / "tok").exists()
