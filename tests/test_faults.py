@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -273,8 +274,6 @@ SMS = [("ok see you at home later", "ham"), ("are you coming to the party tonigh
        ("call me when you get this", "ham"), ("i will be late for dinner sorry", "ham")] * 6
 
 
-@pytest.mark.xfail(strict=True, reason="classification.load_classification_splits must refuse a training split "
-                   "with fewer than two classes (owned by the classification slice)")
 def test_one_class_data_is_refused_before_training(tmp_path):
     import csv
 
@@ -283,9 +282,9 @@ def test_one_class_data_is_refused_before_training(tmp_path):
         csv.writer(f).writerows([("text", "label"), *SMS])
     out = tmp_path / "out"
     before = _finished(out)
-    with pytest.raises(ValueError, match="class"):
+    with pytest.raises(ValueError, match=re.escape(f"{path}: the training data has only the class(es) ['ham']")):
         load_recipe("classify").main([
-            "--train_file", str(path), "--class_names", "ham", "spam", "--train_tokenizer_vocab_size", "300",
+            "--train_file", str(path), "--class_names", "ham", "spam",
             "--config_overrides", "n_layers=1,emb_dim=16,n_heads=2,context_length=32", "--max_steps", "1",
             "--disable_tqdm", "true", "--output_dir", str(out), "--overwrite_output_dir"])
     assert snapshot(out) == before
