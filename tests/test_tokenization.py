@@ -10,6 +10,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from hf_gpt_scratch import tokenization
+from hf_gpt_scratch.arguments import ModelArguments
+from hf_gpt_scratch.loading import load_tokenizer_for
 from hf_gpt_scratch.tokenization import gpt2_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 # Text that exercises GPT-2's pre-tokenization: contractions, runs of spaces, tabs, CRLF,
@@ -120,15 +122,20 @@ def test_gpt2_save_and_auto_load(gpt2, tmp_path):
 
 def test_load_tokenizer(tmp_path):
     for name in (None, "gpt2"):
-        tok = load_tokenizer(name)
+        tok = load_tokenizer(name, trust_remote_code=False)
         assert tok("Hello, world")["input_ids"] == [15496, 11, 995] and tok.pad_token_id == 50256
     gpt2_tokenizer(pad_token=None).save_pretrained(tmp_path)
-    tok = load_tokenizer(str(tmp_path))
+    tok = load_tokenizer(str(tmp_path), trust_remote_code=False)
+    assert tok.pad_token is None and tok.eos_token == "<|endoftext|>"  # as saved; the recipes pad with eos:
+    tok = load_tokenizer_for(ModelArguments(tokenizer_name=str(tmp_path)))
     assert tok.pad_token == tok.eos_token == "<|endoftext|>"
     # a folder that is not there is named as such, not as a malformed hub repo id
     for missing in (tmp_path / "no" / "such", "./runs/nothing_here"):
         with pytest.raises(FileNotFoundError, match=re.escape(f"{missing}: no such folder (and not a hub repo id)")):
-            load_tokenizer(str(missing))
+            load_tokenizer(str(missing), trust_remote_code=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty holds no tokenizer"):
+        load_tokenizer(str(tmp_path / "empty"), trust_remote_code=False)
 
 
 # Trained byte-level BPE
@@ -157,7 +164,7 @@ def test_trained_save_and_auto_load(trained, data_dir_path, tmp_path):
     assert loaded(text)["input_ids"] == trained(text)["input_ids"]
     assert loaded(TRICKY)["input_ids"] == trained(TRICKY)["input_ids"]
     assert (len(loaded), loaded.pad_token_id, loaded.eos_token_id) == (500, 0, 0)
-    assert load_tokenizer(str(tmp_path)).pad_token_id == 0
+    assert load_tokenizer(str(tmp_path), trust_remote_code=False).pad_token_id == 0
 
 
 def test_trained_model_max_length_and_small_corpus():
