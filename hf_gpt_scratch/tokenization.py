@@ -11,14 +11,11 @@ Both builders return a `GPT2TokenizerFast` (in transformers 5 an alias of `GPT2T
 `PreTrainedTokenizerFast`), so `save_pretrained` writes `tokenizer_class: GPT2Tokenizer` and
 `AutoTokenizer.from_pretrained` gives the same ids back.
 
-Command line::
-
-    python -m hf_gpt_scratch.tokenization train --train_file a.txt --vocab_size 8000 --output_dir tok
+Command line (in the training layer, which checks the output folder): `python -m hf_gpt_scratch.train_tokenizer`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import itertools
@@ -187,42 +184,3 @@ def load_tokenizer(source: str | None, trust_remote_code: bool) -> PreTrainedTok
     elif not has_tokenizer(source):
         raise ValueError(f"{source} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}).")
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-
-
-def _read_text(path: str, parser: argparse.ArgumentParser) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        parser.error(f"--train_file {path}: {err.strerror or err}")
-    except UnicodeDecodeError as err:
-        parser.error(f"--train_file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                     f"{err.start}); convert it first, e.g. `iconv -f utf-16 -t utf-8` or `iconv -f latin1 -t utf-8`")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m hf_gpt_scratch.tokenization", description=__doc__.split("\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a byte-level BPE and save it with save_pretrained")
-    train.add_argument(
-        "--train_file", action="append", required=True, help="UTF-8 text file (repeatable)"
-    )
-    train.add_argument("--vocab_size", type=int, required=True)
-    train.add_argument("--min_frequency", type=int, default=2)
-    train.add_argument("--model_max_length", type=int, default=None)
-    train.add_argument("--output_dir", required=True)
-    args = parser.parse_args(argv)
-
-    tokenizer = train_bpe_tokenizer(
-        [_read_text(path, parser) for path in args.train_file],
-        vocab_size=args.vocab_size,
-        min_frequency=args.min_frequency,
-        model_max_length=args.model_max_length,
-    )
-    tokenizer.save_pretrained(args.output_dir)
-    print(f"saved a {len(tokenizer)}-token byte-level BPE to {args.output_dir}")
-
-
-if __name__ == "__main__":
-    main()

@@ -150,7 +150,7 @@ def test_pretrain_recipe_refuses_then_overwrites_when_told(tmp_path, bpe_dir):
 
 @needs_verdict
 def test_a_trained_tokenizer_in_the_output_dir_is_kept(tmp_path):
-    """A folder holding only a tokenizer (`python -m hf_gpt_scratch.tokenization train`) is not
+    """A folder holding only a tokenizer (`python -m hf_gpt_scratch.train_tokenizer`) is not
     replaced by GPT-2's BPE, neither by a recipe nor by convert."""
     tok = tmp_path / "tok"
     train_bpe_tokenizer([VERDICT.read_text()], vocab_size=400).save_pretrained(tok)
