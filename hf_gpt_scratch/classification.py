@@ -175,8 +175,9 @@ def _carve(splits: dict, data_args: ClassifyDataArguments) -> dict:
 
 def load_classification_splits(data_args: ClassifyDataArguments) -> tuple[datasets.DatasetDict, list[str]]:
     """`(DatasetDict(train, validation?, test?), label_names)`, each split with columns `text` and
-    `label` (a ClassLabel). Errors (missing columns, bad rows, unknown labels) name the file or
-    split and the row; the classes come from the training data and hold for every split.
+    `label` (a ClassLabel). Errors (missing columns, bad rows, unknown labels, training data of
+    fewer than two classes) name the file or split and the row; the classes come from the training
+    data (or --class_names) and hold for every split.
 
     Sources: --dataset_name (its train / validation / test splits), --train_file with optional
     --validation_file and --test_file, or by default the SMS Spam Collection (5,574 messages).
@@ -204,8 +205,11 @@ def load_classification_splits(data_args: ClassifyDataArguments) -> tuple[datase
         if names is not None and list(names) != list(SPAM_LABELS):
             raise ValueError(f"The SMS data has the classes {list(SPAM_LABELS)}; got --class_names {names}.")
         splits, names = {"train": load_sms_spam(data_dir=data_args.data_dir)}, list(SPAM_LABELS)
-    if len(names) < 2:
-        raise ValueError(f"Classification needs at least two classes; the data has {names}.")
+    found = [names[i] for i in sorted(set(splits["train"]["label"]))]
+    if len(found) < 2:  # before any training: a one-class model learns nothing (and the TF-IDF fit fails)
+        source = data_args.train_file or (f"{data_args.dataset_name}[train]" if data_args.dataset_name else "the SMS data")
+        raise ValueError(f"{source}: the training data has only the class(es) {found} (of {list(names)}); "
+                         "classification needs rows of at least two classes.")
 
     splits = _carve(splits, data_args)
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}

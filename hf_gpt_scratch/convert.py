@@ -586,14 +586,17 @@ def _build_parser() -> argparse.ArgumentParser:
 def _convert(args) -> int:
     from transformers import AutoConfig, GPT2LMHeadModel
 
-    # lazy: the training layer's loaders (strict, trust_remote_code explicit) and folder checks
+    # lazy: the training layer's strict loader and folder checks; the tokenizer loader (core)
     from .faults import check_output_dir, remove_previous_run, save_pretrained_to
-    from .loading import from_pretrained_strict, has_tokenizer, load_tokenizer
+    from .loading import from_pretrained_strict
+    from .tokenization import has_tokenizer, load_tokenizer
 
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, overwrite=args.overwrite, flag="--overwrite")  # before any work
     tokenizer_source = args.tokenizer or args.model_name_or_path
-    tokenizer = load_tokenizer(tokenizer_source) if args.tokenizer or has_tokenizer(tokenizer_source) else None
+    tokenizer = None
+    if args.tokenizer or has_tokenizer(tokenizer_source):
+        tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=False)
     if args.book_checkpoint:
         state_dict = _read_pth(args.book_checkpoint)
         book_config = _read_book_config(args.book_config, state_dict)

@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"{chars['validation']:,} in {out / 'validation.txt'}")
     seconds["tokenizer"] = run_step(
         "tokenizer",
-        [py, "-m", "hf_gpt_scratch.tokenization", "train", "--train_file", str(out / "train.txt"),
+        [py, "-m", "hf_gpt_scratch.train_tokenizer", "--train_file", str(out / "train.txt"),
          "--vocab_size", str(1024 if quick else VOCAB_SIZE), "--model_max_length", "256",
-         "--output_dir", str(out / "tokenizer")],
+         "--output_dir", str(out / "tokenizer"), "--overwrite_output_dir"],
         out,
     )
     pretrain_flags = PRETRAIN_FLAGS + (["--max_steps", "10", "--eval_steps", "5"] if quick else [])

@@ -135,8 +135,7 @@ _METRICS = {  # task: the model-index entries, (results.json key, split, metric 
                  for split, prefix in (("validation", "val"), ("test", "test"))
                  for metric in ("accuracy", "f1", "precision", "recall")],
     "instruct": [("rouge_l_after", "test", "rouge", "ROUGE-L of greedy responses"),
-                 ("test_loss_after", "test", "loss", "Response loss (nats per token)"),
-                 ("judge_mean_score", "test", "judge-score", "LLM judge score (0-100)")],
+                 ("test_loss_after", "test", "loss", "Response loss (nats per token)")],
     "convert": [],
 }
 _BOOK_DATA = {  # task: (dataset type, dataset name) of the book's data, the recipes' default

@@ -14,35 +14,16 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from .arguments import ModelArguments, apply_config_overrides, parse_config_overrides
 from .configuration_gpt_scratch import GPTScratchConfig
 from .faults import STAGE, remove_previous_run, replace_pickled_training_args, resolve_resume_checkpoint, staged_save
-from .tokenization import GPT2_EOS_ID, gpt2_tokenizer
+from .tokenization import GPT2_EOS_ID, TOKENIZER_FILES, has_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-
-
-# ---- Tokenizers
-
-
-def has_tokenizer(path: str | None) -> bool:
-    """True for a folder holding tokenizer files, or a hub id (its repository usually has one)."""
-    return bool(path) and (not Path(path).is_dir() or any((Path(path) / name).is_file() for name in TOKENIZER_FILES))
-
-
-def load_tokenizer(source: str | None, trust_remote_code: bool = False):
-    """The tokenizer in `source`: None or 'gpt2' (without such a folder) is OpenAI's GPT-2 BPE,
-    offline (`tokenization.gpt2_tokenizer`); anything else `AutoTokenizer.from_pretrained`.
-    ValueError for a folder without tokenizer files (transformers 5 would build an empty one)."""
-    if source is None or (source == "gpt2" and not Path(source).exists()):
-        return gpt2_tokenizer()
-    if not has_tokenizer(source):
-        raise ValueError(f"{source} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}).")
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+# ---- Tokenizers (the loader itself is core: `tokenization.load_tokenizer`)
 
 
 def tokenizer_source(model_args: ModelArguments) -> str | None:
@@ -322,7 +303,7 @@ def unsharded_loading(training_args):
 
 
 __all__ = [
-    "TOKENIZER_FILES", "has_tokenizer", "load_tokenizer", "tokenizer_source", "load_tokenizer_for",
+    "tokenizer_source", "load_tokenizer_for",
     "CheckpointMismatchError", "check_loading_info", "from_pretrained_strict", "torch_default_init", "load_causal_lm",
     "count_parameters", "weights_are_sharded", "check_checkpoint_fits", "train_model", "save_final_model",
     "unsharded_loading",

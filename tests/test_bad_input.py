@@ -226,7 +226,7 @@ def test_length_policy_helper(caplog):
 def tiny_clm(tmp_path_factory, bpe_dir):
     """A GPT with a context of 256 tokens and its tokenizer, in one folder."""
     path = tmp_path_factory.mktemp("clm")
-    tokenizer = hf_gpt_scratch.tokenization.load_tokenizer(str(bpe_dir))
+    tokenizer = hf_gpt_scratch.tokenization.load_tokenizer(str(bpe_dir), trust_remote_code=False)
     config = GPTScratchConfig(vocab_size=len(tokenizer), context_length=256, emb_dim=32, n_heads=2, n_layers=1,
                               drop_rate=0.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     GPTScratchForCausalLM(config).save_pretrained(path)
@@ -266,7 +266,7 @@ def test_classify_counts_truncated_texts(tmp_path, tiny_clm, caplog):
                      str(tmp_path / "out"), "--max_steps", "1", "--tfidf_baseline", "false", "--max_seq_length", "16",
                      "--validation_split_percentage", "0", "--test_split_percentage", "0", "--balance_classes", "false",
                      "--report_to", "none", "--disable_tqdm", "true"])
-    tokenizer = hf_gpt_scratch.tokenization.load_tokenizer(str(tiny_clm))
+    tokenizer = hf_gpt_scratch.tokenization.load_tokenizer(str(tiny_clm), trust_remote_code=False)
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for _, text in rows]
     expected = sum(n > 16 for n in lengths)
     assert 2 <= expected < len(rows)

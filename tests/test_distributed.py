@@ -314,7 +314,7 @@ def ddp_from_init(tmp_path_factory, bpe_dir):
     pretrain.py trained from it under torchrun: the DDP reference for DeepSpeed."""
     root = tmp_path_factory.mktemp("ddp_from_init")
     init = root / "init"
-    tokenizer = hf_gpt_scratch.tokenization.load_tokenizer(str(bpe_dir))
+    tokenizer = hf_gpt_scratch.tokenization.load_tokenizer(str(bpe_dir), trust_remote_code=False)
     torch.manual_seed(0)
     config = hf_gpt_scratch.GPTScratchConfig(vocab_size=len(tokenizer), context_length=64, emb_dim=32, n_heads=2,
                                              n_layers=2, drop_rate=0.0, pad_token_id=tokenizer.pad_token_id)

@@ -7,7 +7,7 @@ hf_gpt_scratch.loading, and their use in the recipes and convert):
 2. every trust decision is explicit: no "run custom code? [y/N]" prompt in a terminal, and convert
    loads strictly;
 3. damaged or foreign checkpoints are named, before training;
-4. (one tokenizer loader, one strict check: `loading.load_tokenizer`, `loading.check_loading_info`);
+4. (one tokenizer loader, one strict check: `tokenization.load_tokenizer`, `loading.check_loading_info`);
 5. a NaN/infinite loss stops training before a checkpoint of the broken step is written, and a
    run killed with SIGKILL resumes to exactly the uninterrupted result.
 """
@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,11 +49,10 @@ from hf_gpt_scratch.faults import (
 from hf_gpt_scratch.hub import pushed_files
 from hf_gpt_scratch.loading import (
     CheckpointMismatchError,
-    load_tokenizer,
     load_tokenizer_for,
     train_model,
 )
-from hf_gpt_scratch.tokenization import gpt2_tokenizer, train_bpe_tokenizer
+from hf_gpt_scratch.tokenization import gpt2_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 from conftest import RECIPES, REPO, VERDICT, load_recipe, needs_verdict, recipe_env, tiny_config
 
@@ -150,7 +150,7 @@ def test_pretrain_recipe_refuses_then_overwrites_when_told(tmp_path, bpe_dir):
 
 @needs_verdict
 def test_a_trained_tokenizer_in_the_output_dir_is_kept(tmp_path):
-    """A folder holding only a tokenizer (`python -m hf_gpt_scratch.tokenization train`) is not
+    """A folder holding only a tokenizer (`python -m hf_gpt_scratch.train_tokenizer`) is not
     replaced by GPT-2's BPE, neither by a recipe nor by convert."""
     tok = tmp_path / "tok"
     train_bpe_tokenizer([VERDICT.read_text()], vocab_size=400).save_pretrained(tok)
@@ -161,7 +161,7 @@ def test_a_trained_tokenizer_in_the_output_dir_is_kept(tmp_path):
     GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=16, n_embd=8, n_layer=1, n_head=2)).save_pretrained(gpt2)
     assert convert.main(["--model_name_or_path", str(gpt2), "--tokenizer", "gpt2", "--output_dir", str(tok)]) == 1
     assert snapshot(tok) == before
-    assert len(load_tokenizer(str(tok))) == 400
+    assert len(load_tokenizer(str(tok), trust_remote_code=False)) == 400
 
 
 @needs_verdict
@@ -273,8 +273,6 @@ SMS = [("ok see you at home later", "ham"), ("are you coming to the party tonigh
        ("call me when you get this", "ham"), ("i will be late for dinner sorry", "ham")] * 6
 
 
-@pytest.mark.xfail(strict=True, reason="classification.load_classification_splits must refuse a training split "
-                   "with fewer than two classes (owned by the classification slice)")
 def test_one_class_data_is_refused_before_training(tmp_path):
     import csv
 
@@ -283,9 +281,9 @@ def test_one_class_data_is_refused_before_training(tmp_path):
         csv.writer(f).writerows([("text", "label"), *SMS])
     out = tmp_path / "out"
     before = _finished(out)
-    with pytest.raises(ValueError, match="class"):
+    with pytest.raises(ValueError, match=re.escape(f"{path}: the training data has only the class(es) ['ham']")):
         load_recipe("classify").main([
-            "--train_file", str(path), "--class_names", "ham", "spam", "--train_tokenizer_vocab_size", "300",
+            "--train_file", str(path), "--class_names", "ham", "spam",
             "--config_overrides", "n_layers=1,emb_dim=16,n_heads=2,context_length=32", "--max_steps", "1",
             "--disable_tqdm", "true", "--output_dir", str(out), "--overwrite_output_dir"])
     assert snapshot(out) == before
@@ -375,9 +373,8 @@ def _calls_without_trust(path):
     return bad
 
 
-# tokenization.load_tokenizer and gpt2_tokenizer(name_or_path) are copies of loading.load_tokenizer
-# left for their owner to delete (their callers are tests).
-PENDING = {"hf_gpt_scratch/tokenization.py"}
+# Files whose loads are not checked yet (none: keep it empty).
+PENDING = set()
 
 
 def test_every_load_passes_trust_remote_code_explicitly():
@@ -515,7 +512,7 @@ def test_a_model_folder_without_tokenizer_files(tmp_path, caplog):
     assert not (tmp_path / "out").exists()
     gpt2_sized = _gpt2_folder(tmp_path / "gpt2", vocab_size=50257)
     with pytest.raises(ValueError, match="holds no tokenizer"):  # transformers 5 would build an empty one
-        load_tokenizer(str(gpt2_sized))
+        load_tokenizer(str(gpt2_sized), trust_remote_code=False)
     with caplog.at_level(logging.WARNING):
         tokenizer = load_tokenizer_for(ModelArguments(model_name_or_path=str(gpt2_sized)))
     assert len(tokenizer) == 50257 and "has no tokenizer files: using OpenAI's GPT-2 BPE" in caplog.text

@@ -385,8 +385,8 @@ PRETRAIN_RESULTS = {"eval_loss": 3.75, "perplexity": math.exp(3.75), "initial_ev
     ("pretrain", PRETRAIN_RESULTS, {("validation", "loss"): "eval_loss", ("validation", "perplexity"): "perplexity"}),
     ("classify", CLASSIFY_RESULTS, {(split, m): f"{p}_{m}" for split, p in (("validation", "val"), ("test", "test"))
                                     for m in ("accuracy", "f1", "precision", "recall") if f"{p}_{m}" in CLASSIFY_RESULTS}),
-    ("instruct", INSTRUCT_RESULTS, {("test", "rouge"): "rouge_l_after", ("test", "loss"): "test_loss_after",
-                                    ("test", "judge-score"): "judge_mean_score"}),
+    # an old results.json's judge score is not the recipe's (examples/judge.py writes responses_scored.json)
+    ("instruct", INSTRUCT_RESULTS, {("test", "rouge"): "rouge_l_after", ("test", "loss"): "test_loss_after"}),
 ])
 def test_card_metadata_and_text(tmp_path, task, results, metrics):
     from huggingface_hub import ModelCard
@@ -409,7 +409,7 @@ def test_card_metadata_and_text(tmp_path, task, results, metrics):
     if task == "classify":
         assert "AutoModelForSequenceClassification" in text and "| test accuracy | 0.95 | 0.97 |" in text
     if task == "instruct":
-        assert "| ROUGE-L | 0.05 | 0.41 |" in text and "| llama3 judge score (0-100) | – | 47.5 |" in text
+        assert "| ROUGE-L | 0.05 | 0.41 |" in text and "judge" not in text
     if task == "pretrain":
         assert "*Every effort* →  moves you" in text and "| validation loss before training | 10.9 |" in text
 

@@ -326,6 +326,22 @@ def test_checkpoint_missing_a_body_weight_is_an_error(tiny_clm, tmp_path):
         C.load_sequence_classifier(ModelArguments(model_name_or_path=str(broken)), _tokenizer_for(tiny_clm), ["a", "b"])
 
 
+def test_checkpoint_with_an_unused_weight_is_an_error(tiny_clm, tmp_path):
+    """A weight the model does not use (another architecture's, a renamed layer) is named, not
+    dropped with a log line: for a causal-LM checkpoint and for a saved classifier."""
+    tokenizer = _tokenizer_for(tiny_clm)
+    clm = tmp_path / "clm"
+    GPTScratchForCausalLM.from_pretrained(tiny_clm).save_pretrained(clm)
+    classifier = tmp_path / "classifier"
+    C.load_sequence_classifier(ModelArguments(model_name_or_path=str(tiny_clm)), tokenizer, ["a", "b"]).save_pretrained(classifier)
+    for folder in (clm, classifier):
+        weights = load_file(folder / "model.safetensors")
+        weights["model.trf_blocks.0.att.rotary.weight"] = torch.zeros(4)
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(CheckpointMismatchError, match=r"in the checkpoint but not in the model: model\.trf_blocks\.0\."):
+            C.load_sequence_classifier(ModelArguments(model_name_or_path=str(folder)), tokenizer, ["a", "b"])
+
+
 def test_config_overrides_and_new_classes(tiny_clm, tmp_path):
     args = ModelArguments(model_name_or_path=str(tiny_clm), config_overrides="drop_rate=0.2")
     model = C.load_sequence_classifier(args, _tokenizer_for(tiny_clm), ["neg", "neu", "pos"])

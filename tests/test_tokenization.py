@@ -1,15 +1,18 @@
 """The GPT-2 BPE (offline, equal to tiktoken's) and trained byte-level BPEs, as transformers
 tokenizers."""
 
+import errno
 import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from hf_gpt_scratch import tokenization
+from hf_gpt_scratch import tokenization, train_tokenizer
+from hf_gpt_scratch.arguments import ModelArguments
+from hf_gpt_scratch.loading import load_tokenizer_for
 from hf_gpt_scratch.tokenization import gpt2_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 # Text that exercises GPT-2's pre-tokenization: contractions, runs of spaces, tabs, CRLF,
@@ -120,15 +123,20 @@ def test_gpt2_save_and_auto_load(gpt2, tmp_path):
 
 def test_load_tokenizer(tmp_path):
     for name in (None, "gpt2"):
-        tok = load_tokenizer(name)
+        tok = load_tokenizer(name, trust_remote_code=False)
         assert tok("Hello, world")["input_ids"] == [15496, 11, 995] and tok.pad_token_id == 50256
     gpt2_tokenizer(pad_token=None).save_pretrained(tmp_path)
-    tok = load_tokenizer(str(tmp_path))
+    tok = load_tokenizer(str(tmp_path), trust_remote_code=False)
+    assert tok.pad_token is None and tok.eos_token == "<|endoftext|>"  # as saved; the recipes pad with eos:
+    tok = load_tokenizer_for(ModelArguments(tokenizer_name=str(tmp_path)))
     assert tok.pad_token == tok.eos_token == "<|endoftext|>"
     # a folder that is not there is named as such, not as a malformed hub repo id
     for missing in (tmp_path / "no" / "such", "./runs/nothing_here"):
         with pytest.raises(FileNotFoundError, match=re.escape(f"{missing}: no such folder (and not a hub repo id)")):
-            load_tokenizer(str(missing))
+            load_tokenizer(str(missing), trust_remote_code=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty holds no tokenizer"):
+        load_tokenizer(str(tmp_path / "empty"), trust_remote_code=False)
 
 
 # Trained byte-level BPE
@@ -157,7 +165,7 @@ def test_trained_save_and_auto_load(trained, data_dir_path, tmp_path):
     assert loaded(text)["input_ids"] == trained(text)["input_ids"]
     assert loaded(TRICKY)["input_ids"] == trained(TRICKY)["input_ids"]
     assert (len(loaded), loaded.pad_token_id, loaded.eos_token_id) == (500, 0, 0)
-    assert load_tokenizer(str(tmp_path)).pad_token_id == 0
+    assert load_tokenizer(str(tmp_path), trust_remote_code=False).pad_token_id == 0
 
 
 def test_trained_model_max_length_and_small_corpus():
@@ -181,12 +189,18 @@ def test_trained_input_validation():
         train_bpe_tokenizer("some text", vocab_size=300)
 
 
+def _cli(data_dir_path, out, vocab_size=300, *extra):
+    train_tokenizer.main(["--train_file", str(data_dir_path / "the-verdict.txt"), "--vocab_size", str(vocab_size),
+                          "--output_dir", str(out), *extra])
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
 def test_cli_train(tmp_path, data_dir_path):
     out = tmp_path / "tok"
-    tokenization.main(
-        ["train", "--train_file", str(data_dir_path / "the-verdict.txt"), "--vocab_size", "300"]
-        + ["--output_dir", str(out)]
-    )
+    _cli(data_dir_path, out)
     tok = AutoTokenizer.from_pretrained(out)
     assert len(tok) == 300 and tok.pad_token_id == 0
 
@@ -194,8 +208,33 @@ def test_cli_train(tmp_path, data_dir_path):
 def test_cli_names_a_file_that_is_not_utf8(tmp_path, capsys):
     (tmp_path / "utf16.txt").write_bytes("caf\u00e9".encode("utf-16"))
     with pytest.raises(SystemExit):
-        tokenization.main(["train", "--train_file", str(tmp_path / "utf16.txt"), "--vocab_size", "300",
-                           "--output_dir", str(tmp_path / "tok")])
+        train_tokenizer.main(["--train_file", str(tmp_path / "utf16.txt"), "--vocab_size", "300",
+                              "--output_dir", str(tmp_path / "tok")])
     error = capsys.readouterr().err
     assert "--train_file" in error and "utf16.txt is not UTF-8 text (byte 0xff at offset 0)" in error
     assert "iconv -f utf-16 -t utf-8" in error and not (tmp_path / "tok").exists()
+
+
+def test_cli_keeps_what_is_in_the_output_dir(tmp_path, data_dir_path, capsys, monkeypatch):
+    """A tokenizer (or model) in --output_dir is refused before training, replaced as one set with
+    --overwrite_output_dir, and kept whole when that save fails (a full disk)."""
+    out = tmp_path / "tok"
+    _cli(data_dir_path, out)
+    before = _snapshot(out)
+    with pytest.raises(SystemExit):
+        _cli(data_dir_path, out, 400)
+    assert "already holds a model, a tokenizer or training state" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+    def full_disk(self, save_directory, *args, **kwargs):
+        saved(self, save_directory, *args, **kwargs)  # files written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(save_directory))
+
+    saved = PreTrainedTokenizerBase.save_pretrained
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _cli(data_dir_path, out, 400, "--overwrite_output_dir")
+    assert _snapshot(out) == before
+    monkeypatch.undo()
+    _cli(data_dir_path, out, 400, "--overwrite_output_dir")
+    assert len(AutoTokenizer.from_pretrained(out)) == 400 and sorted(_snapshot(out)) == sorted(before)
