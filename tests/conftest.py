@@ -46,14 +46,12 @@ needs_verdict = pytest.mark.skipif(not VERDICT.is_file(), reason=f"book data not
 
 
 def recipe_env(**extra) -> dict[str, str]:
-    """The environment of a recipe run in a subprocess: offline, the book's data, 2 threads unless
-    OMP_NUM_THREADS is set; `extra` overrides."""
+    """The environment of a recipe run in a subprocess: offline, the book's data; `extra` overrides."""
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env["HF_GPT_SCRATCH_DATA"] = str(DATA)
     env["TOKENIZERS_PARALLELISM"] = "false"
-    env.setdefault("OMP_NUM_THREADS", "2")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
