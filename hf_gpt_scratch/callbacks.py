@@ -1,8 +1,9 @@
 """Trainer callbacks every recipe adds (`default_callbacks`).
 
+- `TokensSeenCallback`: the Trainer logs at the last step too, so its tokens-seen and speed counters
+  (`reporting.logged(trainer.state.log_history, "train_tokens_per_second")`) cover the whole run.
 - `faults.NonFiniteLossGuard`: stops at a NaN/inf loss before a broken checkpoint is written.
-- `TokensSeenCallback`, `find_callback`: only recipes/classify.py still reads them; the Trainer's own
-  counter is `reporting.logged(trainer.state.log_history, "train_tokens_per_second")`.
+- `find_callback`: a registered callback by class.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from .faults import NonFiniteLossGuard
 
 
 class TokensSeenCallback(TrainerCallback):
-    """The Trainer's own tokens-per-second counter (`train_tokens_per_second`, logged with
-    `include_num_input_tokens_seen`), as last logged."""
+    """Makes the Trainer log at the last step (not only every `logging_steps`), so the last logged
+    tokens seen and `train_tokens_per_second` (the Trainer's counters, with
+    `include_num_input_tokens_seen`) are the run's; keeps that speed as `tokens_per_second`."""
 
     tokens_per_second: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.tokens_per_second = (logs or {}).get("train_tokens_per_second", self.tokens_per_second)
@@ -26,7 +32,7 @@ def default_callbacks() -> list[TrainerCallback]:
     """Callbacks every recipe adds to its Trainer: the `faults.NonFiniteLossGuard`, which stops
     training with an error naming the step at the first NaN/infinite loss or weight, before a
     checkpoint of that step is written (it also turns off the Trainer's `logging_nan_inf_filter`,
-    which would hide the NaN in the logged loss); and `TokensSeenCallback`."""
+    which would hide the NaN in the logged loss); and the `TokensSeenCallback`."""
     return [TokensSeenCallback(), NonFiniteLossGuard()]
 
 

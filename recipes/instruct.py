@@ -118,15 +118,18 @@ def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
 
 
-def main(args: list[str] | None = None) -> dict:
-    started = time.perf_counter()
+def parse_args(args: list[str] | None = None) -> tuple:
+    """The recipe's arguments (see `parse_recipe_args`); the default learning rate follows --use_lora
+    (given as a flag, in a preset or in a file), so the arguments are parsed once to read it."""
     types = (ModelArguments, InstructDataArguments, InstructLoraArguments, InstructEvalArguments, TrainingArguments)
-    # The default learning rate depends on --use_lora (from flags or a preset): parse once to read it.
     lora = parse_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, check_output=False)[2].use_lora
     defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
-    model_args, data_args, lora_args, eval_args, training_args, preset = parse_recipe_args(
-        types, PRESETS, defaults, args, description=__doc__.split("\n")[0]
-    )
+    return parse_recipe_args(types, PRESETS, defaults, args, description=__doc__.split("\n")[0])
+
+
+def main(args: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    model_args, data_args, lora_args, eval_args, training_args, preset = parse_args(args)
     setup_logging(training_args)
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)

@@ -1,7 +1,10 @@
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
+import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,18 @@ def load_recipe(name: str):
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+def run_recipe(name: str, *args, input: str | None = None) -> str:
+    """recipes/<name>.py's `main(args)` in this process (no interpreter start-up, no imports again),
+    with `input` as stdin; returns what it printed. Keep subprocesses (`run_command`) for what needs
+    a fresh process: launchers, a killed run, remote code."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.ExitStack() as stack:
+        if input is not None:
+            stack.enter_context(unittest.mock.patch("sys.stdin", io.StringIO(input)))
+        load_recipe(name).main([str(a) for a in args])
+    return out.getvalue()
 
 
 @pytest.fixture(scope="session")

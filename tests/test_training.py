@@ -405,10 +405,10 @@ class _Blocks(torch.utils.data.Dataset):
 
 def test_curves_and_counters_from_a_trainer(tmp_path):
     """What the recipes read from a real Trainer's log history: curves against tokens seen and the
-    Trainer's own tokens-per-second counter."""
+    Trainer's own tokens-per-second counter, logged at the last step too (5 is no multiple of 2)."""
     model = hf_gpt_scratch.GPTScratchForCausalLM(tiny_config())
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, logging_steps=2,
+        output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=2, logging_steps=2,
         eval_strategy="steps", eval_steps=2, report_to="none", save_strategy="no", disable_tqdm=True,
         use_cpu=True, dataloader_pin_memory=False, include_num_input_tokens_seen=True,
     )
@@ -419,10 +419,10 @@ def test_curves_and_counters_from_a_trainer(tmp_path):
     trainer.train()
     history = trainer.state.log_history
     curves = log_history_to_curves(history)
-    assert curves["train_loss"]["tokens_seen"] == [32, 64] and logged(history, "num_input_tokens_seen")[-1] == 64
-    assert curves["eval_loss"]["step"] == [2, 4] and len(logged(history, "eval_loss")) == 2
+    assert curves["train_loss"]["tokens_seen"] == [32, 64, 80] and logged(history, "num_input_tokens_seen")[-1] == 80
+    assert curves["train_loss"]["step"] == [2, 4, 5] and curves["eval_loss"]["step"] == [2, 4, 5]
     speeds = logged(history, "train_tokens_per_second")
-    assert len(speeds) == 2 and speeds[-1] > 0
+    assert len(speeds) == 3 and speeds[-1] > 0
     assert find_callback(trainer, TokensSeenCallback).tokens_per_second == speeds[-1]
 
 
