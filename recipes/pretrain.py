@@ -94,7 +94,12 @@ class PretrainDataArguments(DataArguments):
             raise ValueError("--validation_file needs --train_file.")
 
 
-DEFAULT_PROMPTS = ["Every effort moves you"]
+@dataclass
+class ReportArguments(SamplingArguments):
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["Every effort moves you"], metadata={"help": "Prompts to continue after training."}
+    )
+
 
 # The recipe's own defaults (on top of TrainingArguments'); presets and explicit flags win.
 RECIPE_DEFAULTS = {
@@ -188,8 +193,8 @@ def build_datasets(raw: datasets.DatasetDict, tokenizer, data_args: PretrainData
 
 
 def main(args: list[str] | None = None) -> dict:
-    model_args, data_args, sampling_args, training_args, preset = parse_recipe_args(
-        (ModelArguments, PretrainDataArguments, SamplingArguments, TrainingArguments),
+    model_args, data_args, report_args, training_args, preset = parse_recipe_args(
+        (ModelArguments, PretrainDataArguments, ReportArguments, TrainingArguments),
         presets=PRESETS,
         defaults=RECIPE_DEFAULTS,
         args=args,
@@ -289,9 +294,8 @@ def main(args: list[str] | None = None) -> dict:
 
     # Sharded weights (DeepSpeed ZeRO-3, FSDP): every process takes part in each forward pass.
     if trainer.is_world_process_zero() or weights_are_sharded(trainer):
-        prompts = sampling_args.sample_prompts if sampling_args.sample_prompts is not None else DEFAULT_PROMPTS
         samples = generate_samples(
-            trainer.model, tokenizer, prompts, seed=training_args.seed, **sampling_args.generation_kwargs()
+            trainer.model, tokenizer, report_args.sample_prompts, seed=training_args.seed, **report_args.generation_kwargs()
         )
     if trainer.is_world_process_zero():
         from hf_gpt_scratch.plots import plot_losses

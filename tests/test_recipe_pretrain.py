@@ -151,7 +151,7 @@ def test_book_windows_json_data_and_resume(tmp_path, bpe_dir):
 
 def test_book_ch5_preset_arguments(tmp_path):
     recipe = load_recipe("pretrain")
-    types = (recipe.ModelArguments, recipe.PretrainDataArguments, recipe.SamplingArguments, recipe.TrainingArguments)
+    types = (recipe.ModelArguments, recipe.PretrainDataArguments, recipe.ReportArguments, recipe.TrainingArguments)
     model_args, data_args, sampling, args, preset = recipe.parse_recipe_args(
         types, presets=recipe.PRESETS, defaults=recipe.RECIPE_DEFAULTS,
         args=["--preset", "book_ch5", "--max_steps", "3", "--config_overrides", "n_layers=2"],

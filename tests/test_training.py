@@ -29,7 +29,7 @@ from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find
 from hf_gpt_scratch.loading import load_causal_lm, tokenizer_source
 from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
 from hf_gpt_scratch.reporting import log_history_to_curves, logged, print_table, write_results
-from hf_gpt_scratch.sampling import SamplingArguments, generate_samples, generation_kwargs
+from hf_gpt_scratch.sampling import SamplingArguments, context_length_of, generate_samples
 from hf_gpt_scratch.tokenization import gpt2_tokenizer
 
 from conftest import tiny_config
@@ -427,14 +427,27 @@ def test_curves_and_counters_from_a_trainer(tmp_path):
 
 
 def test_generation_kwargs_follow_the_book():
-    assert generation_kwargs(max_new_tokens=5) == {"max_new_tokens": 5, "do_sample": False}
-    sampled = generation_kwargs(max_new_tokens=5, temperature=1.4, top_k=25)
-    assert sampled == {"max_new_tokens": 5, "do_sample": True, "temperature": 1.4, "top_k": 25}
-    assert generation_kwargs(temperature=0.7)["top_k"] == 0  # no hidden top-50 filter
-    assert generation_kwargs(do_sample=True)["temperature"] == 1.0
-    assert SamplingArguments(temperature=0.5, top_k=3).generation_kwargs()["top_k"] == 3
-    with pytest.raises(ValueError):
-        SamplingArguments(temperature=-1)
+    def kwargs(**values):
+        return SamplingArguments(**values).generation_kwargs()
+
+    assert kwargs(max_new_tokens=5) == {"max_new_tokens": 5, "do_sample": False}
+    assert kwargs(max_new_tokens=5, temperature=1.4, top_k=25) == {
+        "max_new_tokens": 5, "do_sample": True, "temperature": 1.4, "top_k": 25
+    }
+    assert kwargs(temperature=0.7)["top_k"] == 0  # no hidden top-50 filter
+    assert kwargs(do_sample=True)["temperature"] == 1.0
+    assert kwargs(do_sample=True, top_p=0.9, repetition_penalty=1.2) == {
+        "max_new_tokens": 50, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 0.9, "repetition_penalty": 1.2
+    }
+    assert kwargs(temperature=1.0, do_sample=False) == {"max_new_tokens": 50, "do_sample": False}
+    for values in ({"temperature": -1}, {"max_new_tokens": 0}, {"top_k": 0}):
+        with pytest.raises(ValueError, match=f"--{next(iter(values))}"):
+            SamplingArguments(**values)
+
+
+def test_context_length_of_any_causal_lm():
+    assert context_length_of(hf_gpt_scratch.GPTScratchForCausalLM(tiny_config(context_length=24))) == 24
+    assert context_length_of(GPT2LMHeadModel(GPT2Config(n_positions=40, n_embd=8, n_layer=1, n_head=2))) == 40
 
 
 def test_generate_samples_greedy_is_deterministic_and_fits_context(gpt2_tok):
