@@ -231,12 +231,6 @@ def check_training_args(args: transformers.TrainingArguments) -> None:
             raise ValueError(f"--{name} must be {expected}, got {getattr(args, name)!r}.")
 
 
-OVERWRITE_HELP = (
-    "Train into a non-empty --output_dir that holds a model, checkpoints or results (files are replaced as "
-    "they are written). Without it a recipe refuses before any work, unless --resume_from_checkpoint is given."
-)
-
-
 def parse_recipe_args(
     dataclass_types: Sequence[type],
     presets: str | os.PathLike | None = None,
@@ -261,7 +255,7 @@ def parse_recipe_args(
     A `--hub_token` is refused (`faults.refuse_hub_token`): tokens come from `hf auth login` or HF_TOKEN.
 
     Returns one instance per dataclass type, then the preset's name (the file's stem) or None.
-    Raises ValueError for a file key that is no flag, SystemExit for an unknown preset.
+    Raises ValueError for a file key that is no flag, SystemExit (argparse) for an unknown preset.
     """
     argv = list(sys.argv[1:] if args is None else args)
     names = sorted(p.stem for p in Path(presets).glob("*.yaml")) if presets else []
@@ -271,16 +265,18 @@ def parse_recipe_args(
     add_overwrite = has_training_args and "overwrite_output_dir" not in {a.dest for a in parser._actions}
     if add_overwrite:
         parser.add_argument(
-            "--overwrite_output_dir", type=string_to_bool, nargs="?", const=True, default=False, help=OVERWRITE_HELP
+            "--overwrite_output_dir", type=string_to_bool, nargs="?", const=True, default=False,
+            help="Train into a non-empty --output_dir that holds a model, checkpoints or results (files are replaced "
+            "as they are written). Without it a recipe refuses before any work, unless --resume_from_checkpoint is given.",
         )
 
     file = Path(argv.pop(0)) if argv and argv[0].endswith((".yaml", ".yml", ".json")) else None
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset")
     preset = pre.parse_known_args(argv)[0].preset
-    if preset is not None:
-        if preset not in names:
-            raise SystemExit(f"error: unknown --preset {preset!r} (choices: {', '.join(names) or 'none'})")
+    if preset is not None and file is not None:
+        raise ValueError(f"Give either --preset {preset} or the file {file}, not both.")
+    if preset in names:  # an unknown name: argparse's error below lists the choices
         file = Path(presets) / f"{preset}.yaml"
     values = (yaml.safe_load(file.read_text()) or {}) if file else {}  # YAML reads JSON too
     unknown = sorted({*values, *(defaults or {})} - {a.dest for a in parser._actions if a.dest != "preset"})
@@ -407,7 +403,6 @@ __all__ = [
     "LoraArguments",
     "cpu_distributed_defaults",
     "check_training_args",
-    "OVERWRITE_HELP",
     "parse_recipe_args",
     "parse_config_overrides",
     "apply_config_overrides",
