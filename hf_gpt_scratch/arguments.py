@@ -1,23 +1,25 @@
 """Recipe arguments and run setup, shared by `recipes/*.py`.
 
 - `ModelArguments`, `DataArguments`: `HfArgumentParser` dataclasses with the flag names of
-  transformers' example scripts (`--model_name_or_path`, `--config_overrides`, `--block_size`, ...).
-- `parse_recipe_args`: parses them with a `--preset NAME` whose values become defaults (explicit
-  flags still win), a JSON file instead of flags, and automatic CPU multi-process defaults
-  (`cpu_distributed_defaults`); it refuses to overwrite a finished --output_dir and refuses a
-  --hub_token (see `hf_gpt_scratch.faults`).
-- `parse_config_overrides`, `apply_config_overrides`: `--config_overrides "n_layers=2,emb_dim=64"`.
-- `process_rank`, `is_main_process`, `setup_logging`: every recipe runs unchanged under `python`,
-  `torchrun --nproc_per_node N` and `accelerate launch`, on GPUs or (over gloo) on CPUs; only the
-  main process writes files and prints reports.
+  transformers' example scripts (`--model_name_or_path`, `--config_overrides`, `--block_size`, ...);
+  `LoraArguments`: the LoRA flags of every recipe that trains adapters.
+- `parse_recipe_args`: parses them on top of a preset file (`--preset NAME` reads the recipe's
+  `presets/NAME.yaml`; a `.yaml`/`.json` file can also come first on the command line), refuses
+  nonsense training flags (`check_training_args`) and, before any work, an --output_dir holding a
+  finished run or a --hub_token (see `hf_gpt_scratch.faults`).
+- `parse_config_overrides`, `apply_config_overrides`: `--config_overrides "n_layers=2,emb_dim=64"`
+  through `PretrainedConfig.update_from_string`, limited to the config's own fields.
+- `is_main_process`, `setup_logging`: every recipe runs unchanged under `python`, `torchrun` and
+  `accelerate launch`, on GPUs or (over gloo) on CPUs; only the main process writes files and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
-import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +28,10 @@ from typing import Any, Sequence
 
 import torch
 import transformers
-from transformers import HfArgumentParser
+import yaml
+from accelerate import PartialState
+from transformers import HfArgumentParser, PretrainedConfig
+from transformers.hf_argparser import string_to_bool
 
 from .data import DATA_ENV
 from .faults import check_output_dir, refuse_hub_token
@@ -141,6 +146,47 @@ class DataArguments:
                 raise FileNotFoundError(f"--{name} {value}: no such file.")
 
 
+# Linear leaves of every block of GPTScratchModel: attention projections and both feed-forward layers.
+LORA_TARGET_MODULES = ("W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2")
+
+
+@dataclass
+class LoraArguments:
+    """PEFT LoRA settings (`peft.LoraConfig`), shared by the recipes that train adapters."""
+
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update = alpha / r * B A)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGET_MODULES),
+        metadata={"help": "Names (suffixes) of the Linear layers to adapt, space- or comma-separated, or "
+                  "'all-linear' (every Linear but the output head)."},
+    )
+
+    def __post_init__(self):
+        if self.lora_r <= 0:
+            raise ValueError(f"--lora_r must be a positive integer, got {self.lora_r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        self.target_modules()
+
+    def target_modules(self) -> str | list[str]:
+        """The names to adapt, or the string 'all-linear'. Raises ValueError when empty."""
+        items = [self.lora_target_modules] if isinstance(self.lora_target_modules, str) else self.lora_target_modules
+        names = [name.strip() for item in items for name in item.split(",") if name.strip()]
+        if not names:
+            raise ValueError("--lora_target_modules is empty.")
+        return "all-linear" if names == ["all-linear"] else names
+
+    def peft_config(self, **kwargs):
+        """`peft.LoraConfig` with these settings; `kwargs` (task_type, target_modules, ...) add or replace."""
+        from peft import LoraConfig
+
+        values = dict(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                      target_modules=self.target_modules())
+        return LoraConfig(**{**values, **kwargs})
+
+
 def cpu_distributed_defaults() -> dict[str, Any]:
     """TrainingArguments defaults that make multi-process runs work without a GPU.
 
@@ -157,15 +203,30 @@ def cpu_distributed_defaults() -> dict[str, Any]:
     return defaults
 
 
-OVERWRITE_HELP = (
-    "Train into a non-empty --output_dir that holds a model, checkpoints or results (files are replaced as "
-    "they are written). Without it a recipe refuses before any work, unless --resume_from_checkpoint is given."
-)
+def check_training_args(args: transformers.TrainingArguments) -> None:
+    """Refuse TrainingArguments values the Trainer would misread or crash on long after parsing:
+    `--max_steps 0` (would run one step), `--num_train_epochs 0` (an untrained "finished" model),
+    `--gradient_accumulation_steps 0` (ZeroDivisionError), batch sizes below 1, a negative or
+    non-finite learning rate, seeds outside [0, 2**32) (numpy's range). Raises ValueError naming the flag."""
+    seeds = {"seed": args.seed, "data_seed": args.data_seed}
+    rules = [
+        ("max_steps", args.max_steps > 0 or args.max_steps == -1, "a positive number of steps, or -1 (use --num_train_epochs)"),
+        ("num_train_epochs", args.max_steps > 0 or 0 < args.num_train_epochs < math.inf,
+         "a positive finite number of epochs (or give --max_steps)"),
+        ("gradient_accumulation_steps", args.gradient_accumulation_steps >= 1, "a positive integer"),
+        ("per_device_train_batch_size", args.per_device_train_batch_size >= 1, "a positive integer"),
+        ("per_device_eval_batch_size", args.per_device_eval_batch_size >= 1, "a positive integer"),
+        ("learning_rate", 0 <= args.learning_rate < math.inf, "a finite number >= 0"),
+        *((name, value is None or 0 <= value < 2**32, "an integer in [0, 2**32)") for name, value in seeds.items()),
+    ]
+    for name, ok, expected in rules:
+        if not ok:
+            raise ValueError(f"--{name} must be {expected}, got {getattr(args, name)!r}.")
 
 
 def parse_recipe_args(
     dataclass_types: Sequence[type],
-    presets: dict[str, dict[str, Any]] | None = None,
+    presets: str | os.PathLike | None = None,
     defaults: dict[str, Any] | None = None,
     args: Sequence[str] | None = None,
     description: str | None = None,
@@ -174,80 +235,57 @@ def parse_recipe_args(
     """Parse a recipe's command line into its dataclasses.
 
     Precedence, lowest first: the dataclass defaults, `defaults` (the recipe's own, e.g. logging
-    every 10 steps), `cpu_distributed_defaults()`, the values of `--preset NAME`, then the flags
-    given on the command line. A single `.json` argument is read as a file of flag values (on top
-    of the preset when it names one with "preset"). An explicit `--config_overrides` is appended
-    to the preset's (later keys win), so `--preset X --config_overrides n_layers=2` keeps the rest
-    of the preset's architecture.
+    every 10 steps), `cpu_distributed_defaults()`, a preset file, then the flags given on the
+    command line. The preset file is `<presets>/NAME.yaml` for `--preset NAME`, or a `.yaml`,
+    `.yml` or `.json` file given as the first argument (`python recipes/pretrain.py my.yaml
+    --max_steps 5`). An explicit `--config_overrides` is appended to the file's (later keys win),
+    so `--preset X --config_overrides n_layers=2` keeps the rest of the preset's architecture.
 
-    With a `TrainingArguments` among the types, two safety rules apply before anything else runs:
-    `--overwrite_output_dir` (ours: transformers 5 removed it) is added, and with `check_output`
-    an --output_dir holding a model, checkpoints or results is refused unless that flag or
-    `--resume_from_checkpoint` is given (`faults.check_output_dir`); the value is kept as
-    `training_args.overwrite_output_dir`. A `--hub_token` is refused (it would be pickled into
-    training_args.bin; `faults.refuse_hub_token`): tokens come from `hf auth login` or HF_TOKEN.
+    With a `TrainingArguments` among the types: `check_training_args` runs; `--overwrite_output_dir`
+    (ours: transformers 5 removed it) is added, and with `check_output` an --output_dir holding a
+    model, checkpoints or results is refused unless that flag or `--resume_from_checkpoint` is
+    given (`faults.check_output_dir`); the value is kept as `training_args.overwrite_output_dir`.
+    A `--hub_token` is refused (`faults.refuse_hub_token`): tokens come from `hf auth login` or HF_TOKEN.
 
-    Returns one instance per dataclass type, then the preset name (or None).
+    Returns one instance per dataclass type, then the preset's name (the file's stem) or None.
+    Raises ValueError for a file key that is no flag, SystemExit (argparse) for an unknown preset.
     """
-    presets = presets or {}
     argv = list(sys.argv[1:] if args is None else args)
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=None)
-    known, argv_rest = pre.parse_known_args(argv)
-    preset = known.preset
-    json_values: dict[str, Any] | None = None
-    if len(argv_rest) == 1 and argv_rest[0].endswith(".json") and Path(argv_rest[0]).is_file():
-        json_values = json.loads(Path(argv_rest[0]).read_text())
-        preset = json_values.pop("preset", preset)
-    if preset is not None and preset not in presets:
-        choices = ", ".join(sorted(presets)) or "none"
-        raise SystemExit(f"error: unknown --preset {preset!r} (choices: {choices})")
-
+    names = sorted(p.stem for p in Path(presets).glob("*.yaml")) if presets else []
     parser = HfArgumentParser(dataclass_types, description=description)
-    if presets:
-        parser.add_argument(
-            "--preset",
-            default=None,
-            choices=sorted(presets),
-            help="Named set of defaults (explicit flags still win): "
-            + "; ".join(f"{name}: " + " ".join(f"{k}={v}" for k, v in values.items()) for name, values in presets.items()),
-        )
-    has_training_args = any(isinstance(t, type) and issubclass(t, transformers.TrainingArguments) for t in dataclass_types)
+    parser.add_argument("--preset", choices=names, help=f"Named preset file in {presets} (explicit flags still win).")
+    has_training_args = any(issubclass(t, transformers.TrainingArguments) for t in dataclass_types)
     add_overwrite = has_training_args and "overwrite_output_dir" not in {a.dest for a in parser._actions}
     if add_overwrite:
-        from transformers.hf_argparser import string_to_bool
-
         parser.add_argument(
-            "--overwrite_output_dir", type=string_to_bool, nargs="?", const=True, default=False, help=OVERWRITE_HELP
+            "--overwrite_output_dir", type=string_to_bool, nargs="?", const=True, default=False,
+            help="Train into a non-empty --output_dir that holds a model, checkpoints or results (files are replaced "
+            "as they are written). Without it a recipe refuses before any work, unless --resume_from_checkpoint is given.",
         )
-    merged: dict[str, Any] = dict(defaults or {})
-    merged.update(cpu_distributed_defaults())
-    if preset is not None:
-        merged.update(presets[preset])
-    known_dests = {action.dest for action in parser._actions}
-    unknown = sorted(set(merged) - known_dests)
-    if unknown:
-        raise ValueError(f"Preset/default values for unknown arguments: {', '.join(unknown)}")
 
-    overwrite = False
-    if json_values is not None:
-        values = {**merged, **json_values}
-        if add_overwrite:
-            overwrite = bool(values.pop("overwrite_output_dir", False))
-        outputs = parser.parse_dict(values, allow_extra_keys=False)
-    else:
-        parser.set_defaults(**merged)
-        outputs = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-        # Attributes that belong to no dataclass (--preset, --overwrite_output_dir) come back as a
-        # trailing namespace.
-        extra = outputs[len(dataclass_types)] if len(outputs) > len(dataclass_types) else None
-        overwrite = bool(getattr(extra, "overwrite_output_dir", False))
-        outputs = outputs[: len(dataclass_types)]
+    file = Path(argv.pop(0)) if argv and argv[0].endswith((".yaml", ".yml", ".json")) else None
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset")
+    preset = pre.parse_known_args(argv)[0].preset
+    if preset is not None and file is not None:
+        raise ValueError(f"Give either --preset {preset} or the file {file}, not both.")
+    if preset in names:  # an unknown name: argparse's error below lists the choices
+        file = Path(presets) / f"{preset}.yaml"
+    values = (yaml.safe_load(file.read_text()) or {}) if file else {}  # YAML reads JSON too
+    unknown = sorted({*values, *(defaults or {})} - {a.dest for a in parser._actions if a.dest != "preset"})
+    if unknown:
+        raise ValueError(f"{file or 'recipe defaults'}: no such arguments: {', '.join(unknown)}")
+    parser.set_defaults(**{**(defaults or {}), **cpu_distributed_defaults(), **values})
+    *outputs, extra = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=False)
+
     for obj in outputs:
+        given = getattr(obj, "config_overrides", None)
+        if values.get("config_overrides") and given != values["config_overrides"]:
+            obj.config_overrides = f"{values['config_overrides']},{given}"  # adds to the file's overrides
         if isinstance(obj, transformers.TrainingArguments):
+            check_training_args(obj)
             if add_overwrite:
-                obj.overwrite_output_dir = overwrite
+                obj.overwrite_output_dir = bool(extra.overwrite_output_dir)
             refuse_hub_token(obj)
             if check_output:
                 check_output_dir(
@@ -255,110 +293,47 @@ def parse_recipe_args(
                     overwrite=bool(getattr(obj, "overwrite_output_dir", False)),
                     resume=obj.resume_from_checkpoint,
                 )
-    preset_overrides = presets[preset].get("config_overrides") if preset is not None else None
-    if preset_overrides:
-        # --config_overrides adds to the preset's overrides instead of replacing them.
-        for obj in outputs:
-            given = getattr(obj, "config_overrides", None)
-            if given and given != preset_overrides:
-                obj.config_overrides = f"{preset_overrides},{given}"
-    return (*outputs, preset)
+    return (*outputs, file.stem if file else None)
 
 
-_TRUE = {"true", "1", "yes", "y", "on"}
+# Fields every PretrainedConfig has (dtype, architectures, label maps, ...): set by transformers or
+# the recipe, never by --config_overrides.
+_BASE_FIELDS = {f.name for f in dataclasses.fields(PretrainedConfig)}
 
 
-_FALSE = {"false", "0", "no", "n", "off"}
-
-
-_NONE = {"none", "null"}
-
-
-def _convert_override(key: str, raw: str, current: Any) -> Any:
-    text = raw.strip()
-    low = text.lower()
-    try:
-        if isinstance(current, bool):
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError
-        if low in _NONE:
-            return None
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-        if isinstance(current, str):
-            return text
-        # None or another type: infer from the text.
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        for cast in (int, float):
-            try:
-                return cast(text)
-            except ValueError:
-                pass
-        return text
-    except ValueError:
-        kind = type(current).__name__
-        raise ValueError(f"config override {key}={raw!r}: expected a {kind} value like the current {current!r}.") from None
-
-
-def parse_config_overrides(overrides: str | None, config: transformers.PretrainedConfig) -> dict[str, Any]:
-    """Parse 'n_layers=2,emb_dim=64,drop_rate=0.0' into typed values for `config`.
-
-    Each value takes the type of the field's current value (bool accepts true/false/1/0/yes/no;
-    'none' gives None). Standard aliases (`hidden_size`, `num_hidden_layers`, ...) map onto the
-    config's own names. An unknown key or an unparsable value raises ValueError naming it.
-    """
-    if not overrides or not overrides.strip():
+def parse_config_overrides(overrides: str | None, config: PretrainedConfig) -> dict[str, Any]:
+    """'n_layers=2,emb_dim=64,drop_rate=0.0' as typed values for `config`, read by
+    `PretrainedConfig.update_from_string` on a copy (each value takes the type of the field's
+    current value; bools accept true/false/1/0/yes/no). Only the fields the config class declares
+    (or their aliases: `hidden_size`, `num_hidden_layers`, ...) can be set: not `dtype`,
+    `model_type` and the fields every PretrainedConfig has. Raises ValueError naming the key."""
+    items = [item.strip() for item in (overrides or "").split(",") if item.strip()]
+    if not items:
         return {}
-    known = set(config.to_dict())
-    if dataclasses.is_dataclass(config):
-        known |= {f.name for f in dataclasses.fields(config)}
-    aliases = dict(getattr(config, "attribute_map", {}) or {})
-    result: dict[str, Any] = {}
-    for item in overrides.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "=" not in item:
-            raise ValueError(f"config override {item!r} is not of the form key=value (in {overrides!r}).")
-        key, raw = (part.strip() for part in item.split("=", 1))
-        key = aliases.get(key, key)
-        if key not in known:
-            fields = sorted(k for k in known if not k.startswith("_"))
-            raise ValueError(
-                f"config override {key!r}: {type(config).__name__} has no such field. Known fields: {', '.join(fields)}"
-            )
-        result[key] = _convert_override(key, raw, getattr(config, key, None))
-    return result
+    aliases = getattr(config, "attribute_map", {})
+    own = {f.name for f in dataclasses.fields(config)} - _BASE_FIELDS
+    keys = [aliases.get(key, key) for key in (item.split("=", 1)[0].strip() for item in items)]
+    for item, key in zip(items, keys):
+        if "=" not in item or key not in own:
+            raise ValueError(f"--config_overrides {item!r}: expected key=value with a field of "
+                             f"{type(config).__name__} ({', '.join(sorted(own))}).")
+    trial = copy.deepcopy(config)
+    try:  # the base method: the rules across fields are checked once applied (`apply_config_overrides`)
+        PretrainedConfig.update_from_string(trial, ",".join(items))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--config_overrides {overrides!r}: {err}") from None
+    return {key: getattr(trial, key) for key in keys}
 
 
-def apply_config_overrides(config: transformers.PretrainedConfig, overrides: dict[str, Any]) -> transformers.PretrainedConfig:
-    """Set `overrides` on `config` and re-run its validation (GPTScratchConfig checks its architecture)."""
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    validate = getattr(config, "validate_architecture", None)
-    if callable(validate):
-        validate()
+def apply_config_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
+    """`config.update(overrides)` (GPTScratchConfig checks every rule then, changing nothing on error)."""
+    config.update(overrides)
     return config
 
 
-def process_rank() -> int:
-    """Global rank of this process (0 without a launcher)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
 def is_main_process() -> bool:
-    """True in the process that writes files and prints reports."""
-    return process_rank() == 0
+    """True in the process that writes files and prints reports (accelerate's `PartialState`)."""
+    return PartialState().is_main_process
 
 
 def setup_logging(training_args) -> None:
@@ -370,7 +345,7 @@ def setup_logging(training_args) -> None:
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     level = training_args.get_process_log_level()
-    ours = logging.INFO if is_main_process() and training_args.log_level == "passive" else level
+    ours = logging.INFO if training_args.should_log and training_args.log_level == "passive" else level
     logging.getLogger(__package__).setLevel(ours)
     logging.getLogger("__main__").setLevel(ours)
     transformers.utils.logging.set_verbosity(level)
@@ -382,12 +357,13 @@ __all__ = [
     "INIT_SCHEMES",
     "ModelArguments",
     "DataArguments",
+    "LORA_TARGET_MODULES",
+    "LoraArguments",
     "cpu_distributed_defaults",
-    "OVERWRITE_HELP",
+    "check_training_args",
     "parse_recipe_args",
     "parse_config_overrides",
     "apply_config_overrides",
-    "process_rank",
     "is_main_process",
     "setup_logging",
 ]

@@ -50,10 +50,6 @@ PRETRAIN_FLAGS = [
     "--max_steps", "600", "--eval_steps", "100", "--logging_steps", "20",
 ]
 VOCAB_SIZE = 2048  # of 1,024-8,192 tried, 1,536 and 2,048 gave the best spam accuracy (README)
-# One intra-op thread per step unless the caller sets OMP_NUM_THREADS: a model this small gains
-# little from more, and on a shared 2-core machine a second thread that waits for a busy core made
-# steps ~4x slower.
-DEFAULT_THREADS = "1"
 
 
 def unlabeled_spam_texts(messages: datasets.Dataset, held_out: Iterable[datasets.Dataset]) -> list[str]:
@@ -98,8 +94,7 @@ def run_step(name: str, argv: list[str], log_dir: Path) -> float:
     print(f"\n=== {name}: {shlex.join(argv)}", flush=True)
     started = time.perf_counter()
     with open(log_dir / f"{name}.log", "w") as log:
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", DEFAULT_THREADS)}
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)

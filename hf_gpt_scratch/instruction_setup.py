@@ -10,13 +10,10 @@ from pathlib import Path
 
 import datasets
 
-from .arguments import DataArguments, ModelArguments
+from .arguments import DataArguments, LoraArguments, ModelArguments
 from .data import load_instruction_data, split_instruction_data, tokenize_instruction
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TARGET_MODULES = "W_query,W_key,W_value,out_proj,ff.layers.0,ff.layers.2"
-
 
 @dataclass
 class InstructDataArguments(DataArguments):
@@ -48,31 +45,8 @@ class InstructDataArguments(DataArguments):
 
 
 @dataclass
-class LoraArguments:
+class InstructLoraArguments(LoraArguments):
     use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (PEFT); false: finetune all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update = alpha / r * B A)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: str = field(
-        default=DEFAULT_TARGET_MODULES,
-        metadata={"help": "Comma-separated names (suffixes) of the Linear layers to adapt, or 'all-linear' "
-                  "(every Linear but the output head)."},
-    )
-
-    def __post_init__(self):
-        if self.lora_r <= 0:
-            raise ValueError(f"--lora_r must be positive, got {self.lora_r}.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-
-    def target_modules(self) -> str | list[str]:
-        text = self.lora_target_modules.strip()
-        if text == "all-linear":
-            return text
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        if not names:
-            raise ValueError("--lora_target_modules is empty.")
-        return names
 
 
 @dataclass
@@ -142,13 +116,10 @@ def untie_safe_targets(model, targets: str | list[str]) -> str | list[str]:
 
 
 def wrap_with_lora(model, lora_args: LoraArguments, model_args: ModelArguments):
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(
+    config = lora_args.peft_config(
         task_type="CAUSAL_LM",
-        r=lora_args.lora_r,
-        lora_alpha=lora_args.lora_alpha,
-        lora_dropout=lora_args.lora_dropout,
         target_modules=untie_safe_targets(model, lora_args.target_modules()),
         base_model_name_or_path=adapter_base_path(model_args),
     )

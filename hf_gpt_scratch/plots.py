@@ -2,7 +2,7 @@
 global pyplot backend is left alone).
 
 - `plot_losses(curves, path)`: training and validation loss against tokens seen, with epochs on
-  a second x axis: the book's figure 5.12 style (chapter 5) and its accuracy twin in chapter 6
+  a second x axis: the book's figure 5.12 (chapter 5) and its accuracy twin in chapter 6
   (`plot_losses(curves, path, metric="accuracy")`).
 - `plot_confusion_matrix(y_true, y_pred, labels, path)`: counts per true/predicted class
   (scikit-learn's `ConfusionMatrixDisplay`).
@@ -22,35 +22,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-_X_LABELS = {"tokens_seen": "Tokens seen", "step": "Step", "epoch": "Epoch"}
-
 
 def _pretty(name: str) -> str:
-    """'train_loss' -> 'Training loss', 'eval_loss' -> 'Validation loss',
-    'eval_train_loss' -> 'Training loss (eval mode)', 'eval_foo_loss' -> 'foo loss'."""
-    if name == "train_loss":
-        return "Training loss"
-    if name == "eval_loss" or name == "eval_validation_loss":
-        return "Validation loss"
+    """'train_loss' -> 'Training loss', 'eval_loss' -> 'Validation loss', 'eval_train_loss' ->
+    'Training loss (eval mode)', 'eval_validation_accuracy' -> 'Validation accuracy'."""
     if name == "eval_train_loss":
         return "Training loss (eval mode)"
-    if name.startswith("eval_"):
-        name = name[len("eval_"):]
-        if name.startswith("validation_"):
-            name = name[len("validation_"):]
-            return "Validation " + name.replace("_", " ")
+    name = name.removeprefix("eval_").removeprefix("validation_")
     if name.startswith("train_"):
-        return "Training " + name[len("train_"):].replace("_", " ")
-    return name.replace("_", " ").capitalize()
-
-
-def _points(series: dict[str, list], x: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for xv, yv in zip(series.get(x, []), series.get("value", [])):
-        if xv is not None and yv is not None:
-            xs.append(float(xv))
-            ys.append(float(yv))
-    return xs, ys
+        return "Training " + name.removeprefix("train_").replace("_", " ")
+    return "Validation " + name.replace("_", " ")
 
 
 def _new_figure(size=(6.0, 4.0)) -> Figure:
@@ -68,83 +49,40 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 
 
 def plot_losses(
-    curves: dict[str, dict[str, list]],
-    path: str | os.PathLike,
-    x: str = "tokens_seen",
-    metric: str = "loss",
-    series: Sequence[str] | None = None,
-    title: str | None = None,
+    curves: dict[str, dict[str, list]], path: str | os.PathLike, metric: str = "loss", title: str | None = None
 ) -> Path:
-    """Plot training and validation `metric` ("loss" by default) and save a PNG at `path`.
-
-    Args:
-        curves: from `log_history_to_curves`.
-        x: "tokens_seen" (the book's choice), "step" or "epoch". When no point has a token count,
-            tokens_seen falls back to step.
-        metric: which series to draw: every series named `*_<metric>` or `<metric>` (e.g.
-            "train_loss", "eval_loss", "eval_train_loss"); "accuracy" draws the accuracies.
-        series: explicit series names instead of the `metric` selection.
-        title: figure title.
-
-    Training series are solid lines, evaluation series dash-dotted with markers (the book's
-    figure 5.12). When x is not "epoch" and epochs were logged, a top x axis shows epochs.
-    Returns the path. Raises ValueError when there is nothing to plot.
-    """
-    if x not in _X_LABELS:
-        raise ValueError(f"x must be one of {sorted(_X_LABELS)}, got {x!r}")
-    if series is None:
-        names = [n for n in curves if n == metric or n.endswith("_" + metric)]
-        # training first, then evaluation sets
-        names.sort(key=lambda n: (n.startswith("eval"), n))
-    else:
-        missing = [n for n in series if n not in curves]
-        if missing:
-            raise ValueError(f"no series {missing} in curves (have {sorted(curves)})")
-        names = list(series)
+    """Plot every series named `<metric>` or `*_<metric>` of `curves` (from `log_history_to_curves`:
+    training loss, validation loss, ...; metric="accuracy" for the accuracies) against tokens seen
+    (steps when the Trainer counted no tokens), with epochs on a top axis: the book's figure 5.12.
+    Training series are solid lines, evaluation series dash-dotted with markers. Saves a PNG at
+    `path` and returns it. Raises ValueError when there is nothing to plot."""
+    names = sorted((n for n in curves if n == metric or n.endswith("_" + metric)), key=lambda n: (n.startswith("eval"), n))
     if not names:
         raise ValueError(f"no '{metric}' series to plot (have {sorted(curves)})")
-
-    if x == "tokens_seen" and not any(_points(curves[n], "tokens_seen")[0] for n in names):
-        x = "step"
-
+    x = "tokens_seen" if any(v is not None for n in names for v in curves[n]["tokens_seen"]) else "step"
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    drawn = 0
+    pairs = set()  # (x, epoch) of every point: places the epoch ticks on the top axis
     for name in names:
-        xs, ys = _points(curves[name], x)
-        if not xs:
-            continue
-        if name.startswith("eval"):
-            ax.plot(xs, ys, linestyle="-.", marker="o", markersize=3, label=_pretty(name))
-        else:
-            ax.plot(xs, ys, linestyle="-", label=_pretty(name))
-        drawn += 1
-    if drawn == 0:
-        raise ValueError(f"series {names} have no points with an x value for x={x!r}")
-    ax.set_xlabel(_X_LABELS[x])
+        points = [(xv, yv, ev) for xv, yv, ev in zip(curves[name][x], curves[name]["value"], curves[name]["epoch"]) if xv is not None]
+        style = dict(linestyle="-.", marker="o", markersize=3) if name.startswith("eval") else dict(linestyle="-")
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=_pretty(name), **style)
+        pairs |= {(float(p[0]), float(p[2])) for p in points if p[2] is not None}
+    ax.set_xlabel("Tokens seen" if x == "tokens_seen" else "Step")
     ax.set_ylabel(metric.replace("_", " ").capitalize())
     ax.legend(loc="upper right")
     ax.grid(True, alpha=0.3)
-
-    if x != "epoch":
-        # Second x axis with epochs, aligned through the points that know both.
-        pairs = []
-        for name in names:
-            s = curves[name]
-            for xv, ev in zip(s.get(x, []), s.get("epoch", [])):
-                if xv is not None and ev is not None:
-                    pairs.append((float(xv), float(ev)))
-        pairs = sorted(set(pairs))
-        if len(pairs) >= 2 and pairs[-1][1] > pairs[0][1]:
-            px = np.array([p[0] for p in pairs])
-            pe = np.maximum.accumulate(np.array([p[1] for p in pairs]))  # epochs never go back
-            ticks = MaxNLocator(nbins=6).tick_values(pe[0], pe[-1])
-            ticks = ticks[(ticks >= pe[0] - 1e-9) & (ticks <= pe[-1] + 1e-9)]
-            top = ax.twiny()
-            top.set_xlim(ax.get_xlim())
-            top.set_xticks(np.interp(ticks, pe, px))
-            top.set_xticklabels([f"{t:g}" for t in ticks])
-            top.set_xlabel("Epoch")
+    pairs = sorted(pairs)
+    if len(pairs) >= 2 and pairs[-1][1] > pairs[0][1]:
+        px = np.array([p[0] for p in pairs])
+        pe = np.maximum.accumulate(np.array([p[1] for p in pairs]))  # epochs never go back
+        ticks = MaxNLocator(nbins=6).tick_values(pe[0], pe[-1])
+        ticks = ticks[(ticks >= pe[0] - 1e-9) & (ticks <= pe[-1] + 1e-9)]
+        top = ax.twiny()
+        top.set_xlim(ax.get_xlim())
+        top.set_xticks(np.interp(ticks, pe, px))
+        top.set_xticklabels([f"{t:g}" for t in ticks])
+        top.set_xlabel("Epoch")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

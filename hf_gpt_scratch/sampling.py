@@ -1,6 +1,6 @@
 """Sampling for reports and the generate recipe, with the book's conventions (temperature 0 =
-greedy, top-k): `SamplingArguments`, `generation_kwargs`, `generate_text`, `generate_samples`, and
-`context_length_of` (prompt and new tokens must fit the model's context).
+greedy, top-k): `SamplingArguments` (and its `generation_kwargs`), `generate_text`,
+`generate_samples`, and `context_length_of` (prompt and new tokens must fit the model's context).
 """
 
 from __future__ import annotations
@@ -17,16 +17,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SamplingArguments:
-    """How a recipe samples text for its report (the book's `generate`: temperature 0 is greedy)."""
+    """How a recipe generates text, with the book's convention: temperature 0 is greedy decoding, a
+    positive temperature samples (optionally among the top_k tokens)."""
 
-    sample_prompts: list[str] | None = field(
-        default=None, metadata={"help": "Prompts to continue after training (default: the recipe's)."}
-    )
     max_new_tokens: int = field(default=50, metadata={"help": "Tokens to generate per prompt."})
     temperature: float = field(
         default=0.0, metadata={"help": "Sampling temperature; 0 = greedy decoding (the book's default)."}
     )
     top_k: int | None = field(default=None, metadata={"help": "Sample only among the k most likely tokens."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling: smallest set with this probability."})
+    repetition_penalty: float | None = field(default=None, metadata={"help": "Penalty > 1 for repeated tokens."})
+    do_sample: bool | None = field(
+        default=None, metadata={"help": "Sample instead of greedy decoding (default: sample iff --temperature > 0)."}
+    )
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
@@ -37,40 +40,23 @@ class SamplingArguments:
             raise ValueError(f"--top_k must be positive, got {self.top_k}.")
 
     def generation_kwargs(self) -> dict[str, Any]:
-        return generation_kwargs(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k)
-
-
-def generation_kwargs(
-    max_new_tokens: int = 50,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float | None = None,
-    do_sample: bool | None = None,
-) -> dict[str, Any]:
-    """`generate` keyword arguments with the book's convention: temperature 0 means greedy
-    decoding, a positive temperature samples (optionally restricted to the top_k tokens)."""
-    if do_sample is None:
-        do_sample = temperature is not None and temperature > 0
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample)}
-    if do_sample:
-        kwargs["temperature"] = temperature if temperature and temperature > 0 else 1.0
-        kwargs["top_k"] = top_k if top_k else 0  # 0 disables top-k filtering (generate's default is 50)
-        if top_p is not None:
-            kwargs["top_p"] = top_p
-    if repetition_penalty is not None:
-        kwargs["repetition_penalty"] = repetition_penalty
-    return kwargs
+        """`generate` keyword arguments: greedy, or sampling at `temperature` (1 when 0 and --do_sample)
+        with top_k 0 unless given (no hidden top-50 filter, generate's default)."""
+        do_sample = self.temperature > 0 if self.do_sample is None else self.do_sample
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": do_sample}
+        if do_sample:
+            kwargs.update(temperature=self.temperature or 1.0, top_k=self.top_k or 0)
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        return kwargs
 
 
 def context_length_of(model) -> int | None:
-    """The longest sequence the model takes (context_length, max_position_embeddings or n_positions)."""
-    config = model.config
-    for name in ("context_length", "max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+    """The longest sequence the model takes: `config.max_position_embeddings` (our context_length and
+    GPT-2's n_positions under their standard name)."""
+    return getattr(model.config, "max_position_embeddings", None)
 
 
 @torch.no_grad()
@@ -127,7 +113,6 @@ def generate_samples(model, tokenizer, prompts: Sequence[str], seed: int | None 
 
 __all__ = [
     "SamplingArguments",
-    "generation_kwargs",
     "context_length_of",
     "generate_text",
     "generate_samples",

@@ -89,35 +89,7 @@ RECIPE_DEFAULTS = {
     "report_to": "none",
 }
 
-PRESETS = {
-    # Exactly the book's hyperparameters (with a GPT-2 checkpoint and its BPE, as the book).
-    "book_ch6": {
-        "trainable": "last_block",
-        "learning_rate": 5e-5,
-        "weight_decay": 0.1,
-        "num_train_epochs": 5,
-        "per_device_train_batch_size": 8,
-        "lr_scheduler_type": "constant",
-        "max_grad_norm": 0.0,
-        "seed": 123,
-        "eval_train_samples": 40,
-        "output_dir": "runs/book_ch6",
-    },
-    # The CPU demo: a small GPT pretrained on the SMS messages outside validation/test (see
-    # hf_gpt_scratch/demo.py), every layer finetuned with a decaying learning rate, the last token an
-    # <|endoftext|>.
-    "demo": {
-        "trainable": "all",
-        "append_eos": True,
-        "learning_rate": 3e-4,
-        "lr_scheduler_type": "linear",
-        "warmup_steps": 0.1,
-        "num_train_epochs": 5,
-        "per_device_train_batch_size": 8,
-        "weight_decay": 0.1,
-        "output_dir": "runs/classify_demo",
-    },
-}
+PRESETS = Path(__file__).parent / "presets" / "classify"  # book_ch6.yaml, demo.yaml
 
 
 def main(args: list[str] | None = None) -> dict:

@@ -31,14 +31,15 @@ from transformers import HfArgumentParser, TextStreamer
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.arguments import ModelArguments
 from hf_gpt_scratch.data import format_alpaca_prompt
-from hf_gpt_scratch.loading import has_tokenizer, load_causal_lm, load_tokenizer_for
-from hf_gpt_scratch.sampling import generate_text, generation_kwargs
+from hf_gpt_scratch.loading import load_causal_lm, load_tokenizer_for
+from hf_gpt_scratch.sampling import SamplingArguments, generate_text
+from hf_gpt_scratch.tokenization import has_tokenizer
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GenerateArguments:
+class GenerateArguments(SamplingArguments):
     prompt: list[str] | None = field(
         default=None, metadata={"help": "Prompt(s) to continue: --prompt \"A\" \"B\". Without it, prompts are read from stdin, one per line."}
     )
@@ -50,23 +51,12 @@ class GenerateArguments:
     base_model_name_or_path: str | None = field(
         default=None, metadata={"help": "For a LoRA adapter: its base model (default: the one in adapter_config.json)."}
     )
-    max_new_tokens: int = field(default=100, metadata={"help": "Tokens to generate per prompt."})
-    do_sample: bool | None = field(
-        default=None, metadata={"help": "Sample instead of greedy decoding (default: sample iff --temperature > 0)."}
-    )
-    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature (> 0 turns sampling on)."})
-    top_k: int | None = field(default=None, metadata={"help": "Sample among the k most likely tokens only."})
-    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling: smallest set with this probability."})
-    repetition_penalty: float | None = field(default=None, metadata={"help": "Penalty > 1 for repeated tokens."})
     seed: int | None = field(default=None, metadata={"help": "Random seed for sampling."})
     stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated."})
     device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
 
     def __post_init__(self):
-        if self.max_new_tokens <= 0:
-            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
-        if self.temperature is not None and self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}.")
+        super().__post_init__()
         if self.input is not None and not self.alpaca:
             raise ValueError("--input only applies with --alpaca.")
 
@@ -124,21 +114,14 @@ def _prompts(gen_args: GenerateArguments):
 
 def main(args: list[str] | None = None) -> list[str]:
     parser = HfArgumentParser((ModelArguments, GenerateArguments), description=__doc__.split("\n")[0])
+    parser.set_defaults(max_new_tokens=100)
     model_args, gen_args = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
     if not model_args.model_name_or_path:
         parser.error("--model_name_or_path is required")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     model, tokenizer = load_for_generation(model_args, gen_args)
-    temperature = gen_args.temperature if gen_args.temperature is not None else (1.0 if gen_args.do_sample else 0.0)
-    kwargs = generation_kwargs(
-        max_new_tokens=gen_args.max_new_tokens,
-        temperature=temperature,
-        top_k=gen_args.top_k,
-        top_p=gen_args.top_p,
-        repetition_penalty=gen_args.repetition_penalty,
-        do_sample=gen_args.do_sample,
-    )
+    kwargs = gen_args.generation_kwargs()
     outputs = []
     for i, text in enumerate(_prompts(gen_args)):
         prompt = build_prompt(text, gen_args)

@@ -39,7 +39,6 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -53,20 +52,18 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.arguments import (
     ModelArguments,
-    is_main_process,
     parse_recipe_args,
     setup_logging,
 )
-from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, evaluate_once, find_callback
+from hf_gpt_scratch.callbacks import default_callbacks, evaluate_once
 from hf_gpt_scratch.data import InstructionCollator
 from hf_gpt_scratch.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.hub import finish_run, prepare_push
 from hf_gpt_scratch.instruction import evaluate_instruction_model
 from hf_gpt_scratch.instruction_setup import (
-    DEFAULT_TARGET_MODULES,
     InstructDataArguments,
     InstructEvalArguments,
-    LoraArguments,
+    InstructLoraArguments,
     instruction_features,
     load_splits,
     response_records,
@@ -80,13 +77,7 @@ from hf_gpt_scratch.loading import (
     train_model,
     unsharded_loading,
 )
-from hf_gpt_scratch.reporting import (
-    final_metric,
-    first_metric,
-    log_history_to_curves,
-    print_table,
-    write_results,
-)
+from hf_gpt_scratch.reporting import log_history_to_curves, logged, print_table, write_results
 from hf_gpt_scratch.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -114,75 +105,7 @@ RECIPE_DEFAULTS = {
     "report_to": "none",
 }
 
-PRESETS = {
-    # Chapter 7 of the book: GPT-2 medium (355M, pass it with --model_name_or_path), full
-    # finetuning, AdamW(lr=5e-5, weight_decay=0.1), 2 epochs, batch 8, no schedule, no clipping,
-    # dropout off, seed 123, evaluation every 5 steps; responses of up to 256 tokens from the
-    # book's prompt (without the "### Response:" header).
-    "book_ch7": {
-        "use_lora": False,
-        "config_overrides": "drop_rate=0.0",
-        "learning_rate": FULL_LEARNING_RATE,
-        "weight_decay": 0.1,
-        "num_train_epochs": 2,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 8,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "max_grad_norm": 0.0,
-        "seed": 123,
-        "eval_steps": 5,
-        "logging_steps": 5,
-        "max_new_tokens": 256,
-        "response_header_in_prompt": False,
-        "output_dir": "runs/book_ch7",
-    },
-    # The `make demo` run on a small pretrained checkpoint (a few million parameters): all 935
-    # training entries for 3 epochs and the whole test split with the book's 256-token responses
-    # take about 1.5 minutes on 2 CPU cores. Every Linear layer is adapted, the output head too
-    # (as the book's appendix E does), at a higher rate and alpha: a small model's LoRA update
-    # needs it to learn the response format in a few epochs. The prompt is masked from the loss.
-    "demo": {
-        "use_lora": True,
-        "lora_r": 16,
-        "lora_alpha": 32.0,
-        "lora_target_modules": DEFAULT_TARGET_MODULES + ",out_head",
-        "learning_rate": 1e-3,
-        "mask_prompt": True,
-        "num_train_epochs": 3,
-        "max_new_tokens": 256,
-        "per_device_eval_batch_size": 16,
-        "eval_steps": 40,
-        "logging_steps": 10,
-        "output_dir": "runs/instruct_demo",
-    },
-}
-
-
-def _uses_lora(argv: list[str]) -> bool:
-    """Whether this run trains LoRA adapters, read from the raw arguments (flags, a JSON file of
-    flags, or a preset) before parsing, to pick the default learning rate."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=None)
-    pre.add_argument("--use_lora", "--use-lora", dest="use_lora", nargs="?", const="true", default=None)
-    pre.add_argument("--no_use_lora", "--no-use-lora", dest="no_use_lora", action="store_true")
-    known, rest = pre.parse_known_args(argv)
-    value = known.use_lora
-    if known.no_use_lora:
-        value = "false"
-    preset = known.preset
-    if len(rest) == 1 and rest[0].endswith(".json") and Path(rest[0]).is_file():
-        values = json.loads(Path(rest[0]).read_text())
-        preset = values.get("preset", preset)
-        if "use_lora" in values and value is None:
-            value = values["use_lora"]
-    if value is None and preset in PRESETS:
-        value = PRESETS[preset].get("use_lora")
-    if value is None:
-        return True
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() not in {"false", "0", "no", "n", "off"}
+PRESETS = Path(__file__).parent / "presets" / "instruct"
 
 
 def _write_json(path: Path, value) -> None:
@@ -190,18 +113,18 @@ def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
 
 
+def parse_args(args: list[str] | None = None) -> tuple:
+    """The recipe's arguments (see `parse_recipe_args`); the default learning rate follows --use_lora
+    (given as a flag, in a preset or in a file), so the arguments are parsed once to read it."""
+    types = (ModelArguments, InstructDataArguments, InstructLoraArguments, InstructEvalArguments, TrainingArguments)
+    lora = parse_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, check_output=False)[2].use_lora
+    defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
+    return parse_recipe_args(types, PRESETS, defaults, args, description=__doc__.split("\n")[0])
+
+
 def main(args: list[str] | None = None) -> dict:
     started = time.perf_counter()
-    argv = list(sys.argv[1:] if args is None else args)
-    lora = _uses_lora(argv)
-    defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
-    model_args, data_args, lora_args, eval_args, training_args, preset = parse_recipe_args(
-        (ModelArguments, InstructDataArguments, LoraArguments, InstructEvalArguments, TrainingArguments),
-        presets=PRESETS,
-        defaults=defaults,
-        args=argv,
-        description=__doc__.split("\n")[0],
-    )
+    model_args, data_args, lora_args, eval_args, training_args, preset = parse_args(args)
     setup_logging(training_args)
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
@@ -295,7 +218,7 @@ def main(args: list[str] | None = None) -> dict:
         else:
             tuned = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=model_args.trust_remote_code)
     tuned.to(device).eval()
-    if lora_args.use_lora and is_main_process():  # the merged model at the top of output_dir
+    if lora_args.use_lora and trainer.is_world_process_zero():  # the merged model at the top of output_dir
         save_pretrained_to(output_dir, tuned, tokenizer)
 
     after = None
@@ -303,8 +226,7 @@ def main(args: list[str] | None = None) -> dict:
         logger.info("Evaluating the tuned model on %d test entries.", len(test_entries))
         after = evaluate_instruction_model(tuned, tokenizer, test_entries, **eval_kwargs)
 
-    curves = log_history_to_curves(trainer.state.log_history)
-    speed = find_callback(trainer, TokensSeenCallback)
+    history = trainer.state.log_history
     results = {
         "preset": preset,
         "model": model_args.model_name_or_path,
@@ -314,10 +236,10 @@ def main(args: list[str] | None = None) -> dict:
         "test_loss_after": after["loss"] if after else None,
         "rouge_l_before": before["rouge_l"] if before else None,
         "rouge_l_after": after["rouge_l"] if after else None,
-        "train_loss": final_metric(curves, "train_loss", train_result.metrics.get("train_loss", float("nan"))),
+        "train_loss": (logged(history, "loss") or [train_result.metrics.get("train_loss")])[-1],
         "train_loss_mean": train_result.metrics.get("train_loss"),
         "eval_loss": val_metrics.get("eval_loss"),
-        "initial_eval_loss": first_metric(curves, "eval_loss") if val_ds is not None else None,
+        "initial_eval_loss": (logged(history, "eval_loss") or [None])[0],
         "trainable_parameters": trainable,
         "total_parameters": total_parameters,
         "trainable_percent": 100.0 * trainable / total_parameters if total_parameters else None,
@@ -325,7 +247,7 @@ def main(args: list[str] | None = None) -> dict:
         "epochs": trainer.state.epoch,
         "train_steps": trainer.state.global_step,
         "train_tokens": trainer.state.num_input_tokens_seen,
-        "tokens_per_second": speed.tokens_per_second if speed else None,
+        "tokens_per_second": (logged(history, "train_tokens_per_second") or [None])[-1],  # the Trainer's counter
         "train_runtime": train_result.metrics.get("train_runtime"),
         "eval_before_runtime": before["runtime"] if before else None,
         "eval_after_runtime": after["runtime"] if after else None,
@@ -338,11 +260,16 @@ def main(args: list[str] | None = None) -> dict:
         "world_size": world,
     }
     if lora_args.use_lora:
-        results.update({k: getattr(lora_args, k) for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")})
+        results.update(
+            lora_r=lora_args.lora_r,
+            lora_alpha=lora_args.lora_alpha,
+            lora_dropout=lora_args.lora_dropout,
+            lora_target_modules=lora_args.target_modules(),
+        )
 
     results["runtime"] = time.perf_counter() - started
     results = {k: v for k, v in results.items() if v is not None}
-    if is_main_process():
+    if trainer.is_world_process_zero():
         if after:
             _write_json(output_dir / "responses.json", response_records(test_entries, after["responses"]))
         if before:
@@ -350,7 +277,7 @@ def main(args: list[str] | None = None) -> dict:
         from hf_gpt_scratch.plots import plot_losses
 
         try:
-            plot_losses(curves, output_dir / "loss.png", title=f"Instruction finetuning ({results['finetuning']})")
+            plot_losses(log_history_to_curves(history), output_dir / "loss.png", title=f"Instruction finetuning ({results['finetuning']})")
         except ValueError as err:  # nothing logged (e.g. fewer steps than logging_steps and no eval)
             logger.warning("No loss plot: %s", err)
         write_results(output_dir, results)

@@ -12,6 +12,7 @@ and the model with its tokenizer (safetensors) in --output_dir.
 Examples:
 
     # the book's chapter-5 run (GPT-2 124M shape, context 256, 10 epochs on the-verdict.txt)
+    # (the values are in recipes/presets/pretrain/book_ch5.yaml; that path works as the first argument too)
     python recipes/pretrain.py --preset book_ch5 --output_dir runs/book_ch5
 
     # a tiny model for a quick look
@@ -28,6 +29,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,40 +42,19 @@ import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.arguments import (
     DataArguments,
     ModelArguments,
-    is_main_process,
     parse_recipe_args,
     setup_logging,
 )
-from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, evaluate_once, find_callback
-from hf_gpt_scratch.data import (
-    book_windows,
-    fetch_book_file,
-    load_text,
-    load_text_records,
-    pack_into_blocks,
-    split_text,
-)
+from hf_gpt_scratch.callbacks import default_callbacks, evaluate_once
+from hf_gpt_scratch.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
 from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.loading import (
-    count_parameters,
-    load_causal_lm,
-    load_tokenizer_for,
-    save_final_model,
-    train_model,
-    weights_are_sharded,
-)
-from hf_gpt_scratch.reporting import (
-    final_metric,
-    first_metric,
-    log_history_to_curves,
-    perplexity,
-    print_table,
-    write_results,
-)
+from hf_gpt_scratch.loading import count_parameters, load_causal_lm, load_tokenizer_for, save_final_model, train_model, weights_are_sharded
+from hf_gpt_scratch.reporting import log_history_to_curves, logged, print_table, write_results
 from hf_gpt_scratch.sampling import SamplingArguments, context_length_of, generate_samples
 
 logger = logging.getLogger(__name__)
 
+PRESETS = Path(__file__).parent / "presets" / "pretrain"
 # Rows of a .txt file are cut at line ends into pieces of about this many characters, so that
 # tokenization can run in several processes; a short text stays one piece (the book's exact ids).
 TEXT_PIECE_CHARS = 1 << 16
@@ -112,61 +93,28 @@ class PretrainDataArguments(DataArguments):
             raise ValueError("--validation_file needs --train_file.")
 
 
-DEFAULT_PROMPTS = ["Every effort moves you"]
+@dataclass
+class ReportArguments(SamplingArguments):
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["Every effort moves you"], metadata={"help": "Prompts to continue after training."}
+    )
 
-# The recipe's own defaults (on top of TrainingArguments'); explicit flags win.
+
+# The recipe's own defaults (on top of TrainingArguments'); presets and explicit flags win.
 RECIPE_DEFAULTS = {
     "output_dir": "runs/pretrain",
     "eval_strategy": "steps",
     "eval_on_start": True,  # the loss before training: the first point of the curves
     "logging_steps": 10,
-    "include_num_input_tokens_seen": True,  # "all" (a str default would go through the bool parser)
+    "include_num_input_tokens_seen": True,  # tokens seen: the x axis of the book's loss plot
     "save_strategy": "no",
     "report_to": "none",
     "ddp_find_unused_parameters": False,  # every parameter takes part in the loss
 }
 
-PRESETS = {
-    # Chapter 5 of the book: `train_model_simple` on the-verdict.txt with GPT_CONFIG_124M but a
-    # context of 256, AdamW(lr=4e-4, weight_decay=0.1), 10 epochs, batch 2, 90/10 split by
-    # characters, windows of 256 with stride 256, no schedule, no warmup, no clipping, seed 123,
-    # evaluation every 5 steps on 5 batches. The book ends at train loss ~0.57, val loss ~6.37.
-    "book_ch5": {
-        "tokenizer_name": "gpt2",
-        "config_overrides": "context_length=256,emb_dim=768,n_heads=12,n_layers=12,drop_rate=0.1,"
-        "qkv_bias=false,tie_word_embeddings=false",
-        "init_weights": "torch",  # the book's GPTModel keeps PyTorch's default initialisation
-        "block_size": 256,
-        "stride": 256,
-        "validation_split_percentage": 10.0,
-        "eval_train_samples": 10,
-        "num_train_epochs": 10,
-        "per_device_train_batch_size": 2,
-        "per_device_eval_batch_size": 2,
-        "learning_rate": 4e-4,
-        "weight_decay": 0.1,
-        "adam_beta1": 0.9,
-        "adam_beta2": 0.999,
-        "adam_epsilon": 1e-8,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "max_grad_norm": 0.0,
-        "seed": 123,
-        "eval_strategy": "steps",
-        "eval_steps": 5,
-        "logging_steps": 5,
-        "dataloader_drop_last": True,
-        "output_dir": "runs/book_ch5",
-        "sample_prompts": DEFAULT_PROMPTS,
-        "max_new_tokens": 25,
-    },
-}
-
 
 def _pieces(text: str, size: int = TEXT_PIECE_CHARS) -> list[str]:
     """`text` cut after line ends into pieces of about `size` characters (one piece if short)."""
-    if len(text) <= size:
-        return [text]
     pieces, start = [], 0
     while start < len(text):
         end = text.find("\n", start + size)
@@ -176,56 +124,36 @@ def _pieces(text: str, size: int = TEXT_PIECE_CHARS) -> list[str]:
     return pieces
 
 
-def _text_splits(text: str, percent: float, validation_text: str | None) -> dict[str, list[str]]:
-    if validation_text is not None:
-        return {"train": _pieces(text), "validation": _pieces(validation_text)}
-    if percent <= 0:
-        return {"train": _pieces(text)}
-    train_text, val_text = split_text(text, train_ratio=1.0 - percent / 100.0)  # the book's split
-    return {"train": _pieces(train_text), "validation": _pieces(val_text)}
-
-
-def _tail_split(ds: datasets.Dataset, percent: float) -> dict[str, datasets.Dataset]:
-    """Hold out the last `percent` of the rows (the book holds out the end of its text)."""
-    if percent <= 0:
-        return {"train": ds}
-    n_val = max(1, int(round(len(ds) * percent / 100.0)))
-    if n_val >= len(ds):
-        raise ValueError(f"{len(ds)} rows are too few to hold out {percent}% for validation.")
-    return {"train": ds.select(range(len(ds) - n_val)), "validation": ds.select(range(len(ds) - n_val, len(ds)))}
-
-
 def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
-    """Train (and validation) text as a DatasetDict with one column `text`."""
-    col = data_args.text_column_name
-    percent = data_args.validation_split_percentage
+    """Train (and validation) text as a DatasetDict with the column --text_column_name."""
+    col, percent = data_args.text_column_name, data_args.validation_split_percentage
+    suffix = Path(data_args.train_file).suffix.lower() if data_args.train_file else ".txt"
     if data_args.dataset_name:
         raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
         if "train" not in raw:
             raise ValueError(f"dataset {data_args.dataset_name} has no train split (splits: {list(raw)}).")
-        splits = {"train": raw["train"]}
-        if "validation" in raw:
-            splits["validation"] = raw["validation"]
-        else:
-            splits = _tail_split(raw["train"], percent)
-    elif data_args.train_file and Path(data_args.train_file).suffix.lower() not in (".txt", ".text", ".md"):
-        files = {"train": data_args.train_file}
-        if data_args.validation_file:
-            files["validation"] = data_args.validation_file
-        suffix = Path(data_args.train_file).suffix.lower()
-        if suffix not in (".json", ".jsonl"):
-            raise ValueError(f"--train_file {data_args.train_file}: use a .txt, .json or .jsonl file.")
+    elif suffix in (".json", ".jsonl"):
+        files = {"train": data_args.train_file, "validation": data_args.validation_file}
+        files = {name: path for name, path in files.items() if path}
         for path in files.values():  # clear errors (file, line/row, field) before datasets parses them
             load_text_records(path, col)
         raw = datasets.load_dataset("json", data_files=files)
-        splits = dict(raw) if "validation" in raw else _tail_split(raw["train"], percent)
+    elif suffix in (".txt", ".text", ".md"):
+        text = load_text(data_args.train_file or fetch_book_file("the-verdict.txt", data_args.data_dir))
+        if data_args.validation_file:
+            texts = {"train": text, "validation": load_text(data_args.validation_file)}
+        elif percent > 0:
+            texts = dict(zip(("train", "validation"), split_text(text, 1.0 - percent / 100.0)))  # the book's split
+        else:
+            texts = {"train": text}
+        return datasets.DatasetDict({k: datasets.Dataset.from_dict({col: _pieces(v)}) for k, v in texts.items()})
     else:
-        path = data_args.train_file or fetch_book_file("the-verdict.txt", data_args.data_dir)
-        text = load_text(path)
-        val_text = load_text(data_args.validation_file) if data_args.validation_file else None
-        pieces = _text_splits(text, percent, val_text)
-        return datasets.DatasetDict({name: datasets.Dataset.from_dict({col: rows}) for name, rows in pieces.items()})
-
+        raise ValueError(f"--train_file {data_args.train_file}: use a .txt, .json or .jsonl file.")
+    splits = {name: raw[name] for name in ("train", "validation") if name in raw}
+    if "validation" not in splits and percent > 0:  # hold out the last rows, as the book holds out the end
+        n_val = max(1, round(len(raw["train"]) * percent / 100.0))
+        held = raw["train"].train_test_split(test_size=n_val, shuffle=False)
+        splits = {"train": held["train"], "validation": held["test"]}
     for name, ds in splits.items():
         if col not in ds.column_names:
             raise ValueError(
@@ -235,8 +163,9 @@ def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
 
 
 def build_datasets(raw: datasets.DatasetDict, tokenizer, data_args: PretrainDataArguments, block_size: int, training_args):
-    """Tokenized splits: packed blocks, or the book's windows when --stride is set."""
-    col = data_args.text_column_name
+    """{split: (blocks, tokens in the text)}: packed blocks, or the book's windows with --stride."""
+    col, workers = data_args.text_column_name, data_args.preprocessing_num_workers
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
 
     def tokenize(batch):
         return {"input_ids": tokenizer(batch[col], add_special_tokens=False, verbose=False)["input_ids"]}
@@ -244,43 +173,27 @@ def build_datasets(raw: datasets.DatasetDict, tokenizer, data_args: PretrainData
     out = {}
     with training_args.main_process_first(desc="tokenize and pack"):
         for name, ds in raw.items():
-            tokenized = ds.map(
-                tokenize,
-                batched=True,
-                num_proc=data_args.preprocessing_num_workers,
-                remove_columns=ds.column_names,
-                desc=f"Tokenizing {name}",
-            )
-            n_tokens = sum(len(ids) for ids in tokenized["input_ids"])
+            ids = ds.map(tokenize, batched=True, num_proc=workers, remove_columns=ds.column_names, desc=f"Tokenizing {name}")
+            n_tokens = sum(len(row) for row in ids["input_ids"])
             if data_args.stride is not None:
-                ids = [t for row in tokenized["input_ids"] for t in row]
-                blocks = book_windows(ids, context_length=block_size, stride=data_args.stride)
+                blocks = book_windows([t for row in ids["input_ids"] for t in row], block_size, data_args.stride)
             else:
-                blocks = tokenized.map(
-                    pack_into_blocks,
-                    batched=True,
-                    fn_kwargs={"block_size": block_size},
-                    num_proc=data_args.preprocessing_num_workers,
-                    desc=f"Packing {name} into blocks of {block_size}",
-                )
+                blocks = ids.map(pack_into_blocks, batched=True, fn_kwargs={"block_size": block_size}, num_proc=workers,
+                                 desc=f"Packing {name} into blocks of {block_size}")
             if len(blocks) == 0:
                 raise ValueError(
                     f"The {name} text has {n_tokens} tokens: not enough for one block of {block_size} "
                     f"(+1 with --stride). Use a smaller --block_size or more text."
                 )
+            if limits[name] is not None:
+                blocks = blocks.select(range(min(len(blocks), limits[name])))
             out[name] = (blocks, n_tokens)
-    train, train_tokens = out["train"]
-    if data_args.max_train_samples is not None:
-        train = train.select(range(min(len(train), data_args.max_train_samples)))
-    validation, val_tokens = out.get("validation", (None, 0))
-    if validation is not None and data_args.max_eval_samples is not None:
-        validation = validation.select(range(min(len(validation), data_args.max_eval_samples)))
-    return train, validation, train_tokens, val_tokens
+    return out
 
 
 def main(args: list[str] | None = None) -> dict:
-    model_args, data_args, sampling_args, training_args, preset = parse_recipe_args(
-        (ModelArguments, PretrainDataArguments, SamplingArguments, TrainingArguments),
+    model_args, data_args, report_args, training_args, preset = parse_recipe_args(
+        (ModelArguments, PretrainDataArguments, ReportArguments, TrainingArguments),
         presets=PRESETS,
         defaults=RECIPE_DEFAULTS,
         args=args,
@@ -297,8 +210,8 @@ def main(args: list[str] | None = None) -> dict:
     if context is not None and block_size > context:
         raise ValueError(f"--block_size {block_size} exceeds the model's context_length {context}.")
 
-    raw = load_raw_splits(data_args)
-    train_ds, eval_ds, train_text_tokens, val_text_tokens = build_datasets(raw, tokenizer, data_args, block_size, training_args)
+    splits = build_datasets(load_raw_splits(data_args), tokenizer, data_args, block_size, training_args)
+    (train_ds, train_text_tokens), (eval_ds, val_text_tokens) = splits["train"], splits.get("validation", (None, 0))
     if "shift_labels" in train_ds.column_names:
         # The Trainer would drop the book's exact targets (forward() has no such parameter).
         training_args.remove_unused_columns = False
@@ -314,21 +227,24 @@ def main(args: list[str] | None = None) -> dict:
         eval_dataset = {"validation": eval_ds, "train": train_ds.select(range(n))}
 
     world = training_args.world_size
-    tokens_per_step = block_size * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
+    sizes = {
+        "num_parameters": count_parameters(model),  # (model.num_parameters() miscounts under DeepSpeed ZeRO-3)
+        "block_size": block_size,
+        "train_blocks": len(train_ds),
+        "eval_blocks": len(eval_ds) if eval_ds is not None else 0,
+        "world_size": world,
+    }
     print_table(
         {
             "preset": preset or "-",
             "model": model_args.model_name_or_path or "from scratch",
-            "parameters": count_parameters(model),
             "context_length": context,
-            "block_size": block_size,
             "train_tokens_in_text": train_text_tokens,
             "val_tokens_in_text": val_text_tokens,
-            "train_blocks": len(train_ds),
-            "eval_blocks": len(eval_ds) if eval_ds is not None else 0,
-            "processes": world,
+            **sizes,
             "device": str(training_args.device),
-            "tokens_per_step": tokens_per_step,
+            "tokens_per_step": block_size * training_args.per_device_train_batch_size
+            * training_args.gradient_accumulation_steps * world,
         },
         title="pretrain",
     )
@@ -347,46 +263,41 @@ def main(args: list[str] | None = None) -> dict:
     trainer.save_state()
 
     metrics = evaluate_once(trainer) if eval_ds is not None else {}
-    curves = log_history_to_curves(trainer.state.log_history)
-    speed = find_callback(trainer, TokensSeenCallback)
+    history, step = trainer.state.log_history, trainer.state.global_step
     eval_name = "eval_validation_loss" if isinstance(eval_dataset, dict) else "eval_loss"
-    eval_loss = metrics.get(eval_name, float("nan"))
     results = {
         "preset": preset,
-        "train_loss": final_metric(curves, "train_loss", train_result.metrics.get("train_loss", float("nan"))),
-        "train_loss_average": train_result.metrics.get("train_loss"),
-        "eval_loss": eval_loss,
-        "perplexity": perplexity(eval_loss),
-        "initial_eval_loss": first_metric(curves, eval_name),
+        "train_loss": (logged(history, "loss") or [None])[-1],  # the last logged
+        "train_loss_average": train_result.metrics["train_loss"],
         "eval_train_loss": metrics.get("eval_train_loss"),
         "train_tokens": trainer.state.num_input_tokens_seen,
-        "tokens_per_second": speed.tokens_per_second if speed else None,
-        "seconds_per_step": speed.seconds_per_step if speed else None,
-        "train_runtime": train_result.metrics.get("train_runtime"),  # wall clock, evaluations included
-        "train_steps": trainer.state.global_step,
+        # the Trainer's own counter: this run's tokens / seconds since training began (evaluations included)
+        "tokens_per_second": (logged(history, "train_tokens_per_second") or [None])[-1],
+        "train_runtime": train_result.metrics["train_runtime"],
+        "train_steps_per_second": train_result.metrics.get("train_steps_per_second"),
+        "train_steps": step,
         "epochs": trainer.state.epoch,
-        "num_parameters": count_parameters(model),
-        "block_size": block_size,
-        "train_blocks": len(train_ds),
-        "eval_blocks": len(eval_ds) if eval_ds is not None else 0,
-        "world_size": world,
+        **sizes,
     }
-    if eval_ds is None:
-        for key in ("eval_loss", "perplexity", "initial_eval_loss"):
-            results.pop(key)
+    if eval_ds is not None:
+        eval_loss = metrics[eval_name]
+        try:
+            perplexity = math.exp(eval_loss)
+        except OverflowError:
+            perplexity = math.inf
+        results.update(eval_loss=eval_loss, perplexity=perplexity, initial_eval_loss=logged(history, eval_name)[0])
     results = {k: v for k, v in results.items() if v is not None}
 
     # Sharded weights (DeepSpeed ZeRO-3, FSDP): every process takes part in each forward pass.
-    if is_main_process() or weights_are_sharded(trainer):
-        prompts = sampling_args.sample_prompts if sampling_args.sample_prompts is not None else DEFAULT_PROMPTS
+    if trainer.is_world_process_zero() or weights_are_sharded(trainer):
         samples = generate_samples(
-            trainer.model, tokenizer, prompts, seed=training_args.seed, **sampling_args.generation_kwargs()
+            trainer.model, tokenizer, report_args.sample_prompts, seed=training_args.seed, **report_args.generation_kwargs()
         )
-    if is_main_process():
+    if trainer.is_world_process_zero():
         from hf_gpt_scratch.plots import plot_losses
 
         try:
-            plot_losses(curves, Path(training_args.output_dir) / "loss.png", title=preset or None)
+            plot_losses(log_history_to_curves(history), Path(training_args.output_dir) / "loss.png", title=preset or None)
         except ValueError as err:  # nothing logged (e.g. no eval and fewer steps than logging_steps)
             logger.warning("No loss plot: %s", err)
         results["samples"] = samples

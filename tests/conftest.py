@@ -1,8 +1,11 @@
+import contextlib
 import importlib.util
 import json
+import io
 import os
 import subprocess
 import sys
+import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -47,14 +50,12 @@ needs_verdict = pytest.mark.skipif(not VERDICT.is_file(), reason=f"book data not
 
 
 def recipe_env(**extra) -> dict[str, str]:
-    """The environment of a recipe run in a subprocess: offline, the book's data, 2 threads unless
-    OMP_NUM_THREADS is set; `extra` overrides."""
+    """The environment of a recipe run in a subprocess: offline, the book's data; `extra` overrides."""
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env["HF_GPT_SCRATCH_DATA"] = str(DATA)
     env["TOKENIZERS_PARALLELISM"] = "false"
-    env.setdefault("OMP_NUM_THREADS", "2")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -75,6 +76,18 @@ def load_recipe(name: str):
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+def run_recipe(name: str, *args, input: str | None = None) -> str:
+    """recipes/<name>.py's `main(args)` in this process (no interpreter start-up, no imports again),
+    with `input` as stdin; returns what it printed. Keep subprocesses (`run_command`) for what needs
+    a fresh process: launchers, a killed run, remote code."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.ExitStack() as stack:
+        if input is not None:
+            stack.enter_context(unittest.mock.patch("sys.stdin", io.StringIO(input)))
+        load_recipe(name).main([str(a) for a in args])
+    return out.getvalue()
 
 
 @pytest.fixture(scope="session")

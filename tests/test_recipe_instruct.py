@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 
 import hf_gpt_scratch  # noqa: F401
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
+from hf_gpt_scratch.arguments import LoraArguments
 from hf_gpt_scratch.data import format_alpaca_prompt, load_instruction_data
 from hf_gpt_scratch.instruction import (
     evaluate_instruction_model,
@@ -275,43 +276,38 @@ def test_malformed_instruction_file_fails_before_training(tmp_path, train_file):
 
 def test_use_lora_picks_the_learning_rate_default(tmp_path):
     recipe = _load_recipe_module()
-    assert recipe._uses_lora([])
-    assert not recipe._uses_lora(["--use_lora", "false"])
-    assert not recipe._uses_lora(["--no_use_lora"])
-    assert not recipe._uses_lora(["--use-lora", "false"])
-    assert not recipe._uses_lora(["--use_lora=no"])
-    assert recipe._uses_lora(["--use_lora"])
-    assert recipe._uses_lora(["--use_lora", "True", "--output_dir", "x"])
-    assert not recipe._uses_lora(["--preset", "book_ch7"])
-    assert recipe._uses_lora(["--preset", "book_ch7", "--use_lora", "true"])
+
+    def learning_rate(*argv):
+        return recipe.parse_args([*argv, "--output_dir", str(tmp_path / "out")])[4].learning_rate
+
+    assert learning_rate() == learning_rate("--use_lora") == recipe.LORA_LEARNING_RATE
+    for argv in (["--use_lora", "false"], ["--no_use_lora"], ["--use-lora", "false"], ["--use_lora=no"]):
+        assert learning_rate(*argv) == recipe.FULL_LEARNING_RATE, argv
+    assert learning_rate("--preset", "book_ch7") == recipe.FULL_LEARNING_RATE
+    assert learning_rate("--use_lora", "false", "--learning_rate", "0.1") == 0.1  # an explicit rate wins
     flags = tmp_path / "flags.json"
-    flags.write_text(json.dumps({"use_lora": False, "output_dir": "x"}))
-    assert not recipe._uses_lora([str(flags)])
-
-
-def test_lora_target_modules_parse():
-    recipe = _load_recipe_module()
-    assert recipe.LoraArguments().target_modules() == ["W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2"]
-    assert recipe.LoraArguments(lora_target_modules="all-linear").target_modules() == "all-linear"
-    with pytest.raises(ValueError):
-        recipe.LoraArguments(lora_r=0)
+    flags.write_text(json.dumps({"use_lora": False}))
+    assert learning_rate(str(flags)) == recipe.FULL_LEARNING_RATE
+    _, _, lora_args, _, training_args, preset = recipe.parse_args(["--preset", "demo", "--output_dir", str(tmp_path)])
+    assert preset == "demo" and training_args.learning_rate == 1e-3 and lora_args.lora_dropout == 0.05
+    assert lora_args.target_modules()[-1] == "out_head"
 
 
 def test_lora_skips_a_tied_output_head(tokenizer):
     recipe = _load_recipe_module()
     model_args = recipe.ModelArguments()
     targets = "W_query,out_head"
-    untied = recipe.wrap_with_lora(_tiny_model(tokenizer), recipe.LoraArguments(lora_target_modules=targets), model_args)
+    untied = recipe.wrap_with_lora(_tiny_model(tokenizer), LoraArguments(lora_target_modules=targets), model_args)
     assert any("out_head.lora_A" in name for name, _ in untied.named_parameters())
     tied_model = GPTScratchForCausalLM(GPTScratchConfig(**{**_tiny_model(tokenizer).config.to_dict(), "tie_word_embeddings": True}))
     assert tied_model.out_head.weight is tied_model.model.tok_emb.weight
-    tied = recipe.wrap_with_lora(tied_model, recipe.LoraArguments(lora_target_modules=targets), model_args)
+    tied = recipe.wrap_with_lora(tied_model, LoraArguments(lora_target_modules=targets), model_args)
     names = [name for name, _ in tied.named_parameters()]
     assert not any("out_head.lora" in name for name in names) and any("W_query.lora_A" in name for name in names)
     with pytest.raises(ValueError, match="nothing left"):
-        recipe.wrap_with_lora(GPTScratchForCausalLM(tied_model.config), recipe.LoraArguments(lora_target_modules="out_head"), model_args)
+        recipe.wrap_with_lora(GPTScratchForCausalLM(tied_model.config), LoraArguments(lora_target_modules="out_head"), model_args)
     with pytest.raises(ValueError, match="lora_target_modules"):
-        recipe.wrap_with_lora(_tiny_model(tokenizer), recipe.LoraArguments(lora_target_modules="no_such_layer"), model_args)
+        recipe.wrap_with_lora(_tiny_model(tokenizer), LoraArguments(lora_target_modules="no_such_layer"), model_args)
 
 
 # --------------------------------------------------------------------------------------------

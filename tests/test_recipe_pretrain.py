@@ -1,4 +1,5 @@
-"""recipes/pretrain.py and recipes/generate.py end to end, as a user runs them (subprocesses)."""
+"""recipes/pretrain.py and recipes/generate.py end to end, with a user's flags: `main(argv)` in this
+process (`run_recipe`), and under torchrun in subprocesses."""
 
 import json
 import math
@@ -12,19 +13,12 @@ import hf_gpt_scratch
 from hf_gpt_scratch.arguments import parse_config_overrides
 from hf_gpt_scratch.data import book_windows, split_text
 
-from conftest import DATA, RECIPES, VERDICT, load_recipe, run_command
-
-PRETRAIN = RECIPES / "pretrain.py"
-GENERATE = RECIPES / "generate.py"
+from conftest import DATA, RECIPES, VERDICT, load_recipe, run_command, run_recipe
 
 TINY = "n_layers=2,emb_dim=32,n_heads=2,context_length=64,drop_rate=0.0"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.skipif(not VERDICT.is_file(), reason=f"book data not found in {DATA}")
-
-
-def run(script, *args, timeout=600, input=None, launcher=None):
-    return run_command([*(launcher or [sys.executable]), script, *args], timeout=timeout, input=input)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +29,8 @@ def bpe_dir(verdict_bpe_dir):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, bpe_dir):
     out = tmp_path_factory.mktemp("pretrain") / "run"
-    proc = run(
-        PRETRAIN,
+    stdout = run_recipe(
+        "pretrain",
         "--tokenizer_name", bpe_dir,
         "--config_overrides", TINY,
         "--block_size", 64,
@@ -50,14 +44,14 @@ def tiny_run(tmp_path_factory, bpe_dir):
         "--disable_tqdm", "true",
         "--output_dir", out,
     )
-    return out, proc
+    return out, stdout
 
 
 def test_results_json_has_finite_fields(tiny_run):
     out, _ = tiny_run
     results = json.loads((out / "results.json").read_text())
     for key in ("train_loss", "eval_loss", "perplexity", "train_tokens", "tokens_per_second", "train_runtime",
-                "initial_eval_loss", "seconds_per_step"):
+                "initial_eval_loss", "train_steps_per_second", "num_parameters"):
         assert isinstance(results[key], (int, float)) and math.isfinite(results[key]), key
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]), rel=1e-6)
     assert results["train_steps"] == 20 and results["block_size"] == 64 and results["world_size"] == 1
@@ -81,10 +75,10 @@ def test_training_moves_the_loss_the_right_way(tiny_run):
 
 
 def test_loss_plot_is_written(tiny_run):
-    out, proc = tiny_run
+    out, stdout = tiny_run
     png = out / "loss.png"
     assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
-    assert "== results ==" in proc.stdout and "Every effort moves you" in proc.stdout
+    assert "== results ==" in stdout and "Every effort moves you" in stdout
 
 
 def test_saved_model_reloads_with_auto_classes(tiny_run, bpe_dir):
@@ -107,20 +101,20 @@ def test_saved_model_reloads_with_auto_classes(tiny_run, bpe_dir):
 
 def test_generate_continues_a_prompt(tiny_run):
     out, _ = tiny_run
-    proc = run(GENERATE, "--model_name_or_path", out, "--prompt", "Every effort moves you", "--max_new_tokens", 10)
-    assert proc.stdout.startswith("Every effort moves you")
-    assert len(proc.stdout.strip()) > len("Every effort moves you")
-    sampled = run(
-        GENERATE, "--model_name_or_path", out, "--prompt", "I had", "--max_new_tokens", 10,
+    stdout = run_recipe("generate", "--model_name_or_path", out, "--prompt", "Every effort moves you", "--max_new_tokens", 10)
+    assert stdout.startswith("Every effort moves you")
+    assert len(stdout.strip()) > len("Every effort moves you")
+    sampled = run_recipe(
+        "generate", "--model_name_or_path", out, "--prompt", "I had", "--max_new_tokens", 10,
         "--temperature", 1.0, "--top_k", 20, "--seed", 1, "--stream", "false",
     )
-    assert sampled.stdout.startswith("I had") and len(sampled.stdout.strip()) > len("I had")
+    assert sampled.startswith("I had") and len(sampled.strip()) > len("I had")
 
 
 def test_generate_reads_prompts_from_stdin(tiny_run):
     out, _ = tiny_run
-    proc = run(GENERATE, "--model_name_or_path", out, "--max_new_tokens", 5, "--alpaca", input="Name a color.\n\nSay hi.\n")
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    stdout = run_recipe("generate", "--model_name_or_path", out, "--max_new_tokens", 5, "--alpaca", input="Name a color.\n\nSay hi.\n")
+    lines = [line for line in stdout.splitlines() if line.strip()]
     assert len(lines) >= 2  # one answer per non-empty line
 
 
@@ -137,10 +131,10 @@ def test_book_windows_json_data_and_resume(tmp_path, bpe_dir):
         "--save_steps", 2, "--logging_steps", 1, "--eval_steps", 2, "--disable_tqdm", "true",
         "--output_dir", tmp_path / "out", "--max_new_tokens", 3,
     ]
-    run(PRETRAIN, *common, "--max_steps", 2)
+    run_recipe("pretrain", *common, "--max_steps", 2)
     first = json.loads((tmp_path / "out" / "results.json").read_text())
     assert (tmp_path / "out" / "checkpoint-2").is_dir()
-    run(PRETRAIN, *common, "--max_steps", 4, "--resume_from_checkpoint", "last")
+    run_recipe("pretrain", *common, "--max_steps", 4, "--resume_from_checkpoint", "last")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
 
     # the windows are the book's: count them from the same rows
@@ -157,12 +151,15 @@ def test_book_windows_json_data_and_resume(tmp_path, bpe_dir):
 
 def test_book_ch5_preset_arguments(tmp_path):
     recipe = load_recipe("pretrain")
-    types = (recipe.ModelArguments, recipe.PretrainDataArguments, recipe.SamplingArguments, recipe.TrainingArguments)
+    types = (recipe.ModelArguments, recipe.PretrainDataArguments, recipe.ReportArguments, recipe.TrainingArguments)
     model_args, data_args, sampling, args, preset = recipe.parse_recipe_args(
         types, presets=recipe.PRESETS, defaults=recipe.RECIPE_DEFAULTS,
         args=["--preset", "book_ch5", "--max_steps", "3", "--config_overrides", "n_layers=2"],
     )
-    assert preset == "book_ch5"
+    # the same file given by its path
+    by_path = recipe.parse_recipe_args(types, presets=recipe.PRESETS, defaults=recipe.RECIPE_DEFAULTS,
+                                       args=[str(recipe.PRESETS / "book_ch5.yaml")])
+    assert by_path[-1] == preset == "book_ch5" and by_path[3].to_dict() == {**args.to_dict(), "max_steps": -1}
     assert args.learning_rate == 4e-4 and args.weight_decay == 0.1 and args.num_train_epochs == 10
     assert args.per_device_train_batch_size == 2 and args.seed == 123 and args.warmup_steps == 0
     assert args.lr_scheduler_type == "constant" and args.max_grad_norm == 0.0
@@ -172,7 +169,8 @@ def test_book_ch5_preset_arguments(tmp_path):
     overrides = parse_config_overrides(model_args.config_overrides, hf_gpt_scratch.GPTScratchConfig())
     assert overrides["context_length"] == 256 and overrides["n_layers"] == 2 and overrides["emb_dim"] == 768
     assert overrides["drop_rate"] == 0.1 and overrides["qkv_bias"] is False and overrides["tie_word_embeddings"] is False
-    assert args.output_dir == "runs/book_ch5"
+    assert args.output_dir == "runs/book_ch5" and sampling.sample_prompts == ["Every effort moves you"]
+    assert model_args.init_weights == "torch" and args.dataloader_drop_last and data_args.eval_train_samples == 10
 
 
 def test_bad_arguments_fail_clearly(tmp_path, bpe_dir):
@@ -180,8 +178,11 @@ def test_bad_arguments_fail_clearly(tmp_path, bpe_dir):
     base = ["--tokenizer_name", str(bpe_dir), "--config_overrides", TINY, "--output_dir", str(tmp_path)]
     with pytest.raises(ValueError, match="exceeds the model's context_length"):
         recipe.main([*base, "--block_size", "128"])
-    with pytest.raises(ValueError, match="n_layerz"):
-        recipe.main([*base[:2], "--config_overrides", "n_layerz=2", "--output_dir", str(tmp_path)])
+    for override in ("n_layerz=2", "dtype=float16", "model_type=gpt2"):  # half precision on CPU, an internal field
+        with pytest.raises(ValueError, match=f"--config_overrides '{override}'"):
+            recipe.main([*base[:2], "--config_overrides", override, "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--max_steps must be"):
+        recipe.main([*base, "--max_steps", "0"])
     with pytest.raises(ValueError, match="not enough for one block"):
         short = tmp_path / "short.txt"
         short.write_text("Only a few words here.\n" * 3)
@@ -191,14 +192,13 @@ def test_bad_arguments_fail_clearly(tmp_path, bpe_dir):
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path, bpe_dir):
     out = tmp_path / "ddp"
-    proc = run(
-        PRETRAIN,
+    proc = run_command([
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", RECIPES / "pretrain.py",
         "--tokenizer_name", bpe_dir, "--config_overrides", TINY, "--block_size", 32,
         "--max_steps", 4, "--per_device_train_batch_size", 2, "--learning_rate", 5e-3,
         "--logging_steps", 2, "--eval_steps", 2,
         "--disable_tqdm", "true", "--max_new_tokens", 4, "--output_dir", out,
-        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-    )
+    ])
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2
     # tokens are counted over both processes: 4 steps x 2 ranks x 2 blocks x 32 tokens
@@ -221,8 +221,8 @@ def test_generate_from_stock_gpt2_dir_and_lora_adapter(tmp_path, tiny_run):
     stock = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=1, n_head=2)).save_pretrained(stock)
     gpt2_tokenizer().save_pretrained(stock)
-    proc = run(GENERATE, "--model_name_or_path", stock, "--prompt", "Hello", "--max_new_tokens", 4)
-    assert proc.stdout.startswith("Hello") and len(proc.stdout.strip()) > len("Hello")
+    stdout = run_recipe("generate", "--model_name_or_path", stock, "--prompt", "Hello", "--max_new_tokens", 4)
+    assert stdout.startswith("Hello") and len(stdout.strip()) > len("Hello")
 
     # a LoRA adapter over the pretrained run: loaded over its base, tokenizer from the base
     out, _ = tiny_run
@@ -231,5 +231,5 @@ def test_generate_from_stock_gpt2_dir_and_lora_adapter(tmp_path, tiny_run):
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
     assert (adapter / "adapter_config.json").is_file() and not (adapter / "tokenizer.json").exists()
-    proc = run(GENERATE, "--model_name_or_path", adapter, "--prompt", "Every effort", "--max_new_tokens", 4)
-    assert proc.stdout.startswith("Every effort") and len(proc.stdout.strip()) > len("Every effort")
+    stdout = run_recipe("generate", "--model_name_or_path", adapter, "--prompt", "Every effort", "--max_new_tokens", 4)
+    assert stdout.startswith("Every effort") and len(stdout.strip()) > len("Every effort")

@@ -1,7 +1,6 @@
-"""Shared recipe logic (hf_gpt_scratch.training) and the figures (hf_gpt_scratch.plots)."""
+"""Shared recipe logic (arguments, loading, reporting, sampling) and the figures (hf_gpt_scratch.plots)."""
 
 import json
-import math
 import os
 
 import matplotlib.image
@@ -18,17 +17,18 @@ from transformers import (
 import hf_gpt_scratch
 from hf_gpt_scratch.arguments import (
     DataArguments,
+    LoraArguments,
     ModelArguments,
     apply_config_overrides,
     cpu_distributed_defaults,
     parse_config_overrides,
     parse_recipe_args,
 )
-from hf_gpt_scratch.callbacks import TokensSeenCallback, evaluate_once, find_callback
+from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
 from hf_gpt_scratch.loading import load_causal_lm, tokenizer_source
 from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
-from hf_gpt_scratch.reporting import log_history_to_curves, perplexity, print_table, write_results
-from hf_gpt_scratch.sampling import SamplingArguments, generate_samples, generation_kwargs
+from hf_gpt_scratch.reporting import log_history_to_curves, logged, print_table, write_results
+from hf_gpt_scratch.sampling import SamplingArguments, context_length_of, generate_samples
 from hf_gpt_scratch.tokenization import gpt2_tokenizer
 
 from conftest import tiny_config
@@ -53,38 +53,37 @@ def assert_png(path):
 
 def test_config_overrides_are_typed():
     config = hf_gpt_scratch.GPTScratchConfig()
-    values = parse_config_overrides(
-        "n_layers=2, emb_dim=64,drop_rate=0,qkv_bias=true,tie_word_embeddings=No,pad_token_id=none", config
-    )
-    assert values == {
-        "n_layers": 2,
-        "emb_dim": 64,
-        "drop_rate": 0.0,
-        "qkv_bias": True,
-        "tie_word_embeddings": False,
-        "pad_token_id": None,
-    }
+    values = parse_config_overrides("n_layers=2, emb_dim=64,drop_rate=0,qkv_bias=true,tie_word_embeddings=No", config)
+    assert values == {"n_layers": 2, "emb_dim": 64, "drop_rate": 0.0, "qkv_bias": True, "tie_word_embeddings": False}
     assert isinstance(values["drop_rate"], float) and isinstance(values["n_layers"], int)
-    # a field that is None by default infers its type from the text
-    assert parse_config_overrides("eos_token_id=7", config) == {"eos_token_id": 7}
-    # standard aliases map onto the book's names
-    assert parse_config_overrides("hidden_size=128,num_hidden_layers=3", config) == {"emb_dim": 128, "n_layers": 3}
+    assert config.n_layers == 12  # parsing changes nothing
+    # standard aliases map onto the book's names; later keys win
+    assert parse_config_overrides("hidden_size=128,num_hidden_layers=3,n_layers=4", config) == {"emb_dim": 128, "n_layers": 4}
     assert parse_config_overrides(None, config) == {} and parse_config_overrides(" ", config) == {}
+    # any config class: its own fields
+    assert parse_config_overrides("n_layer=3,resid_pdrop=0", GPT2Config()) == {"n_layer": 3, "resid_pdrop": 0.0}
 
 
 def test_config_overrides_errors_name_the_key():
     config = hf_gpt_scratch.GPTScratchConfig()
-    with pytest.raises(ValueError, match="n_layer'.*no such field"):
+    with pytest.raises(ValueError, match="'n_layer=2': expected key=value with a field of GPTScratchConfig"):
         parse_config_overrides("n_layer=2", config)
-    with pytest.raises(ValueError, match="n_layers=.*'two'"):
+    with pytest.raises(ValueError, match="n_layers=two"):
         parse_config_overrides("n_layers=two", config)
     with pytest.raises(ValueError, match="qkv_bias"):
         parse_config_overrides("qkv_bias=maybe", config)
     with pytest.raises(ValueError, match="key=value"):
         parse_config_overrides("n_layers", config)
-    # values that parse but make no sense are rejected by the config's validation
+    with pytest.raises(ValueError, match="n_heads must be a positive integer"):
+        parse_config_overrides("n_heads=0", config)
+    # dtype would train in half precision on CPU; model_type and the other PretrainedConfig fields are internal
+    for key in ("dtype=float16", "model_type=gpt2", "architectures=x", "output_hidden_states=true"):
+        with pytest.raises(ValueError, match=f"'{key}': expected key=value with a field"):
+            parse_config_overrides(key, config)
+    # values that parse but make no sense together are rejected by the config, which stays as it was
     with pytest.raises(ValueError, match="divisible"):
         apply_config_overrides(config, parse_config_overrides("emb_dim=30,n_heads=4", config))
+    assert (config.emb_dim, config.n_heads) == (768, 12)
 
 
 # ---------------------------------------------------------------- model loading
@@ -176,25 +175,32 @@ def test_tokenizer_source(tmp_path, gpt2_tok):
 # ---------------------------------------------------------------- argument parsing
 
 
-PRESETS = {"small": {"learning_rate": 0.25, "config_overrides": "n_layers=3,emb_dim=64", "block_size": 32}}
+@pytest.fixture
+def presets(tmp_path):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "small.yaml").write_text("# a comment\nlearning_rate: 0.25\nconfig_overrides: n_layers=3,emb_dim=64\nblock_size: 32\n")
+    return folder
 
 
-def test_parse_recipe_args_preset_and_explicit_flags(tmp_path):
-    types = (ModelArguments, DataArguments, TrainingArguments)
+TYPES = (ModelArguments, DataArguments, TrainingArguments)
+
+
+def test_parse_recipe_args_preset_and_explicit_flags(tmp_path, presets, capsys):
     model_args, data_args, training_args, preset = parse_recipe_args(
-        types, presets=PRESETS, defaults={"logging_steps": 7}, args=["--output_dir", str(tmp_path)]
+        TYPES, presets=presets, defaults={"logging_steps": 7}, args=["--output_dir", str(tmp_path)]
     )
     assert preset is None and training_args.logging_steps == 7 and training_args.learning_rate == 5e-5
     assert model_args.config_overrides is None
 
     model_args, data_args, training_args, preset = parse_recipe_args(
-        types,
-        presets=PRESETS,
+        TYPES,
+        presets=presets,
         defaults={"logging_steps": 7, "learning_rate": 0.5},
         args=["--preset", "small", "--output_dir", str(tmp_path), "--block_size", "16", "--config_overrides", "n_layers=1"],
     )
     assert preset == "small"
-    assert training_args.learning_rate == 0.25  # preset beats recipe defaults
+    assert training_args.learning_rate == 0.25 and training_args.logging_steps == 7  # preset beats recipe defaults
     assert data_args.block_size == 16  # explicit flag beats preset
     assert model_args.config_overrides == "n_layers=3,emb_dim=64,n_layers=1"  # appended: later keys win
     assert parse_config_overrides(model_args.config_overrides, hf_gpt_scratch.GPTScratchConfig()) == {
@@ -203,15 +209,63 @@ def test_parse_recipe_args_preset_and_explicit_flags(tmp_path):
     }
 
     with pytest.raises(SystemExit):
-        parse_recipe_args(types, presets=PRESETS, args=["--preset", "nope", "--output_dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="unknown arguments: nope"):
-        parse_recipe_args(types, defaults={"nope": 1}, args=["--output_dir", str(tmp_path)])
+        parse_recipe_args(TYPES, presets=presets, args=["--preset", "nope", "--output_dir", str(tmp_path)])
+    assert "--preset: invalid choice: 'nope' (choose from 'small')" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no such arguments: nope"):
+        parse_recipe_args(TYPES, defaults={"nope": 1}, args=["--output_dir", str(tmp_path)])
 
-    # a JSON file instead of flags, on top of a preset
-    config = tmp_path / "args.json"
-    config.write_text(json.dumps({"preset": "small", "output_dir": str(tmp_path), "max_train_samples": 3}))
-    _, data_args, training_args, preset = parse_recipe_args(types, presets=PRESETS, args=[str(config)])
-    assert preset == "small" and data_args.max_train_samples == 3 and training_args.learning_rate == 0.25
+    # a file of flag values as the first argument (YAML or JSON), flags after it still win
+    for name, text in (("args.json", json.dumps({"output_dir": str(tmp_path), "max_train_samples": 3})),
+                       ("args.yaml", f"output_dir: {tmp_path}\nmax_train_samples: 3\n")):
+        (tmp_path / name).write_text(text)
+        _, data_args, training_args, preset = parse_recipe_args(TYPES, args=[str(tmp_path / name), "--seed", "5"])
+        assert preset == "args" and data_args.max_train_samples == 3 and training_args.seed == 5
+    with pytest.raises(ValueError, match="either --preset small or the file"):
+        parse_recipe_args(TYPES, presets=presets, args=[str(tmp_path / "args.yaml"), "--preset", "small"])
+    (tmp_path / "bad.yaml").write_text("preset: small\nblok_size: 3\n")
+    with pytest.raises(ValueError, match="bad.yaml: no such arguments: blok_size, preset"):
+        parse_recipe_args(TYPES, args=[str(tmp_path / "bad.yaml")])
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("max_steps", "0", "a positive number of steps, or -1"),
+        ("max_steps", "-3", "a positive number of steps, or -1"),
+        ("num_train_epochs", "0", "a positive finite number of epochs"),
+        ("num_train_epochs", "nan", "a positive finite number of epochs"),
+        ("gradient_accumulation_steps", "0", "a positive integer"),
+        ("per_device_train_batch_size", "0", "a positive integer"),
+        ("per_device_eval_batch_size", "-1", "a positive integer"),
+        ("learning_rate", "-0.001", "a finite number >= 0"),
+        ("learning_rate", "nan", "a finite number >= 0"),
+        ("seed", "-1", "an integer in \\[0, 2\\*\\*32\\)"),
+        ("data_seed", "4294967296", "an integer in \\[0, 2\\*\\*32\\)"),
+    ],
+)
+def test_nonsense_training_flags_fail_at_parse_time(tmp_path, flag, value, expected):
+    with pytest.raises(ValueError, match=f"^--{flag} must be {expected}.*, got"):
+        parse_recipe_args(TYPES, args=["--output_dir", str(tmp_path), f"--{flag}", value])
+    assert not any(tmp_path.iterdir())
+
+
+def test_epochs_may_be_zero_when_max_steps_is_given(tmp_path):
+    *_, training_args, _ = parse_recipe_args(TYPES, args=["--output_dir", str(tmp_path), "--num_train_epochs", "0",
+                                                          "--max_steps", "3"])
+    assert training_args.max_steps == 3
+
+
+def test_lora_arguments():
+    default = LoraArguments()
+    assert default.target_modules() == ["W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2"]
+    assert LoraArguments(lora_target_modules=["all-linear"]).target_modules() == "all-linear"
+    assert LoraArguments(lora_target_modules=["W_query,W_key", "out_head"]).target_modules() == ["W_query", "W_key", "out_head"]
+    config = LoraArguments(lora_r=4, lora_alpha=8.0).peft_config(task_type="CAUSAL_LM", target_modules=["W_query"])
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (4, 8.0, 0.0, {"W_query"})
+    for kwargs, flag in (({"lora_r": 0}, "--lora_r"), ({"lora_dropout": 1.0}, "--lora_dropout"),
+                         ({"lora_target_modules": [" , "]}, "--lora_target_modules")):
+        with pytest.raises(ValueError, match=flag):
+            LoraArguments(**kwargs)
 
 
 def test_data_arguments_validation(tmp_path, monkeypatch):
@@ -239,58 +293,38 @@ def test_cpu_distributed_defaults(monkeypatch):
 # ---------------------------------------------------------------- results, curves, tables
 
 
-def test_write_results_keeps_only_finite_numbers(tmp_path, monkeypatch):
-    monkeypatch.delenv("RANK", raising=False)
+def test_write_results_keeps_only_finite_numbers(tmp_path):
     results = {
         "eval_loss": 1.5,
         "perplexity": float("inf"),
         "bad": float("nan"),
         "steps": 3,
-        "tensor": torch.tensor(2.5),
         "flag": True,
         "none": None,
         "samples": [{"prompt": "a", "completion": "b"}],
-        "nested": {"x": float("-inf"), "y": 2.0},
     }
     path = write_results(tmp_path / "out", results)
     text = path.read_text()
-    data = json.loads(text)
     assert "NaN" not in text and "Infinity" not in text
-    assert data == {
-        "eval_loss": 1.5,
-        "steps": 3,
-        "tensor": 2.5,
-        "flag": True,
-        "none": None,
-        "samples": [{"prompt": "a", "completion": "b"}],
-        "nested": {"y": 2.0},
-    }
+    assert json.loads(text) == {k: v for k, v in results.items() if k not in ("perplexity", "bad")}
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
     with pytest.raises(TypeError, match="object"):
         write_results(tmp_path, {"object": object()})
 
 
-def test_write_results_only_on_rank_zero(tmp_path, monkeypatch):
-    monkeypatch.setenv("RANK", "1")
+def test_reports_only_on_the_main_process(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("hf_gpt_scratch.reporting.is_main_process", lambda: False)
     assert write_results(tmp_path, {"a": 1.0}) is None
     assert not (tmp_path / "results.json").exists()
-    assert print_table({"a": 1}) == "a  1"  # returns its text on every rank, prints only on rank 0
-    monkeypatch.setenv("RANK", "0")
-    assert write_results(tmp_path, {"a": 1.0}).is_file()
+    assert print_table({"a": 1}) == "a  1" and capsys.readouterr().out == ""  # returns its text on every rank
 
 
 def test_print_table(capsys):
-    text = print_table({"loss": 0.123456, "tokens": 1234567, "name": "x", "big": 1.5e9}, title="t")
+    text = print_table({"loss": 0.123456, "tokens": 1234567, "name": "x", "big": 1.5e9, "items": [1, 2]}, title="t")
     assert capsys.readouterr().out.strip() == text
-    lines = text.splitlines()
-    assert lines[0] == "== t =="
-    assert "0.1235" in text and "1,234,567" in text and "1.5e+09" in text
-
-
-def test_perplexity():
-    assert perplexity(0.0) == 1.0
-    assert math.isclose(perplexity(math.log(20.0)), 20.0)
-    assert perplexity(1e4) == float("inf")
-    assert math.isnan(perplexity(float("nan"))) and math.isnan(perplexity(None))
+    assert text.splitlines() == [
+        "== t ==", "loss    0.1235", "tokens  1,234,567", "name    x", "big     1.5e+09", "items   [2 items]",
+    ]
 
 
 LOG_HISTORY = [
@@ -319,15 +353,12 @@ def test_log_history_to_curves():
 def test_plot_losses_writes_png(tmp_path):
     curves = log_history_to_curves(LOG_HISTORY)
     assert_png(plot_losses(curves, tmp_path / "sub" / "loss.png", title="tiny"))
-    assert_png(plot_losses(curves, tmp_path / "loss_steps.png", x="step"))
-    assert_png(plot_losses(curves, tmp_path / "acc.png", metric="accuracy", x="epoch"))
-    # no token counts: falls back to steps
+    assert_png(plot_losses(curves, tmp_path / "acc.png", metric="accuracy"))
+    # no token counts: steps on the x axis
     no_tokens = log_history_to_curves([{k: v for k, v in e.items() if k != "num_input_tokens_seen"} for e in LOG_HISTORY])
     assert_png(plot_losses(no_tokens, tmp_path / "fallback.png"))
     with pytest.raises(ValueError, match="no 'bleu' series"):
         plot_losses(curves, tmp_path / "x.png", metric="bleu")
-    with pytest.raises(ValueError, match="x must be"):
-        plot_losses(curves, tmp_path / "x.png", x="time")
 
 
 def test_plot_confusion_matrix(tmp_path):
@@ -354,41 +385,51 @@ class _Blocks(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def test_tokens_seen_callback_with_trainer(tmp_path):
+def test_curves_and_counters_from_a_trainer(tmp_path):
+    """What the recipes read from a real Trainer's log history: curves against tokens seen and the
+    Trainer's own tokens-per-second counter, logged at the last step too (5 is no multiple of 2)."""
     model = hf_gpt_scratch.GPTScratchForCausalLM(tiny_config())
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, logging_steps=2,
+        output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=2, logging_steps=2,
         eval_strategy="steps", eval_steps=2, report_to="none", save_strategy="no", disable_tqdm=True,
-        use_cpu=True, dataloader_pin_memory=False,
+        use_cpu=True, dataloader_pin_memory=False, include_num_input_tokens_seen=True,
     )
-    assert args.include_num_input_tokens_seen == "no"
     trainer = Trainer(
         model=model, args=args, train_dataset=_Blocks(16, 8, 97), eval_dataset=_Blocks(4, 8, 97),
-        data_collator=default_data_collator, callbacks=[TokensSeenCallback()],
+        data_collator=default_data_collator, callbacks=default_callbacks(),
     )
-    assert args.include_num_input_tokens_seen == "all"  # switched on by the callback
     trainer.train()
-    speed = find_callback(trainer, TokensSeenCallback)
-    assert speed.session_tokens == 4 * 2 * 8 == trainer.state.num_input_tokens_seen
-    assert speed.session_steps == 4 and speed.seconds_per_step > 0 and speed.tokens_per_second > 0
-    curves = log_history_to_curves(trainer.state.log_history)
-    assert curves["train_loss"]["tokens_seen"] == [32, 64]
-    assert curves["eval_loss"]["step"] == [2, 4]
-    n_logs = len(trainer.state.log_history)
-    metrics = evaluate_once(trainer)  # the step-4 evaluation is reused, not repeated
-    assert metrics["eval_loss"] == curves["eval_loss"]["value"][-1]
-    assert len(trainer.state.log_history) == n_logs
+    history = trainer.state.log_history
+    curves = log_history_to_curves(history)
+    assert curves["train_loss"]["tokens_seen"] == [32, 64, 80] and logged(history, "num_input_tokens_seen")[-1] == 80
+    assert curves["train_loss"]["step"] == [2, 4, 5] and curves["eval_loss"]["step"] == [2, 4, 5]
+    speeds = logged(history, "train_tokens_per_second")
+    assert len(speeds) == 3 and speeds[-1] > 0
+    assert find_callback(trainer, TokensSeenCallback).tokens_per_second == speeds[-1]
 
 
 def test_generation_kwargs_follow_the_book():
-    assert generation_kwargs(max_new_tokens=5) == {"max_new_tokens": 5, "do_sample": False}
-    sampled = generation_kwargs(max_new_tokens=5, temperature=1.4, top_k=25)
-    assert sampled == {"max_new_tokens": 5, "do_sample": True, "temperature": 1.4, "top_k": 25}
-    assert generation_kwargs(temperature=0.7)["top_k"] == 0  # no hidden top-50 filter
-    assert generation_kwargs(do_sample=True)["temperature"] == 1.0
-    assert SamplingArguments(temperature=0.5, top_k=3).generation_kwargs()["top_k"] == 3
-    with pytest.raises(ValueError):
-        SamplingArguments(temperature=-1)
+    def kwargs(**values):
+        return SamplingArguments(**values).generation_kwargs()
+
+    assert kwargs(max_new_tokens=5) == {"max_new_tokens": 5, "do_sample": False}
+    assert kwargs(max_new_tokens=5, temperature=1.4, top_k=25) == {
+        "max_new_tokens": 5, "do_sample": True, "temperature": 1.4, "top_k": 25
+    }
+    assert kwargs(temperature=0.7)["top_k"] == 0  # no hidden top-50 filter
+    assert kwargs(do_sample=True)["temperature"] == 1.0
+    assert kwargs(do_sample=True, top_p=0.9, repetition_penalty=1.2) == {
+        "max_new_tokens": 50, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 0.9, "repetition_penalty": 1.2
+    }
+    assert kwargs(temperature=1.0, do_sample=False) == {"max_new_tokens": 50, "do_sample": False}
+    for values in ({"temperature": -1}, {"max_new_tokens": 0}, {"top_k": 0}):
+        with pytest.raises(ValueError, match=f"--{next(iter(values))}"):
+            SamplingArguments(**values)
+
+
+def test_context_length_of_any_causal_lm():
+    assert context_length_of(hf_gpt_scratch.GPTScratchForCausalLM(tiny_config(context_length=24))) == 24
+    assert context_length_of(GPT2LMHeadModel(GPT2Config(n_positions=40, n_embd=8, n_layer=1, n_head=2))) == 40
 
 
 def test_generate_samples_greedy_is_deterministic_and_fits_context(gpt2_tok):
