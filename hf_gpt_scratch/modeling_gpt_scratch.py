@@ -519,10 +519,10 @@ class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
 def _add_to_transformers_name_tables() -> None:
     """Put our class names in the built-in tables some of transformers reads instead of the Auto
     registry: the Trainer shifts labels for label smoothing only for the causal LMs of
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, the text-generation and text-classification pipelines log an
-    error for classes missing from theirs, and `Trainer.create_model_card` infers the task from them.
-    Runs when this file is imported, so it holds for remote code too; never replaces an entry. The
-    Auto classes stay unchanged: they only resolve model types that CONFIG_MAPPING_NAMES lists."""
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, `Trainer.create_model_card` infers the task and
+    `transformers serve` the modality from them. Runs when this file is imported, so it holds for
+    remote code too; never replaces an entry. The Auto classes stay unchanged: they only resolve
+    model types that CONFIG_MAPPING_NAMES lists."""
     from transformers.models.auto import modeling_auto
 
     for table, model_class in (
