@@ -1,5 +1,6 @@
 import contextlib
 import importlib.util
+import math
 import json
 import io
 import os
@@ -69,13 +70,23 @@ def run_command(cmd, timeout=600, input=None, **env):
     return proc
 
 
-def load_recipe(name: str):
-    """recipes/<name>.py imported as a module (its `main(args)` runs the recipe in-process)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+def load_script(path: Path, name: str):
+    """A script of recipes/ or benchmarks/ (folders that are no package) imported as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+def load_recipe(name: str):
+    """recipes/<name>.py imported as a module (its `main(args)` runs the recipe in-process)."""
+    return load_script(RECIPES / f"{name}.py", f"recipe_{name}")
+
+
+def finite_positive(x) -> bool:
+    """A measured number that makes sense: finite and above zero."""
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 def run_recipe(name: str, *args, input: str | None = None) -> str:

@@ -1,30 +1,19 @@
 """Smoke test of benchmarks/bench.py: the --quick run (tiny shape, one round) writes complete,
 finite results. No timing assertions: speed is the benchmark's business, not the test suite's."""
 
-import importlib.util
 import json
-import math
 from pathlib import Path
 
 import pytest
 
+from conftest import finite_positive, load_script
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("hf_gpt_scratch_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _finite_positive(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 def test_bench_quick_writes_finite_results(tmp_path):
     pytest.importorskip("llms_from_scratch")
-    bench = _load_bench()
+    bench = load_script(BENCH, "hf_gpt_scratch_bench")
     bench.main(["--quick", "--output_dir", str(tmp_path)])
 
     result = json.loads((tmp_path / "bench.json").read_text())
@@ -40,13 +29,13 @@ def test_bench_quick_writes_finite_results(tmp_path):
 
     train = shape["train"]
     assert train["tokens_per_step"] == 2 * 32
-    assert _finite_positive(train["flops_per_token"])
-    assert _finite_positive(train["matmul"]["mm_square"]["gflops_median"])
+    assert finite_positive(train["flops_per_token"])
+    assert finite_positive(train["matmul"]["mm_square"]["gflops_median"])
     assert set(train["contenders"]) == {"ours", "gpt2", "book"}
     for name, c in train["contenders"].items():
         for key in ("tokens_per_s_median", "step_s_median", "ratio_vs_gpt2", "paired_ratio_median", "mfu",
                     "peak_step_mb", "mem_ratio_vs_gpt2", "static_mb", "loss_first"):
-            assert _finite_positive(c[key]), (name, key, c[key])
+            assert finite_positive(c[key]), (name, key, c[key])
         assert len(c["step_s"]) == 1
     assert train["contenders"]["gpt2"]["ratio_vs_gpt2"] == 1.0
     # same model, same weights: the same parameter count for ours and GPT-2 (both tied)
@@ -56,11 +45,11 @@ def test_bench_quick_writes_finite_results(tmp_path):
     assert set(gen["cache"]["contenders"]) == {"ours", "gpt2", "weights floor", "ours, no generate", "bare torch decode"}
     # the bounds decode the same tokens as GPT-2 (same weights, same math)
     assert gen["cache"]["tokens_match_gpt2"] == {"ours": True, "ours, no generate": True, "bare torch decode": True}
-    assert _finite_positive(gen["cache"]["bounds"]["bare_through_generate_ms_per_token"])
+    assert finite_positive(gen["cache"]["bounds"]["bare_through_generate_ms_per_token"])
     assert set(gen["no_cache"]["contenders"]) == {"ours", "gpt2", "book"}
     for mode in ("cache", "no_cache"):
         assert gen[mode]["new_tokens"] == 8
         for name, c in gen[mode]["contenders"].items():
             for key in ("new_tokens_per_s_median", "ms_per_token_median", "ratio_vs_gpt2"):
-                assert _finite_positive(c[key]), (mode, name, key)
+                assert finite_positive(c[key]), (mode, name, key)
         assert all(isinstance(v, bool) for v in gen[mode]["tokens_match_gpt2"].values())

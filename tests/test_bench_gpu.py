@@ -2,28 +2,20 @@
 writes complete JSON, greedy tokens of ours and GPT-2 agree in fp32, and the synchronisation counter
 counts what it should. No timing assertions: speed is the benchmark's business."""
 
-import importlib.util
 import json
-import math
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import finite_positive, load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
 
 
 @pytest.fixture(scope="module")
 def bench_gpu():
-    spec = importlib.util.spec_from_file_location("hf_gpt_scratch_bench_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _finite_positive(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+    return load_script(BENCH, "hf_gpt_scratch_bench_gpu")
 
 
 def test_bench_gpu_tiny_cpu_writes_complete_results(bench_gpu, tmp_path):
@@ -50,7 +42,7 @@ def test_bench_gpu_tiny_cpu_writes_complete_results(bench_gpu, tmp_path):
         for name, c in run["contenders"].items():
             for key in ("tokens_per_s_median", "step_ms_median", "ratio_vs_gpt2", "paired_ratio_median",
                         "mfu_measured_mm", "static_gib", "loss_last"):
-                assert _finite_positive(c[key]), (name, key, c[key])
+                assert finite_positive(c[key]), (name, key, c[key])
             assert len(c["step_s"]) == 1
 
     gen = result["generate"]["runs"]
@@ -59,7 +51,7 @@ def test_bench_gpu_tiny_cpu_writes_complete_results(bench_gpu, tmp_path):
         assert run["new_tokens"] == 16 and set(run["contenders"]) == {"ours", "gpt2"}
         assert run["same_tokens"]["rows"] == run["batch_size"]
         for c in run["contenders"].values():
-            assert _finite_positive(c["new_tokens_per_s_median"]) and _finite_positive(c["ratio_vs_gpt2"])
+            assert finite_positive(c["new_tokens_per_s_median"]) and finite_positive(c["ratio_vs_gpt2"])
 
     syncs = result["syncs"]
     for cache in ("dynamic", "static"):
