@@ -20,9 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install

@@ -19,9 +19,9 @@ from hf_gpt_scratch.convert import (
     book_to_scratch,
     gpt2_to_scratch,
     load_book_checkpoint,
-    main,
     scratch_to_gpt2,
 )
+from hf_gpt_scratch.convert_cli import main
 
 V, C, E, H, L = 97, 16, 32, 4, 2
 ATOL = 1e-5
@@ -456,11 +456,11 @@ def test_cli_push_to_hub_pushes_model_code_and_card(tmp_path, monkeypatch, capsy
 def test_module_import_is_cheap_and_runs_as_script():
     code = (
         "import sys, runpy\n"
-        "import hf_gpt_scratch.convert\n"
+        "import hf_gpt_scratch.convert_cli\n"
         "assert 'llms_from_scratch' not in sys.modules\n"
         "assert 'transformers.models.gpt2.modeling_gpt2' not in sys.modules, 'GPT-2 imported eagerly'\n"
         "sys.argv = ['convert', '--help']\n"
-        "runpy.run_module('hf_gpt_scratch.convert', run_name='__main__')\n"
+        "runpy.run_module('hf_gpt_scratch.convert_cli', run_name='__main__')\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

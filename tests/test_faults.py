@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Trai
 from transformers import default_data_collator
 
 import hf_gpt_scratch
-from hf_gpt_scratch import convert
+from hf_gpt_scratch import convert_cli
 from hf_gpt_scratch.arguments import DataArguments, ModelArguments, parse_recipe_args
 from hf_gpt_scratch.callbacks import default_callbacks
 from hf_gpt_scratch.faults import (
@@ -159,7 +159,7 @@ def test_a_trained_tokenizer_in_the_output_dir_is_kept(tmp_path):
         load_recipe("pretrain").main(["--tokenizer_name", "gpt2", "--output_dir", str(tok)])
     gpt2 = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=16, n_embd=8, n_layer=1, n_head=2)).save_pretrained(gpt2)
-    assert convert.main(["--model_name_or_path", str(gpt2), "--tokenizer", "gpt2", "--output_dir", str(tok)]) == 1
+    assert convert_cli.main(["--model_name_or_path", str(gpt2), "--tokenizer", "gpt2", "--output_dir", str(tok)]) == 1
     assert snapshot(tok) == before
     assert len(load_tokenizer(str(tok), trust_remote_code=False)) == 400
 
@@ -264,7 +264,7 @@ def test_overwrite_leaves_no_old_checkpoint_adapter_or_result(tmp_path, bpe_dir)
     # convert --overwrite into a run's folder: the run's results are not the converted model's
     gpt2 = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=16, n_embd=8, n_layer=1, n_head=2)).save_pretrained(gpt2)
-    assert convert.main(["--model_name_or_path", str(gpt2), "--output_dir", str(out), "--overwrite"]) == 0
+    assert convert_cli.main(["--model_name_or_path", str(gpt2), "--output_dir", str(out), "--overwrite"]) == 0
     assert not (out / "results.json").exists() and not (out / "training_args.json").exists()
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 97
 
@@ -342,8 +342,8 @@ def test_no_custom_code_prompt_in_a_terminal(tmp_path, terminal_answering_yes, c
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_tokenizer_for(ModelArguments(model_name_or_path=str(tokenizer)))
     # ... and convert's loads, of a model and of a tokenizer
-    assert convert.main(["--model_name_or_path", str(model), "--output_dir", str(tmp_path / "c1")]) == 1
-    assert convert.main(["--book_checkpoint", str(tmp_path / "none.pth"), "--book_config", "gpt2-small (124M)",
+    assert convert_cli.main(["--model_name_or_path", str(model), "--output_dir", str(tmp_path / "c1")]) == 1
+    assert convert_cli.main(["--book_checkpoint", str(tmp_path / "none.pth"), "--book_config", "gpt2-small (124M)",
                          "--tokenizer", str(tokenizer), "--output_dir", str(tmp_path / "c2")]) == 1
     captured = capsys.readouterr()
     assert "Do you wish to run the custom code" not in captured.out + captured.err
@@ -393,7 +393,7 @@ def test_convert_refuses_a_gpt2_folder_missing_weights(tmp_path, capsys):
     weights = load_file(str(src / "model.safetensors"))
     del weights["transformer.h.1.mlp.c_fc.weight"], weights["transformer.h.1.ln_2.bias"]
     save_file(weights, str(src / "model.safetensors"), metadata={"format": "pt"})
-    assert convert.main(["--model_name_or_path", str(src), "--output_dir", str(tmp_path / "out")]) == 1
+    assert convert_cli.main(["--model_name_or_path", str(src), "--output_dir", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "missing from the checkpoint" in err and "transformer.h.1.*" in err and str(src) in err
     assert not (tmp_path / "out").exists()

@@ -208,7 +208,7 @@ print("RESULT" + json.dumps(out))
 def gpt2_export(pushed_runs, hub_cache, tmp_path_factory):
     """The pushed pretrain model exported with the convert CLI (--to gpt2, straight from the hub id) and pushed."""
     out = tmp_path_factory.mktemp("export") / "gpt2"
-    run_command([sys.executable, "-m", "hf_gpt_scratch.convert", "--model_name_or_path", "org/tiny-pretrain",
+    run_command([sys.executable, "-m", "hf_gpt_scratch.convert_cli", "--model_name_or_path", "org/tiny-pretrain",
                  "--to", "gpt2", "--output_dir", out, "--push_to_hub", "--hub_model_id", "org/tiny-gpt2"],
                 timeout=300, **hub_cache[1])
     return out
