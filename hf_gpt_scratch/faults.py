@@ -23,6 +23,8 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 from transformers.trainer_utils import sort_checkpoints
 
+from .tokenization import TOKENIZER_SAVE_FILES
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -197,8 +199,7 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str 
 # With it, RUN_STATE goes before training (no old checkpoint is resumed, no old adapter or result
 # pushed) and MODEL_FILES are replaced as one set by the final save (`staged_save`).
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
-               "adapter_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-               "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "chat_template.jinja")
+               "adapter_config.json", *TOKENIZER_SAVE_FILES)
 RUN_STATE = ("checkpoint-*", "results.json", "responses*.json", TRAINER_STATE_NAME, "training_args.*",
              "loss.png", "accuracy.png", "confusion_matrix.png")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

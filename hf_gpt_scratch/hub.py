@@ -34,19 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .faults import PICKLE_SUFFIXES, refuse_hub_token
+from .tokenization import TOKENIZER_SAVE_FILES
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
 CARD_TAG = "hf_gpt_scratch"  # every card we write carries it: a README.md without it is the user's
 TOP_FILES = (
     "README.md", "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "vocab.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
-    "results.json", "responses.json",
+    *TOKENIZER_SAVE_FILES, "results.json", "responses.json",
 )
 ADAPTER_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors")
 # upload_folder's ignore_patterns: never pushed, whatever the list of files says.
-NEVER = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*checkpoint-*", "*training_args*",
+NEVER = (*(f"*{suffix}" for suffix in PICKLE_SUFFIXES), "*checkpoint-*", "*training_args*",
          "*trainer_state*", "*optimizer*", "*scheduler*", "*rng_state*")
 _TOKEN = re.compile(rb"(hf_|api_org_)[A-Za-z0-9]{30,}")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -100,7 +101,6 @@ def prepare_push(training_args) -> HubTarget | None:
     `--hub_token` and a README.md in the output folder that is not our card, and on the main process
     creates the repo now. `--hub_model_id` defaults to the output folder's name, as in the Trainer."""
     from .arguments import is_main_process
-    from .faults import refuse_hub_token
 
     if not training_args.push_to_hub:
         return None

@@ -38,7 +38,7 @@ _GPT2_FILES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
 
-__all__ = ["ENDOFTEXT", "TOKENIZER_FILES", "gpt2_tokenizer", "train_bpe_tokenizer", "has_tokenizer", "load_tokenizer"]
+__all__ = ["ENDOFTEXT", "TOKENIZER_FILES", "TOKENIZER_SAVE_FILES", "gpt2_tokenizer", "train_bpe_tokenizer", "has_tokenizer", "load_tokenizer"]
 
 
 def _gpt2_data_dir() -> Path:
@@ -158,6 +158,11 @@ def train_bpe_tokenizer(
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+# Every file a tokenizer's `save_pretrained` may write: what a run folder protects, replaces and pushes.
+TOKENIZER_SAVE_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "vocab.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+)
 
 
 def has_tokenizer(path: str | None) -> bool:
