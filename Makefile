@@ -28,7 +28,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
-	$(PY) -m hf_gpt_scratch.demo --output_dir runs/demo
+	$(PY) recipes/demo.py --output_dir runs/demo
 
 clean:
 	rm -rf $(VENV) runs

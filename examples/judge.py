@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from hf_gpt_scratch.data import format_alpaca_prompt
+from hf_gpt_scratch.training.data import format_alpaca_prompt
 
 
 def judge_prompt(entry: dict) -> str:

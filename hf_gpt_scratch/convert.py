@@ -15,7 +15,7 @@
 Every conversion is exact: the same float32 numbers, re-arranged. Converted models are returned in
 eval mode, as `from_pretrained` returns them.
 
-The command line is `hf_gpt_scratch.convert_cli` (also installed as `hf-gpt-scratch-convert`).
+The command line is `hf_gpt_scratch.training.convert_cli` (also installed as `hf-gpt-scratch-convert`).
 """
 
 from __future__ import annotations
@@ -509,4 +509,4 @@ def load_book_checkpoint(path: str | os.PathLike, book_config: Mapping | str) ->
 
 
 if __name__ == "__main__":  # model cards pushed before the CLI moved still show this command
-    raise SystemExit("error: the command line is now `python -m hf_gpt_scratch.convert_cli` (or hf-gpt-scratch-convert).")
+    raise SystemExit("error: the command line is now `python -m hf_gpt_scratch.training.convert_cli` (or hf-gpt-scratch-convert).")

@@ -11,7 +11,7 @@ Both builders return a `GPT2TokenizerFast` (in transformers 5 an alias of `GPT2T
 `PreTrainedTokenizerFast`), so `save_pretrained` writes `tokenizer_class: GPT2Tokenizer` and
 `AutoTokenizer.from_pretrained` gives the same ids back.
 
-Command line (in the training layer, which checks the output folder): `python -m hf_gpt_scratch.train_tokenizer`.
+Command line (in the training layer, which checks the output folder): `python -m hf_gpt_scratch.training.train_tokenizer`.
 """
 
 from __future__ import annotations

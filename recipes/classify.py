@@ -43,14 +43,14 @@ import transformers
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.arguments import (
+from hf_gpt_scratch.training.arguments import (
     ModelArguments,
     is_main_process,
     parse_recipe_args,
     setup_logging,
 )
-from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
-from hf_gpt_scratch.classification import (
+from hf_gpt_scratch.training.callbacks import TokensSeenCallback, default_callbacks, find_callback
+from hf_gpt_scratch.training.classification import (
     ClassificationArguments,
     ClassifyDataArguments,
     build_compute_metrics,
@@ -60,11 +60,11 @@ from hf_gpt_scratch.classification import (
     tfidf_baseline,
     tokenize_splits,
 )
-from hf_gpt_scratch.faults import report_truncated_texts, save_pretrained_to
-from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.loading import load_tokenizer_for, save_final_model, train_model
-from hf_gpt_scratch.reporting import log_history_to_curves, print_table, write_results
-from hf_gpt_scratch.sampling import context_length_of
+from hf_gpt_scratch.training.faults import report_truncated_texts, save_pretrained_to
+from hf_gpt_scratch.training.hub import finish_run, prepare_push
+from hf_gpt_scratch.training.loading import load_tokenizer_for, save_final_model, train_model
+from hf_gpt_scratch.training.reporting import log_history_to_curves, print_table, write_results
+from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def main(args: list[str] | None = None) -> dict:
     if not is_main_process():
         return results
 
-    from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
+    from hf_gpt_scratch.training.plots import plot_confusion_matrix, plot_losses
 
     if cls_args.tfidf_baseline:
         baseline = tfidf_baseline(raw, len(label_names), seed=data_args.split_seed)

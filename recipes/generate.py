@@ -29,10 +29,10 @@ import torch
 from transformers import HfArgumentParser, TextStreamer
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.arguments import ModelArguments
-from hf_gpt_scratch.data import format_alpaca_prompt
-from hf_gpt_scratch.loading import load_causal_lm, load_tokenizer_for
-from hf_gpt_scratch.sampling import SamplingArguments, generate_text
+from hf_gpt_scratch.training.arguments import ModelArguments
+from hf_gpt_scratch.training.data import format_alpaca_prompt
+from hf_gpt_scratch.training.loading import load_causal_lm, load_tokenizer_for
+from hf_gpt_scratch.training.sampling import SamplingArguments, generate_text
 from hf_gpt_scratch.tokenization import has_tokenizer
 
 logger = logging.getLogger(__name__)

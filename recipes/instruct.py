@@ -50,17 +50,17 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.arguments import (
+from hf_gpt_scratch.training.arguments import (
     ModelArguments,
     parse_recipe_args,
     setup_logging,
 )
-from hf_gpt_scratch.callbacks import default_callbacks, evaluate_once
-from hf_gpt_scratch.data import InstructionCollator
-from hf_gpt_scratch.faults import check_instruction_lengths, save_pretrained_to
-from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.instruction import evaluate_instruction_model
-from hf_gpt_scratch.instruction_setup import (
+from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
+from hf_gpt_scratch.training.data import InstructionCollator
+from hf_gpt_scratch.training.faults import check_instruction_lengths, save_pretrained_to
+from hf_gpt_scratch.training.hub import finish_run, prepare_push
+from hf_gpt_scratch.training.instruction import evaluate_instruction_model
+from hf_gpt_scratch.training.instruction_setup import (
     InstructDataArguments,
     InstructEvalArguments,
     InstructLoraArguments,
@@ -69,7 +69,7 @@ from hf_gpt_scratch.instruction_setup import (
     response_records,
     wrap_with_lora,
 )
-from hf_gpt_scratch.loading import (
+from hf_gpt_scratch.training.loading import (
     count_parameters,
     load_causal_lm,
     load_tokenizer_for,
@@ -77,8 +77,8 @@ from hf_gpt_scratch.loading import (
     train_model,
     unsharded_loading,
 )
-from hf_gpt_scratch.reporting import log_history_to_curves, logged, print_table, write_results
-from hf_gpt_scratch.sampling import context_length_of
+from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
+from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def main(args: list[str] | None = None) -> dict:
             _write_json(output_dir / "responses.json", response_records(test_entries, after["responses"]))
         if before:
             _write_json(output_dir / "responses_before.json", response_records(test_entries, before["responses"]))
-        from hf_gpt_scratch.plots import plot_losses
+        from hf_gpt_scratch.training.plots import plot_losses
 
         try:
             plot_losses(log_history_to_curves(history), output_dir / "loss.png", title=f"Instruction finetuning ({results['finetuning']})")

@@ -39,18 +39,18 @@ import transformers
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.arguments import (
+from hf_gpt_scratch.training.arguments import (
     DataArguments,
     ModelArguments,
     parse_recipe_args,
     setup_logging,
 )
-from hf_gpt_scratch.callbacks import default_callbacks, evaluate_once
-from hf_gpt_scratch.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
-from hf_gpt_scratch.hub import finish_run, prepare_push
-from hf_gpt_scratch.loading import count_parameters, load_causal_lm, load_tokenizer_for, save_final_model, train_model, weights_are_sharded
-from hf_gpt_scratch.reporting import log_history_to_curves, logged, print_table, write_results
-from hf_gpt_scratch.sampling import SamplingArguments, context_length_of, generate_samples
+from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
+from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
+from hf_gpt_scratch.training.hub import finish_run, prepare_push
+from hf_gpt_scratch.training.loading import count_parameters, load_causal_lm, load_tokenizer_for, save_final_model, train_model, weights_are_sharded
+from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
+from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def main(args: list[str] | None = None) -> dict:
             trainer.model, tokenizer, report_args.sample_prompts, seed=training_args.seed, **report_args.generation_kwargs()
         )
     if trainer.is_world_process_zero():
-        from hf_gpt_scratch.plots import plot_losses
+        from hf_gpt_scratch.training.plots import plot_losses
 
         try:
             plot_losses(log_history_to_curves(history), Path(training_args.output_dir) / "loss.png", title=preset or None)

@@ -20,10 +20,10 @@ from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, TrainingArgu
 import hf_gpt_scratch
 import hf_gpt_scratch.tokenization
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
-from hf_gpt_scratch.arguments import DataArguments, ModelArguments, parse_recipe_args
-from hf_gpt_scratch.data import load_instruction_data, load_text, load_text_classification_file, load_text_records
-from hf_gpt_scratch.faults import ExampleTooLongError, check_sequence_lengths, pickle_files
-from hf_gpt_scratch.loading import CheckpointMismatchError, from_pretrained_strict, load_causal_lm
+from hf_gpt_scratch.training.arguments import DataArguments, ModelArguments, parse_recipe_args
+from hf_gpt_scratch.training.data import load_instruction_data, load_text, load_text_classification_file, load_text_records
+from hf_gpt_scratch.training.faults import ExampleTooLongError, check_sequence_lengths, pickle_files
+from hf_gpt_scratch.training.loading import CheckpointMismatchError, from_pretrained_strict, load_causal_lm
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
 
 from conftest import RECIPES, REPO, load_recipe, tiny_config
@@ -117,7 +117,7 @@ def test_unreadable_file_names_the_file(tmp_path, bpe_dir, finished):
 
 
 def test_loaders_name_file_and_position(tmp_path):
-    """The data-layer errors the recipes rely on (hf_gpt_scratch.data)."""
+    """The data-layer errors the recipes rely on (hf_gpt_scratch.training.data)."""
     with pytest.raises(FileNotFoundError, match=r"nope\.txt"):
         load_text(tmp_path / "nope.txt")
     bad = _write(tmp_path / "bad.txt", b"ok\n\xff\xfe")
@@ -214,7 +214,7 @@ def test_instruction_files(tmp_path, finished, entries, pattern):
 
 
 def test_length_policy_helper(caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_gpt_scratch.faults"):
+    with caplog.at_level(logging.WARNING, logger="hf_gpt_scratch.training.faults"):
         assert check_sequence_lengths([3, 9, 4, 12], 8, source="f.csv (train split)", what="text") == 2
     assert "f.csv (train split): truncating 2 text(s) longer than 8 tokens (first: row 1 with 9 tokens; longest 12)" in caplog.text
     assert check_sequence_lengths([3, 4], 8, source="f.csv") == 0
@@ -278,7 +278,7 @@ def test_classify_counts_truncated_texts(tmp_path, tiny_clm, caplog):
 def test_pretrain_packs_rather_than_truncates(tmp_path):
     """recipes/pretrain.py never truncates: texts are concatenated and cut into blocks (run_clm)
     or the book's windows, so a long line is no error and no token before the last block is lost."""
-    from hf_gpt_scratch.data import pack_into_blocks
+    from hf_gpt_scratch.training.data import pack_into_blocks
 
     ids = list(range(100))
     blocks = pack_into_blocks({"input_ids": [ids[:7], ids[7:]]}, block_size=32)["input_ids"]

@@ -21,7 +21,7 @@ from hf_gpt_scratch.convert import (
     load_book_checkpoint,
     scratch_to_gpt2,
 )
-from hf_gpt_scratch.convert_cli import main
+from hf_gpt_scratch.training.convert_cli import main
 
 V, C, E, H, L = 97, 16, 32, 4, 2
 ATOL = 1e-5
@@ -425,7 +425,7 @@ def test_cli_errors_speak_to_the_user(tmp_path, capsys):
 
 
 def test_cli_push_to_hub_pushes_model_code_and_card(tmp_path, monkeypatch, capsys):
-    """--push_to_hub goes through hf_gpt_scratch.hub: exactly the model, its code and the card
+    """--push_to_hub goes through hf_gpt_scratch.training.hub: exactly the model, its code and the card
     (the Hub client is replaced by tests/hub_recorder.py, which writes a hub-cache layout)."""
     from pathlib import Path
 
@@ -456,11 +456,11 @@ def test_cli_push_to_hub_pushes_model_code_and_card(tmp_path, monkeypatch, capsy
 def test_module_import_is_cheap_and_runs_as_script():
     code = (
         "import sys, runpy\n"
-        "import hf_gpt_scratch.convert_cli\n"
+        "import hf_gpt_scratch.training.convert_cli\n"
         "assert 'llms_from_scratch' not in sys.modules\n"
         "assert 'transformers.models.gpt2.modeling_gpt2' not in sys.modules, 'GPT-2 imported eagerly'\n"
         "sys.argv = ['convert', '--help']\n"
-        "runpy.run_module('hf_gpt_scratch.convert_cli', run_name='__main__')\n"
+        "runpy.run_module('hf_gpt_scratch.training.convert_cli', run_name='__main__')\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

@@ -1,4 +1,4 @@
-"""hf_gpt_scratch.data: book files, loaders, the book's splits, the instruction collator and
+"""hf_gpt_scratch.training.data: book files, loaders, the book's splits, the instruction collator and
 pretraining blocks, checked against the book's own code (llms_from_scratch) where it has some."""
 
 import csv
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_gpt_scratch import data as D
+from hf_gpt_scratch.training import data as D
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

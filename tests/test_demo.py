@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import RECIPES, load_recipe
 
-from hf_gpt_scratch.data import (
+from hf_gpt_scratch.training.data import (
     SPAM_LABELS,
     _classification_dataset,
     balance_and_split_spam,
@@ -14,7 +15,9 @@ from hf_gpt_scratch.data import (
     load_text,
     split_text,
 )
-from hf_gpt_scratch.demo import build_corpus, unlabeled_spam_texts
+
+demo = load_recipe("demo")
+build_corpus, unlabeled_spam_texts = demo.build_corpus, demo.unlabeled_spam_texts
 
 
 def test_unlabeled_spam_texts_drop_every_copy_of_a_held_out_text():
@@ -62,7 +65,7 @@ def test_demo_validation_text_is_a_sample_of_every_source(tmp_path, data_dir):
 def test_demo_quick_runs_the_whole_journey(tmp_path, data_dir):
     out = tmp_path / "demo"
     run = subprocess.run(
-        [sys.executable, "-m", "hf_gpt_scratch.demo", "--quick", "--output_dir", str(out), "--data_dir", str(data_dir)],
+        [sys.executable, str(RECIPES / "demo.py"), "--quick", "--output_dir", str(out), "--data_dir", str(data_dir)],
         capture_output=True, text=True, timeout=1200,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

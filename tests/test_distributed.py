@@ -45,13 +45,13 @@ def run(cmd, timeout=300, **env):
 
 
 # A recipe run unchanged, plus a callback that writes each rank's weight hash at the end of training
-# (patched into hf_gpt_scratch.callbacks.default_callbacks before the recipe imports it).
+# (patched into hf_gpt_scratch.training.callbacks.default_callbacks before the recipe imports it).
 HASH_WRAPPER = textwrap.dedent(
     """
     import hashlib, json, os, runpy, sys
     from pathlib import Path
     from transformers import TrainerCallback
-    import hf_gpt_scratch.callbacks as callbacks
+    import hf_gpt_scratch.training.callbacks as callbacks
 
     class WeightHash(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):

@@ -1,5 +1,5 @@
-"""Nothing lost, nothing silent (hf_gpt_scratch.faults, the loading and saving of
-hf_gpt_scratch.loading, and their use in the recipes and convert):
+"""Nothing lost, nothing silent (hf_gpt_scratch.training.faults, the loading and saving of
+hf_gpt_scratch.training.loading, and their use in the recipes and convert):
 
 1. a finished model or a user's file is never destroyed: not by a second run, a resume from
    another run, a convert or a failure; the final save replaces a model as one set, and
@@ -33,10 +33,10 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Trai
 from transformers import default_data_collator
 
 import hf_gpt_scratch
-from hf_gpt_scratch import convert_cli
-from hf_gpt_scratch.arguments import DataArguments, ModelArguments, parse_recipe_args
-from hf_gpt_scratch.callbacks import default_callbacks
-from hf_gpt_scratch.faults import (
+from hf_gpt_scratch.training import convert_cli
+from hf_gpt_scratch.training.arguments import DataArguments, ModelArguments, parse_recipe_args
+from hf_gpt_scratch.training.callbacks import default_callbacks
+from hf_gpt_scratch.training.faults import (
     NonFiniteLossError,
     NonFiniteLossGuard,
     OutputDirNotEmptyError,
@@ -46,8 +46,8 @@ from hf_gpt_scratch.faults import (
     resolve_resume_checkpoint,
     save_pretrained_to,
 )
-from hf_gpt_scratch.hub import pushed_files
-from hf_gpt_scratch.loading import (
+from hf_gpt_scratch.training.hub import pushed_files
+from hf_gpt_scratch.training.loading import (
     CheckpointMismatchError,
     load_tokenizer_for,
     train_model,
@@ -150,7 +150,7 @@ def test_pretrain_recipe_refuses_then_overwrites_when_told(tmp_path, bpe_dir):
 
 @needs_verdict
 def test_a_trained_tokenizer_in_the_output_dir_is_kept(tmp_path):
-    """A folder holding only a tokenizer (`python -m hf_gpt_scratch.train_tokenizer`) is not
+    """A folder holding only a tokenizer (`python -m hf_gpt_scratch.training.train_tokenizer`) is not
     replaced by GPT-2's BPE, neither by a recipe nor by convert."""
     tok = tmp_path / "tok"
     train_bpe_tokenizer([VERDICT.read_text()], vocab_size=400).save_pretrained(tok)
@@ -604,7 +604,7 @@ def test_huge_learning_rate_stops_the_recipe_clearly(tmp_path, bpe_dir):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=recipe_env(), cwd=REPO, timeout=300)
     assert proc.returncode != 0
     last_line = proc.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("hf_gpt_scratch.faults.NonFiniteLossError: Training stopped at step 2 of 6")
+    assert last_line.startswith("hf_gpt_scratch.training.faults.NonFiniteLossError: Training stopped at step 2 of 6")
     assert f"The last good checkpoint is {out / 'checkpoint-1'}" in last_line
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1"]  # no broken checkpoint, no final model
     weights = load_file(str(out / "checkpoint-1" / "model.safetensors"))

@@ -23,7 +23,7 @@ import torch
 
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
 from hf_gpt_scratch.convert import scratch_to_gpt2
-from hf_gpt_scratch.convert_cli import main
+from hf_gpt_scratch.training.convert_cli import main
 from hf_gpt_scratch.tokenization import GPT2_EOS_ID, gpt2_tokenizer
 
 # The keys of OpenAI's config.json for openai-community/gpt2 (and gpt2-medium/-large/-xl), minus

@@ -26,7 +26,7 @@ import pytest
 import torch
 from conftest import REPO, recipe_env, run_command, tiny_config
 
-from hf_gpt_scratch import hub
+from hf_gpt_scratch.training import hub
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hub_recorder  # noqa: E402
@@ -208,7 +208,7 @@ print("RESULT" + json.dumps(out))
 def gpt2_export(pushed_runs, hub_cache, tmp_path_factory):
     """The pushed pretrain model exported with the convert CLI (--to gpt2, straight from the hub id) and pushed."""
     out = tmp_path_factory.mktemp("export") / "gpt2"
-    run_command([sys.executable, "-m", "hf_gpt_scratch.convert_cli", "--model_name_or_path", "org/tiny-pretrain",
+    run_command([sys.executable, "-m", "hf_gpt_scratch.training.convert_cli", "--model_name_or_path", "org/tiny-pretrain",
                  "--to", "gpt2", "--output_dir", out, "--push_to_hub", "--hub_model_id", "org/tiny-gpt2"],
                 timeout=300, **hub_cache[1])
     return out
@@ -540,10 +540,10 @@ def test_the_wheel_ships_the_card_template(tmp_path):
     subprocess.run([*pip, "wheel", "--no-deps", *isolation, str(src), "-w", tmp_path / "wheel"], check=True,
                    capture_output=True)
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
-    assert "hf_gpt_scratch/model_card.md" in zipfile.ZipFile(wheel).namelist()
+    assert "hf_gpt_scratch/training/model_card.md" in zipfile.ZipFile(wheel).namelist()
     subprocess.run([*pip, "install", "--no-deps", "--target", tmp_path / "site", wheel], check=True, capture_output=True)
     out = _fake_run(tmp_path / "run")
-    code = ("import hf_gpt_scratch.hub as hub, sys; assert hub.__file__.startswith(sys.argv[1]), hub.__file__; "
+    code = ("import hf_gpt_scratch.training.hub as hub, sys; assert hub.__file__.startswith(sys.argv[1]), hub.__file__; "
             "hub.write_model_card(sys.argv[2], {'eval_loss': 2.0}, 'pretrain')")
     env = {**recipe_env(), "PYTHONPATH": str(tmp_path / "site")}
     subprocess.run([sys.executable, "-c", code, tmp_path / "site", out], env=env, check=True, cwd=tmp_path)

@@ -1,11 +1,11 @@
-"""hf_gpt_scratch.metrics: offline evaluate modules, checked against scikit-learn and ROUGE by hand."""
+"""hf_gpt_scratch.training.metrics: offline evaluate modules, checked against scikit-learn and ROUGE by hand."""
 
 import socket
 
 import pytest
 from sklearn import metrics as skm
 
-from hf_gpt_scratch.metrics import AVAILABLE_METRICS, load_metric, metric_path
+from hf_gpt_scratch.training.metrics import AVAILABLE_METRICS, load_metric, metric_path
 
 PREDICTIONS = [0, 1, 1, 0, 1, 1, 0, 2, 2, 1]
 REFERENCES = [0, 1, 0, 0, 1, 0, 1, 2, 1, 1]

@@ -1,5 +1,5 @@
 """recipes/classify.py end to end (its `main(argv)`, in process) and the shared logic of
-hf_gpt_scratch/classification.py: what trains per --trainable mode, the body weights carried over
+hf_gpt_scratch/training/classification.py: what trains per --trainable mode, the body weights carried over
 from a causal-LM checkpoint, the data sources and their errors, the metrics and the baseline."""
 
 import csv
@@ -16,10 +16,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
-from hf_gpt_scratch import classification as C
-from hf_gpt_scratch.arguments import ModelArguments
-from hf_gpt_scratch.data import _classification_dataset
-from hf_gpt_scratch.loading import CheckpointMismatchError
+from hf_gpt_scratch.training import classification as C
+from hf_gpt_scratch.training.arguments import ModelArguments
+from hf_gpt_scratch.training.data import _classification_dataset
+from hf_gpt_scratch.training.loading import CheckpointMismatchError
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

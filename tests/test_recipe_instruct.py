@@ -1,4 +1,4 @@
-"""recipes/instruct.py and hf_gpt_scratch.instruction: instruction finetuning end to end on a tiny
+"""recipes/instruct.py and hf_gpt_scratch.training.instruction: instruction finetuning end to end on a tiny
 checkpoint (LoRA and full), the evaluation helpers, and examples/judge.py (the book's LLM judge)
 against a fake Ollama server on 127.0.0.1."""
 
@@ -22,9 +22,9 @@ from transformers import AutoModelForCausalLM
 
 import hf_gpt_scratch  # noqa: F401
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-from hf_gpt_scratch.arguments import LoraArguments
-from hf_gpt_scratch.data import format_alpaca_prompt, load_instruction_data
-from hf_gpt_scratch.instruction import (
+from hf_gpt_scratch.training.arguments import LoraArguments
+from hf_gpt_scratch.training.data import format_alpaca_prompt, load_instruction_data
+from hf_gpt_scratch.training.instruction import (
     evaluate_instruction_model,
     extract_response,
     generate_responses,
@@ -372,7 +372,7 @@ def test_generation_keeps_prompts_whole_within_the_context(tokenizer, caplog):
     assert "cut" not in caplog.text
     # A prompt longer than the context is cut from the left instead of failing, with a warning.
     huge = entries + [{"instruction": "word " * 300, "input": "", "output": "x"}]
-    with caplog.at_level("WARNING", logger="hf_gpt_scratch.instruction"):
+    with caplog.at_level("WARNING", logger="hf_gpt_scratch.training.instruction"):
         assert len(generate_responses(model, tokenizer, huge, max_new_tokens=8, stop_strings=None)) == 3
     n = len(tokenizer(format_alpaca_prompt(huge[2], response_header=True))["input_ids"])
     assert f"Entry 2: its prompt has {n} tokens, the model's context 160; generating from its last 152 tokens" in caplog.text

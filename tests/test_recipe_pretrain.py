@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_gpt_scratch
-from hf_gpt_scratch.arguments import parse_config_overrides
-from hf_gpt_scratch.data import book_windows, split_text
+from hf_gpt_scratch.training.arguments import parse_config_overrides
+from hf_gpt_scratch.training.data import book_windows, split_text
 
 from conftest import DATA, RECIPES, VERDICT, load_recipe, run_command, run_recipe
 

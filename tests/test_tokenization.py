@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from hf_gpt_scratch import tokenization, train_tokenizer
-from hf_gpt_scratch.arguments import ModelArguments
-from hf_gpt_scratch.loading import load_tokenizer_for
+from hf_gpt_scratch import tokenization
+from hf_gpt_scratch.training import train_tokenizer
+from hf_gpt_scratch.training.arguments import ModelArguments
+from hf_gpt_scratch.training.loading import load_tokenizer_for
 from hf_gpt_scratch.tokenization import gpt2_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 # Text that exercises GPT-2's pre-tokenization: contractions, runs of spaces, tabs, CRLF,

@@ -1,4 +1,4 @@
-"""Shared recipe logic (arguments, loading, reporting, sampling) and the figures (hf_gpt_scratch.plots)."""
+"""Shared recipe logic (arguments, loading, reporting, sampling) and the figures (hf_gpt_scratch.training.plots)."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from transformers import (
 )
 
 import hf_gpt_scratch
-from hf_gpt_scratch.arguments import (
+from hf_gpt_scratch.training.arguments import (
     DataArguments,
     LoraArguments,
     ModelArguments,
@@ -24,11 +24,11 @@ from hf_gpt_scratch.arguments import (
     parse_config_overrides,
     parse_recipe_args,
 )
-from hf_gpt_scratch.callbacks import TokensSeenCallback, default_callbacks, find_callback
-from hf_gpt_scratch.loading import load_causal_lm, tokenizer_source
-from hf_gpt_scratch.plots import plot_confusion_matrix, plot_losses
-from hf_gpt_scratch.reporting import log_history_to_curves, logged, print_table, write_results
-from hf_gpt_scratch.sampling import SamplingArguments, context_length_of, generate_samples
+from hf_gpt_scratch.training.callbacks import TokensSeenCallback, default_callbacks, find_callback
+from hf_gpt_scratch.training.loading import load_causal_lm, tokenizer_source
+from hf_gpt_scratch.training.plots import plot_confusion_matrix, plot_losses
+from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
+from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples
 from hf_gpt_scratch.tokenization import gpt2_tokenizer
 
 from conftest import tiny_config
@@ -313,7 +313,7 @@ def test_write_results_keeps_only_finite_numbers(tmp_path):
 
 
 def test_reports_only_on_the_main_process(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("hf_gpt_scratch.reporting.is_main_process", lambda: False)
+    monkeypatch.setattr("hf_gpt_scratch.training.reporting.is_main_process", lambda: False)
     assert write_results(tmp_path, {"a": 1.0}) is None
     assert not (tmp_path / "results.json").exists()
     assert print_table({"a": 1}) == "a  1" and capsys.readouterr().out == ""  # returns its text on every rank

@@ -2,6 +2,6 @@
 
 from sklearn.metrics import precision_score
 
-from hf_gpt_scratch.metrics.prf import sklearn_score_metric
+from hf_gpt_scratch.training.metrics.prf import sklearn_score_metric
 
 Precision = sklearn_score_metric("precision", precision_score)

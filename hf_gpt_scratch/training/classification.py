@@ -267,7 +267,7 @@ def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names:
     from transformers import AutoConfig
 
     from .loading import from_pretrained_strict, load_causal_lm
-    from .modeling_gpt_scratch import GPTScratchForSequenceClassification as Classifier
+    from ..modeling_gpt_scratch import GPTScratchForSequenceClassification as Classifier
 
     path, trust = model_args.model_name_or_path, bool(model_args.trust_remote_code)
     attn = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}

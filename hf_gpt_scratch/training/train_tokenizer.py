@@ -2,7 +2,7 @@
 to write over a model, tokenizer or run in --output_dir (`faults.check_output_dir`) and saving as
 one set (`faults.save_pretrained_to`: a failed save keeps the old files)::
 
-    python -m hf_gpt_scratch.train_tokenizer --train_file a.txt --vocab_size 8000 --output_dir tok
+    python -m hf_gpt_scratch.training.train_tokenizer --train_file a.txt --vocab_size 8000 --output_dir tok
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from .faults import OutputDirNotEmptyError, check_output_dir, save_pretrained_to
-from .tokenization import train_bpe_tokenizer
+from ..tokenization import train_bpe_tokenizer
 
 
 def _read_text(path: str, parser: argparse.ArgumentParser) -> str:
@@ -25,7 +25,7 @@ def _read_text(path: str, parser: argparse.ArgumentParser) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hf_gpt_scratch.train_tokenizer",
+    parser = argparse.ArgumentParser(prog="python -m hf_gpt_scratch.training.train_tokenizer",
                                      description="Train a byte-level BPE and save it with save_pretrained.")
     parser.add_argument("--train_file", action="append", required=True, help="UTF-8 text file (repeatable)")
     parser.add_argument("--vocab_size", type=int, required=True)

@@ -6,7 +6,7 @@
 - `parse_recipe_args`: parses them on top of a preset file (`--preset NAME` reads the recipe's
   `presets/NAME.yaml`; a `.yaml`/`.json` file can also come first on the command line), refuses
   nonsense training flags (`check_training_args`) and, before any work, an --output_dir holding a
-  finished run or a --hub_token (see `hf_gpt_scratch.faults`).
+  finished run or a --hub_token (see `hf_gpt_scratch.training.faults`).
 - `parse_config_overrides`, `apply_config_overrides`: `--config_overrides "n_layers=2,emb_dim=64"`
   through `PretrainedConfig.update_from_string`, limited to the config's own fields.
 - `is_main_process`, `setup_logging`: every recipe runs unchanged under `python`, `torchrun` and
@@ -130,7 +130,7 @@ class DataArguments:
 
     def __post_init__(self):
         if self.data_dir is not None:
-            # The book-data helpers (`hf_gpt_scratch.data`) read this variable.
+            # The book-data helpers (`hf_gpt_scratch.training.data`) read this variable.
             os.environ[DATA_ENV] = str(Path(self.data_dir).expanduser().resolve())
         if not 0.0 <= self.validation_split_percentage < 100.0:
             raise ValueError(

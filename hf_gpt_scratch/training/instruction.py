@@ -152,7 +152,7 @@ def response_loss(
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean ROUGE-L F-measure (0..1) of `predictions` against `references` (offline metric
-    `hf_gpt_scratch.metrics`, rouge_score's tokenization without stemming). NaN for no pairs."""
+    `hf_gpt_scratch.training.metrics`, rouge_score's tokenization without stemming). NaN for no pairs."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:

@@ -2,6 +2,6 @@
 
 from sklearn.metrics import recall_score
 
-from hf_gpt_scratch.metrics.prf import sklearn_score_metric
+from hf_gpt_scratch.training.metrics.prf import sklearn_score_metric
 
 Recall = sklearn_score_metric("recall", recall_score)

@@ -7,7 +7,7 @@ global pyplot backend is left alone).
 - `plot_confusion_matrix(y_true, y_pred, labels, path)`: counts per true/predicted class
   (scikit-learn's `ConfusionMatrixDisplay`).
 
-`curves` is what `hf_gpt_scratch.reporting.log_history_to_curves` returns:
+`curves` is what `hf_gpt_scratch.training.reporting.log_history_to_curves` returns:
 `{name: {"step": [...], "epoch": [...], "tokens_seen": [...], "value": [...]}}`.
 """
 

@@ -4,12 +4,12 @@ It belongs to the training layer (strict loading, folder checks, model card, hub
 core converter `hf_gpt_scratch.convert` never imports it::
 
     # GPT-2 from the hub or a local folder -> this model
-    python -m hf_gpt_scratch.convert_cli --model_name_or_path openai-community/gpt2 --output_dir gpt2-scratch
+    python -m hf_gpt_scratch.training.convert_cli --model_name_or_path openai-community/gpt2 --output_dir gpt2-scratch
     # the book's chapter 5 checkpoint -> this model (config: a JSON file or a preset name)
-    python -m hf_gpt_scratch.convert_cli --book_checkpoint model.pth --book_config "gpt2-small (124M)" \\
+    python -m hf_gpt_scratch.training.convert_cli --book_checkpoint model.pth --book_config "gpt2-small (124M)" \\
         --output_dir book-gpt
     # this model -> stock GPT-2
-    python -m hf_gpt_scratch.convert_cli --model_name_or_path book-gpt --to gpt2 --output_dir book-gpt2
+    python -m hf_gpt_scratch.training.convert_cli --model_name_or_path book-gpt --to gpt2 --output_dir book-gpt2
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .configuration_gpt_scratch import GPTScratchConfig
-from .convert import (
+from ..configuration_gpt_scratch import GPTScratchConfig
+from ..convert import (
     _BOOK_CONFIG_KEYS,
     BOOK_MODEL_CONFIGS,
     _read_pth,
@@ -32,7 +32,7 @@ from .convert import (
     gpt2_to_scratch,
     scratch_to_gpt2,
 )
-from .modeling_gpt_scratch import GPTScratchForCausalLM
+from ..modeling_gpt_scratch import GPTScratchForCausalLM
 
 __all__ = ["main"]
 
@@ -104,7 +104,7 @@ def _convert(args) -> int:
     # lazy: the CLI's import stays cheap (`--help` loads no GPT-2, no hub client)
     from .faults import check_output_dir, remove_previous_run, save_pretrained_to
     from .loading import from_pretrained_strict
-    from .tokenization import has_tokenizer, load_tokenizer
+    from ..tokenization import has_tokenizer, load_tokenizer
 
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, overwrite=args.overwrite, flag="--overwrite")  # before any work

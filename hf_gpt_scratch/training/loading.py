@@ -17,9 +17,9 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .arguments import ModelArguments, apply_config_overrides, parse_config_overrides
-from .configuration_gpt_scratch import GPTScratchConfig
+from ..configuration_gpt_scratch import GPTScratchConfig
 from .faults import STAGE, remove_previous_run, replace_pickled_training_args, resolve_resume_checkpoint, staged_save
-from .tokenization import GPT2_EOS_ID, TOKENIZER_FILES, has_tokenizer, load_tokenizer
+from ..tokenization import GPT2_EOS_ID, TOKENIZER_FILES, has_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
         if config.model_type == "gpt2":
             from transformers import GPT2LMHeadModel
 
-            from .convert import gpt2_to_scratch
+            from ..convert import gpt2_to_scratch
 
             model = gpt2_to_scratch(from_pretrained_strict(GPT2LMHeadModel, path, trust_remote_code=trust))
             # the overrides name GPTScratchConfig fields (drop_rate, ...), not GPT-2's

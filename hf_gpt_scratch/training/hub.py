@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .faults import PICKLE_SUFFIXES, refuse_hub_token
-from .tokenization import TOKENIZER_SAVE_FILES
+from ..tokenization import TOKENIZER_SAVE_FILES
 
 logger = logging.getLogger(__name__)
 

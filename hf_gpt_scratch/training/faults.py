@@ -23,7 +23,7 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 from transformers.trainer_utils import sort_checkpoints
 
-from .tokenization import TOKENIZER_SAVE_FILES
+from ..tokenization import TOKENIZER_SAVE_FILES
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import datasets
 
-from .data import (
+from hf_gpt_scratch.training.data import (
     balance_and_split_spam,
     fetch_book_file,
     format_alpaca_prompt,
@@ -38,9 +38,9 @@ from .data import (
     split_instruction_data,
     split_text,
 )
-from .tokenization import ENDOFTEXT
+from hf_gpt_scratch.tokenization import ENDOFTEXT
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parent
 
 # The small GPT of the demo: ~1.3M parameters with a 2k vocabulary; 600 steps take about 2 minutes on one core.
 PRETRAIN_CONFIG = "n_layers=4,emb_dim=128,n_heads=4,context_length=256,drop_rate=0.1"
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{chars['validation']:,} in {out / 'validation.txt'}")
     seconds["tokenizer"] = run_step(
         "tokenizer",
-        [py, "-m", "hf_gpt_scratch.train_tokenizer", "--train_file", str(out / "train.txt"),
+        [py, "-m", "hf_gpt_scratch.training.train_tokenizer", "--train_file", str(out / "train.txt"),
          "--vocab_size", str(1024 if quick else VOCAB_SIZE), "--model_max_length", "256",
          "--output_dir", str(out / "tokenizer"), "--overwrite_output_dir"],
         out,
