@@ -49,7 +49,7 @@ PRETRAIN_FLAGS = [
     "--lr_scheduler_type", "cosine", "--warmup_steps", "20", "--weight_decay", "0.1",
     "--max_steps", "600", "--eval_steps", "100", "--logging_steps", "20",
 ]
-VOCAB_SIZE = 2048  # of 1,024-8,192 tried, 1,536 and 2,048 gave the best spam accuracy (README)
+VOCAB_SIZE = 2048  # of 1,024-8,192 tried, 1,536 and 2,048 gave the best spam accuracy (docs/demo.md)
 
 
 def unlabeled_spam_texts(messages: datasets.Dataset, held_out: Iterable[datasets.Dataset]) -> list[str]:
