@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Where the book's data files live (the-verdict.txt, SMSSpamCollection.tsv, instruction-data.json).
 export HF_GPT_SCRATCH_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast test-installed demo clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,17 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+	$(MAKE) test-installed
+
+# The hub and convert tests against `pip install .` (a wheel in a scratch folder, not the editable checkout):
+# package data (the card template, the metric scripts) and entry points must work from an install.
+test-installed: install
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && mkdir "$$tmp/src" && \
+	cp -r hf_gpt_scratch pyproject.toml README.md "$$tmp/src" && \
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation "$$tmp/src" -w "$$tmp/wheel" && \
+	$(PY) -m pip install -q --no-deps --target "$$tmp/site" "$$tmp"/wheel/*.whl && \
+	HF_GPT_SCRATCH_INSTALLED="$$tmp/site" PYTHONPATH="$$tmp/site" $(PY) -P -m pytest -q -p no:cacheprovider \
+		tests/test_hub.py tests/test_convert.py
 
 test-fast: install
 	$(VENV)/bin/lint-imports

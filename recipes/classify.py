@@ -44,12 +44,13 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import (
+    LoraArguments,
     ModelArguments,
     is_main_process,
     parse_recipe_args,
     setup_logging,
 )
-from hf_gpt_scratch.training.callbacks import TokensSeenCallback, default_callbacks, find_callback
+from hf_gpt_scratch.training.callbacks import default_callbacks
 from hf_gpt_scratch.training.classification import (
     ClassificationArguments,
     ClassifyDataArguments,
@@ -63,7 +64,7 @@ from hf_gpt_scratch.training.classification import (
 from hf_gpt_scratch.training.faults import report_truncated_texts, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.loading import load_tokenizer_for, save_final_model, train_model
-from hf_gpt_scratch.training.reporting import log_history_to_curves, print_table, write_results
+from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
 from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -94,14 +95,16 @@ PRESETS = Path(__file__).parent / "presets" / "classify"  # book_ch6.yaml, demo.
 
 def main(args: list[str] | None = None) -> dict:
     started = time.perf_counter()
-    model_args, data_args, cls_args, training_args, preset = parse_recipe_args(
-        (ModelArguments, ClassifyDataArguments, ClassificationArguments, TrainingArguments),
+    model_args, data_args, cls_args, lora_args, training_args, preset = parse_recipe_args(
+        (ModelArguments, ClassifyDataArguments, ClassificationArguments, LoraArguments, TrainingArguments),
         presets=PRESETS,
         defaults=RECIPE_DEFAULTS,
         args=args,
         description=__doc__.split("\n")[0],
     )
     setup_logging(training_args)
+    if cls_args.trainable != "lora" and lora_args != LoraArguments():
+        raise ValueError(f"--lora_* flags only apply to --trainable lora, not {cls_args.trainable!r}.")
 
     raw, label_names = load_classification_splits(data_args)  # a bad file fails before any model is loaded
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
@@ -116,9 +119,7 @@ def main(args: list[str] | None = None) -> dict:
     # texts longer than max_seq_length are truncated (the book's choice): counted in a warning per split
     source = data_args.train_file or data_args.dataset_name or "the SMS data"
     report_truncated_texts(raw, tokenizer, max_seq_length - int(data_args.append_eos), source)
-    model = set_trainable(
-        model, cls_args.trainable, cls_args.lora_r, cls_args.lora_alpha, cls_args.lora_dropout, cls_args.lora_target_modules
-    )
+    model = set_trainable(model, cls_args.trainable, lora_args)
     if cls_args.trainable == "lora":
         trainable, total = model.get_nb_trainable_parameters()
     else:
@@ -179,14 +180,13 @@ def main(args: list[str] | None = None) -> dict:
     else:
         save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
 
-    speed = find_callback(trainer, TokensSeenCallback)
     results.update(
         {
             "train_loss": train_result.metrics.get("train_loss"),
             "train_runtime": train_result.metrics.get("train_runtime"),
             "train_steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
-            "tokens_per_second": speed.tokens_per_second if speed else None,
+            "tokens_per_second": (logged(trainer.state.log_history, "train_tokens_per_second") or [None])[-1],
             "trainable_parameters": trainable,
             "total_parameters": total,
             "max_seq_length": max_seq_length,

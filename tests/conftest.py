@@ -20,6 +20,12 @@ os.environ.setdefault("HF_GPT_SCRATCH_DATA", str(Path(__file__).resolve().parent
 
 import hf_gpt_scratch  # noqa: E402  (registers the Auto classes)
 
+# `make test-installed` runs tests against `pip install .` (a wheel, not the checkout): the package must come
+# from there, here and in every subprocess (PYTHONSAFEPATH keeps `python -m`/`-c` from importing the checkout).
+INSTALLED = os.environ.get("HF_GPT_SCRATCH_INSTALLED")
+if INSTALLED and not hf_gpt_scratch.__file__.startswith(str(Path(INSTALLED).resolve())):
+    raise RuntimeError(f"HF_GPT_SCRATCH_INSTALLED={INSTALLED}, but hf_gpt_scratch came from {hf_gpt_scratch.__file__}")
+
 
 def tiny_config(**overrides) -> hf_gpt_scratch.GPTScratchConfig:
     """A model small enough to run in milliseconds; dropout off so runs are comparable."""
@@ -57,6 +63,8 @@ def recipe_env(**extra) -> dict[str, str]:
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env["HF_GPT_SCRATCH_DATA"] = str(DATA)
     env["TOKENIZERS_PARALLELISM"] = "false"
+    if INSTALLED:
+        env["PYTHONSAFEPATH"] = "1"
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -4,9 +4,9 @@ Every source model has all parameters perturbed (no LayerNorm is the identity, n
 a forgotten transpose, a swapped query/key or a dropped bias shows up in the logits."""
 
 import json
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +22,7 @@ from hf_gpt_scratch.convert import (
     scratch_to_gpt2,
 )
 from hf_gpt_scratch.training.convert_cli import main
+from conftest import INSTALLED, recipe_env
 
 V, C, E, H, L = 97, 16, 32, 4, 2
 ATOL = 1e-5
@@ -427,9 +428,6 @@ def test_cli_errors_speak_to_the_user(tmp_path, capsys):
 def test_cli_push_to_hub_pushes_model_code_and_card(tmp_path, monkeypatch, capsys):
     """--push_to_hub goes through hf_gpt_scratch.training.hub: exactly the model, its code and the card
     (the Hub client is replaced by tests/hub_recorder.py, which writes a hub-cache layout)."""
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import hub_recorder
 
     cache = tmp_path / "cache"
@@ -462,7 +460,16 @@ def test_module_import_is_cheap_and_runs_as_script():
         "sys.argv = ['convert', '--help']\n"
         "runpy.run_module('hf_gpt_scratch.training.convert_cli', run_name='__main__')\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=recipe_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--book_checkpoint" in proc.stdout and "--to" in proc.stdout
+
+
+def test_console_script_runs():
+    """`hf-gpt-scratch-convert` (pyproject's [project.scripts]) as pip installed it: in the venv for the
+    editable install, in the target folder's bin/ under `make test-installed`."""
+    bin_dir = Path(INSTALLED) / "bin" if INSTALLED else Path(sys.executable).parent
+    proc = subprocess.run([str(bin_dir / "hf-gpt-scratch-convert"), "--help"], capture_output=True, text=True,
+                          env=recipe_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--book_checkpoint" in proc.stdout

@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
 from hf_gpt_scratch.training import classification as C
-from hf_gpt_scratch.training.arguments import ModelArguments
+from hf_gpt_scratch.training.arguments import LoraArguments, ModelArguments
 from hf_gpt_scratch.training.data import _classification_dataset
 from hf_gpt_scratch.training.loading import CheckpointMismatchError
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
@@ -203,8 +203,8 @@ def test_unknown_label_fails_before_training(recipe, tiny_clm, tmp_path):
         (["--block_size", "32"], ValueError, "--block_size .* use --max_seq_length"),
         (["--class_names", "spam"], ValueError, "--class_names needs at least two distinct"),
         (["--class_names", "ham", "ham"], ValueError, "--class_names needs at least two distinct"),
-        (["--lora_target_modules", "W_query"], ValueError, "--lora_target_modules only applies to --trainable lora"),
-        (["--trainable", "lora", "--lora_alpha", "0"], ValueError, "--lora_r and --lora_alpha must be positive"),
+        (["--lora_target_modules", "W_query"], ValueError, r"--lora_\* flags only apply to --trainable lora"),
+        (["--trainable", "lora", "--lora_alpha", "0"], ValueError, "--lora_alpha must be positive"),
         (["--text_column", "message"], ValueError, "--text_column / --label_column name columns of --train_file"),
         (["--test_split_percentage", "95"], ValueError, r"--validation_split_percentage \+ --test_split_percentage"),
         (["--max_seq_length", "0"], ValueError, "--max_seq_length must be a positive integer"),
@@ -261,7 +261,7 @@ def test_set_trainable_counts(qkv_bias):
     assert _counts(model) == (total, total)
 
     r = 4
-    model = C.set_trainable(_classifier(qkv_bias=qkv_bias), "lora", lora_r=r)
+    model = C.set_trainable(_classifier(qkv_bias=qkv_bias), "lora", LoraArguments(lora_r=r))
     lora = L * (4 * r * (E + E) + r * (E + 4 * E) + r * (4 * E + E))
     trainable, all_params = _counts(model)
     assert trainable == lora + head
@@ -282,7 +282,7 @@ def test_set_trainable_refreezes_and_rejects():
 
 def test_lora_trains_only_adapters_and_head():
     torch.manual_seed(0)
-    model = C.set_trainable(_classifier(), "lora", lora_r=4)
+    model = C.set_trainable(_classifier(), "lora", LoraArguments(lora_r=4))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     ids = torch.randint(1, 97, (4, 10))

@@ -166,6 +166,8 @@ class LoraArguments:
     def __post_init__(self):
         if self.lora_r <= 0:
             raise ValueError(f"--lora_r must be a positive integer, got {self.lora_r}.")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"--lora_alpha must be positive, got {self.lora_alpha}.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         self.target_modules()

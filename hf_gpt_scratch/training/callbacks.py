@@ -1,10 +1,10 @@
 """Trainer callbacks every recipe adds (`default_callbacks`).
 
-- `TokensSeenCallback`: the Trainer logs at the last step too, so its tokens-seen and speed counters
+- `LogLastStepCallback`: the Trainer logs at the last step too, so its tokens-seen and speed counters
   (`reporting.logged(trainer.state.log_history, "train_tokens_per_second")`) cover the whole run.
 - `faults.NonFiniteLossGuard`: stops at a NaN/inf loss before a broken checkpoint is written.
-- `find_callback`: a registered callback by class; `evaluate_once`: the final evaluation, reusing
-  the Trainer's own at the last step (a resumed run is not evaluated twice).
+- `evaluate_once`: the final evaluation, reusing the Trainer's own at the last step (a resumed run is
+  not evaluated twice).
 """
 
 from __future__ import annotations
@@ -14,32 +14,22 @@ from transformers import TrainerCallback
 from .faults import NonFiniteLossGuard
 
 
-class TokensSeenCallback(TrainerCallback):
+class LogLastStepCallback(TrainerCallback):
     """Makes the Trainer log at the last step (not only every `logging_steps`), so the last logged
     tokens seen and `train_tokens_per_second` (the Trainer's counters, with
-    `include_num_input_tokens_seen`) are the run's; keeps that speed as `tokens_per_second`."""
-
-    tokens_per_second: float | None = None
+    `include_num_input_tokens_seen`) are the whole run's."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
             control.should_log = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.tokens_per_second = (logs or {}).get("train_tokens_per_second", self.tokens_per_second)
 
 
 def default_callbacks() -> list[TrainerCallback]:
     """Callbacks every recipe adds to its Trainer: the `faults.NonFiniteLossGuard`, which stops
     training with an error naming the step at the first NaN/infinite loss or weight, before a
     checkpoint of that step is written (it also turns off the Trainer's `logging_nan_inf_filter`,
-    which would hide the NaN in the logged loss); and the `TokensSeenCallback`."""
-    return [TokensSeenCallback(), NonFiniteLossGuard()]
-
-
-def find_callback(trainer, cls):
-    """The instance of callback class `cls` registered on `trainer`, or None."""
-    return next((c for c in trainer.callback_handler.callbacks if isinstance(c, cls)), None)
+    which would hide the NaN in the logged loss); and the `LogLastStepCallback`."""
+    return [LogLastStepCallback(), NonFiniteLossGuard()]
 
 
 def evaluate_once(trainer) -> dict[str, float]:
@@ -58,4 +48,4 @@ def evaluate_once(trainer) -> dict[str, float]:
     return trainer.evaluate()
 
 
-__all__ = ["TokensSeenCallback", "default_callbacks", "evaluate_once", "find_callback"]
+__all__ = ["LogLastStepCallback", "default_callbacks", "evaluate_once"]

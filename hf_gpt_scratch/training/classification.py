@@ -25,15 +25,13 @@ from typing import Sequence
 import datasets
 import torch
 
-from .arguments import DataArguments, ModelArguments, apply_config_overrides, parse_config_overrides
+from .arguments import DataArguments, LoraArguments, ModelArguments, apply_config_overrides, parse_config_overrides
 from .data import SPAM_LABELS, balanced_split, labelled_dataset, load_sms_spam, load_text_classification_file
 from .metrics import load_metric
 
 logger = logging.getLogger(__name__)
 
 TRAINABLE_CHOICES = ("head", "last_block", "all", "lora")
-# Linear leaves of every block: attention projections and both feed-forward layers.
-DEFAULT_LORA_TARGETS = ("W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2")
 _VALIDATION_SPLIT_NAMES = ("validation", "valid", "dev", "val")
 
 
@@ -50,13 +48,6 @@ class ClassificationArguments:
             "choices": list(TRAINABLE_CHOICES),
         },
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (--trainable lora)."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; updates are scaled by alpha / r."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
-    lora_target_modules: list[str] | None = field(
-        default=None,
-        metadata={"help": f"Names of the Linear leaves LoRA adapts (default: {' '.join(DEFAULT_LORA_TARGETS)})."},
-    )
     tfidf_baseline: bool = field(
         default=True,
         metadata={"help": "Also fit TF-IDF + logistic regression on the training texts and score it on the same splits."},
@@ -65,12 +56,6 @@ class ClassificationArguments:
     def __post_init__(self):
         if self.trainable not in TRAINABLE_CHOICES:
             raise ValueError(f"--trainable must be one of {', '.join(TRAINABLE_CHOICES)}, got {self.trainable!r}.")
-        if self.lora_r <= 0 or self.lora_alpha <= 0:
-            raise ValueError(f"--lora_r and --lora_alpha must be positive, got {self.lora_r} and {self.lora_alpha}.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        if self.lora_target_modules is not None and self.trainable != "lora":
-            raise ValueError(f"--lora_target_modules only applies to --trainable lora, not {self.trainable!r}.")
 
 
 @dataclass
@@ -306,23 +291,16 @@ def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names:
     return model
 
 
-def set_trainable(
-    model,
-    mode: str = "last_block",
-    lora_r: int = 16,
-    lora_alpha: float = 16.0,
-    lora_dropout: float = 0.0,
-    lora_target_modules: Sequence[str] | None = None,
-):
+def set_trainable(model, mode: str = "last_block", lora: LoraArguments | None = None):
     """Choose what trains in a `GPTScratchForSequenceClassification`; returns the model to train
     (a PEFT model for "lora", otherwise `model` itself).
 
     - "head": only the new `score` layer;
     - "last_block": the book's choice: the last transformer block, the final LayerNorm and `score`;
     - "all": every parameter;
-    - "lora": LoRA (rank `lora_r`, scale `lora_alpha / lora_r`) on `lora_target_modules` of
-      every block (default: the attention projections and both feed-forward linears), plus a
-      trainable copy of `score` (PEFT `modules_to_save`); everything else is frozen.
+    - "lora": LoRA with the settings of `lora` (default `LoraArguments()`: rank 16 on the attention
+      projections and both feed-forward linears of every block), plus a trainable copy of `score`
+      (PEFT `modules_to_save`); everything else is frozen.
     """
     if mode not in TRAINABLE_CHOICES:
         raise ValueError(f"trainable mode must be one of {', '.join(TRAINABLE_CHOICES)}, got {mode!r}.")
@@ -330,17 +308,9 @@ def set_trainable(
         raise TypeError(f"set_trainable expects a GPTScratchForSequenceClassification, got {type(model).__name__}.")
     model.requires_grad_(mode == "all")
     if mode == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = LoraConfig(
-            task_type="SEQ_CLS",
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
-            modules_to_save=["score"],
-        )
-        return get_peft_model(model, lora)
+        return get_peft_model(model, (lora or LoraArguments()).peft_config(task_type="SEQ_CLS", modules_to_save=["score"]))
     model.score.requires_grad_(True)
     if mode == "last_block":
         model.model.trf_blocks[-1].requires_grad_(True)
