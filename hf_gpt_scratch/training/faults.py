@@ -201,7 +201,7 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str 
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                "adapter_config.json", *TOKENIZER_SAVE_FILES)
 RUN_STATE = ("checkpoint-*", "results.json", "responses*.json", TRAINER_STATE_NAME, "training_args.*",
-             "loss.png", "accuracy.png", "confusion_matrix.png")
+             "loss.png", "accuracy.png", "confusion_matrix.png", "reward_margins.png")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 

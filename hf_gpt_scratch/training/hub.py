@@ -126,6 +126,7 @@ _TASKS = {  # task: (pipeline tag, Auto class, task name in the model-index)
     "pretrain": ("text-generation", "AutoModelForCausalLM", "Causal language modeling"),
     "instruct": ("text-generation", "AutoModelForCausalLM", "Instruction following"),
     "classify": ("text-classification", "AutoModelForSequenceClassification", "Text classification"),
+    "preference": ("text-generation", "AutoModelForCausalLM", "Preference tuning (DPO)"),
     "convert": ("text-generation", "AutoModelForCausalLM", None),
 }
 _METRICS = {  # task: the model-index entries, (results.json key, split, metric type, metric name)
@@ -136,12 +137,16 @@ _METRICS = {  # task: the model-index entries, (results.json key, split, metric 
                  for metric in ("accuracy", "f1", "precision", "recall")],
     "instruct": [("rouge_l_after", "test", "rouge", "ROUGE-L of greedy responses"),
                  ("test_loss_after", "test", "loss", "Response loss (nats per token)")],
+    "preference": [("test_reward_accuracy_after", "test", "accuracy", "Reward accuracy (chosen over rejected)"),
+                   ("test_reward_margin_after", "test", "reward_margin", "Reward margin (chosen - rejected)"),
+                   ("test_loss_after", "test", "loss", "DPO loss")],
     "convert": [],
 }
 _BOOK_DATA = {  # task: (dataset type, dataset name) of the book's data, the recipes' default
     "pretrain": ("the-verdict", "The Verdict (Edith Wharton, 1908)"),
     "classify": ("ucirvine/sms_spam", "SMS Spam Collection (UCI)"),
     "instruct": ("instruction-data", "Instruction data of the book (chapter 7)"),
+    "preference": ("instruction-data-with-preference", "Preference data of the book (chapter 7, DPO)"),
 }
 
 

@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Preference tuning (DPO) of an instruction-finetuned GPT with TRL's DPOTrainer (the book's chapter 7 bonus).
+
+Data: the book's instruction-data-with-preference.json (1,100 entries) or --train_file (a JSON list
+or JSONL file of {"instruction", "input", "chosen", "rejected"}), split as chapter 7: 85% train, 10%
+test, 5% validation (935 / 110 / 55). Prompt: the book's Alpaca prompt; chosen and rejected
+completions: "\\n\\n### Response:\\n" + text (TRL appends <|endoftext|>).
+
+Model: --model_name_or_path, an instruct checkpoint (ours, a merged LoRA run of recipes/instruct.py,
+or a stock GPT-2 folder converted on the fly). The reference model is that checkpoint, frozen: with
+LoRA (default) the same weights with the adapter disabled, with --use_lora false a second copy.
+TRL's flags: --beta 0.1, --loss_type sigmoid (the DPO paper: summed response log-probabilities;
+sigmoid_norm averages them per token, as the book's `compute_logprobs` does), --max_length (default
+the model's context). Learning rate: 5e-6 for full tuning (the book), 5e-5 with LoRA.
+
+Reported on validation and test, before and after tuning: TRL's DPO loss, reward margin (chosen -
+rejected reward, reward = beta * log-probability ratio to the reference) and reward accuracy (share
+of pairs whose chosen reward is higher); greedy responses of the reference and the tuned model to
+the first --num_samples test prompts, side by side.
+
+Outputs in --output_dir: the tuned model and tokenizer (merged when LoRA; the adapter in adapter/),
+results.json, responses.json, loss.png and reward_margins.png (training and validation), the model card.
+
+Examples:
+
+    # LoRA on an instruct run of ours
+    python recipes/preference.py --model_name_or_path runs/instruct --output_dir runs/preference
+
+    # the book's notebook: full tuning, beta 0.1, lr 5e-6, 1 epoch, batch 8, evaluation every 5 steps
+    python recipes/preference.py --preset book_dpo --model_name_or_path path/to/gpt2-medium-sft
+
+    # several processes (CPU: gloo is chosen automatically)
+    torchrun --nproc_per_node 2 recipes/preference.py --model_name_or_path runs/instruct ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import transformers
+from transformers import AutoModelForCausalLM
+from trl import DPOTrainer
+
+import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
+from hf_gpt_scratch.training.arguments import ModelArguments, parse_recipe_args, setup_logging
+from hf_gpt_scratch.training.callbacks import default_callbacks
+from hf_gpt_scratch.training.faults import save_pretrained_to
+from hf_gpt_scratch.training.hub import finish_run, prepare_push
+from hf_gpt_scratch.training.instruction import generate_responses
+from hf_gpt_scratch.training.instruction_setup import untie_safe_targets
+from hf_gpt_scratch.training.loading import (
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer_for,
+    save_final_model,
+    train_model,
+)
+from hf_gpt_scratch.training.preference import (
+    PreferenceConfig,
+    PreferenceDataArguments,
+    PreferenceEvalArguments,
+    PreferenceLoraArguments,
+    evaluate_preferences,
+    load_preference_splits,
+    preference_curves,
+    preference_dataset,
+)
+from hf_gpt_scratch.training.reporting import logged, print_table, write_results
+from hf_gpt_scratch.training.sampling import context_length_of
+
+logger = logging.getLogger(__name__)
+
+LORA_LEARNING_RATE = 5e-5
+FULL_LEARNING_RATE = 5e-6  # the book's
+
+RECIPE_DEFAULTS = {
+    "output_dir": "runs/preference",
+    "num_train_epochs": 1,  # the book: DPO collapses when trained longer
+    "per_device_train_batch_size": 8,  # the book
+    "per_device_eval_batch_size": 8,
+    "weight_decay": 0.01,  # the book
+    "lr_scheduler_type": "constant",  # the book: no schedule, no warmup
+    "warmup_steps": 0,
+    "seed": 123,  # the book
+    "eval_strategy": "steps",
+    "eval_steps": 5,  # the book's eval_freq
+    "eval_on_start": True,  # the first point of the curves
+    "logging_steps": 5,
+    "include_num_input_tokens_seen": True,
+    "bf16": False,  # TRL's default is bf16 autocast, even on CPU; the book is float32
+    "gradient_checkpointing": False,  # TRL's default; small models do not need it
+    "max_length": None,  # resolved to the model's context_length
+    "save_strategy": "no",
+    "report_to": "none",
+}
+
+PRESETS = Path(__file__).parent / "presets" / "preference"
+METRICS = (("loss", "DPO loss"), ("reward_margin", "reward margin"), ("reward_accuracy", "reward accuracy"))
+
+
+def parse_args(args: list[str] | None = None) -> tuple:
+    """The recipe's arguments (see `parse_recipe_args`); the default learning rate follows --use_lora
+    (given as a flag, in a preset or in a file), so the arguments are parsed once to read it."""
+    types = (ModelArguments, PreferenceDataArguments, PreferenceLoraArguments, PreferenceEvalArguments, PreferenceConfig)
+    lora = parse_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, check_output=False)[2].use_lora
+    defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
+    return parse_recipe_args(types, PRESETS, defaults, args, description=__doc__.split("\n")[0])
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
+
+
+def main(args: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    model_args, data_args, lora_args, eval_args, training_args, preset = parse_args(args)
+    training_args.trust_remote_code = model_args.trust_remote_code  # one flag (see PreferenceConfig)
+    setup_logging(training_args)
+    hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
+    transformers.set_seed(training_args.seed)
+
+    train_entries, val_entries, test_entries = load_preference_splits(data_args)  # fails fast on a bad file
+
+    tokenizer = load_tokenizer_for(model_args)
+    model = load_causal_lm(model_args, tokenizer)
+    context = context_length_of(model)
+    if training_args.max_length is None:
+        training_args.max_length = context
+    elif context is not None and training_args.max_length > context:
+        raise ValueError(f"--max_length {training_args.max_length} exceeds the model's context_length {context}.")
+    total_parameters = count_parameters(model)
+    device = training_args.device
+    model.to(device)
+    samples = test_entries[: eval_args.num_samples]
+    gen_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, batch_size=training_args.per_device_eval_batch_size,
+                      response_header=eval_args.response_header_in_prompt)
+    # The reference model answers before training (it is the starting model, frozen).
+    reference_responses = [r["response"] for r in generate_responses(model, tokenizer, samples, **gen_kwargs)]
+
+    peft_config = ref_model = None
+    if lora_args.use_lora:  # TRL wraps the model; the reference is the base with the adapter disabled
+        peft_config = lora_args.peft_config(task_type="CAUSAL_LM",
+                                            target_modules=untie_safe_targets(model, lora_args.target_modules()))
+    else:  # a frozen copy, loaded as the policy was (TRL's own copy would reload config._name_or_path)
+        ref_model = load_causal_lm(model_args, tokenizer).to(device).eval().requires_grad_(False)
+
+    train_ds = preference_dataset(train_entries)
+    val_ds = preference_dataset(val_entries) if val_entries else None
+    test_ds = preference_dataset(test_entries) if test_entries else None
+    if val_ds is None:
+        logger.warning("No validation entries: training without evaluation.")
+        training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
+        training_args.eval_on_start = False
+        training_args.do_eval = False
+
+    print_table(
+        {
+            "preset": preset or "-",
+            "model": model_args.model_name_or_path or "from scratch",
+            "parameters": total_parameters,
+            "context_length": context,
+            "tuning": "LoRA" if lora_args.use_lora else "full",
+            "beta": training_args.beta,
+            "loss_type": ", ".join(training_args.loss_type),
+            "learning_rate": training_args.learning_rate,
+            "epochs": training_args.num_train_epochs,
+            "train / validation / test": f"{len(train_entries)} / {len(val_entries)} / {len(test_entries)}",
+            "processes": training_args.world_size,
+            "device": str(device),
+        },
+        title="preference (DPO)",
+    )
+
+    try:
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=train_ds,
+                             eval_dataset=val_ds, processing_class=tokenizer, peft_config=peft_config,
+                             callbacks=default_callbacks())
+    except ValueError as err:
+        if lora_args.use_lora and "lm_head" in str(err):  # TRL: an adapter on the output head is never trained
+            raise ValueError(f"--lora_target_modules {lora_args.lora_target_modules!r}: {err}") from None
+        raise
+    trainable, _ = (trainer.model.get_nb_trainable_parameters() if lora_args.use_lora
+                    else (trainer.model.num_parameters(only_trainable=True), None))
+    splits = {"validation": val_ds, "test": test_ds}
+    before = evaluate_preferences(trainer, splits) if eval_args.eval_before else {}
+    train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
+    after = evaluate_preferences(trainer, splits)
+    trainer.save_state()  # trainer_state.json (log history) in output_dir, main process only
+
+    output_dir = Path(training_args.output_dir)
+    trainer.model.config.use_cache = True  # the Trainer turns the cache off for training
+    save_final_model(trainer, str(output_dir / "adapter") if lora_args.use_lora else None)
+    trainer.accelerator.wait_for_everyone()
+    if lora_args.use_lora:  # the merged model at the top of output_dir (loads without peft)
+        from peft import PeftModel
+
+        base = load_causal_lm(model_args, tokenizer)
+        tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
+        if trainer.is_world_process_zero():
+            save_pretrained_to(output_dir, tuned, tokenizer)
+    else:  # what was saved, reloaded: the generations below come from the files
+        tuned = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=model_args.trust_remote_code)
+    tuned.to(device).eval()
+    tuned_responses = [r["response"] for r in generate_responses(tuned, tokenizer, samples, **gen_kwargs)]
+
+    history = trainer.state.log_history
+    results: dict = {
+        "preset": preset,
+        "model": model_args.model_name_or_path,
+        "finetuning": "lora" if lora_args.use_lora else "full",
+        "beta": training_args.beta,
+        "loss_type": ", ".join(training_args.loss_type),
+    }
+    for split, prefix in (("validation", "val"), ("test", "test")):
+        for when, values in (("before", before), ("after", after)):
+            for key, value in values.get(split, {}).items():
+                results[f"{prefix}_{key}_{when}"] = value
+    results.update({
+        "train_loss": (logged(history, "loss") or [train_result.metrics.get("train_loss")])[-1],
+        "train_loss_mean": train_result.metrics.get("train_loss"),
+        "train_reward_margin": (logged(history, "rewards/margins") or [None])[-1],
+        "trainable_parameters": trainable,
+        "total_parameters": total_parameters,
+        "trainable_percent": 100.0 * trainable / total_parameters if total_parameters else None,
+        "learning_rate": training_args.learning_rate,
+        "epochs": trainer.state.epoch,
+        "train_steps": trainer.state.global_step,
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "tokens_per_second": (logged(history, "train_tokens_per_second") or [None])[-1],
+        "train_runtime": train_result.metrics.get("train_runtime"),
+        "max_length": training_args.max_length,
+        "n_train": len(train_entries),
+        "n_validation": len(val_entries),
+        "n_test": len(test_entries),
+        "max_new_tokens": eval_args.max_new_tokens,
+        "world_size": training_args.world_size,
+    })
+    if lora_args.use_lora:
+        results.update(lora_r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
+                       lora_target_modules=lora_args.target_modules())
+    results["runtime"] = time.perf_counter() - started
+    results = {k: v for k, v in results.items() if v is not None}
+    if not trainer.is_world_process_zero():
+        return results
+
+    from hf_gpt_scratch.training.plots import plot_losses
+
+    responses = [dict(entry, reference_response=ref, tuned_response=new)
+                 for entry, ref, new in zip(samples, reference_responses, tuned_responses)]
+    _write_json(output_dir / "responses.json", responses)
+    curves = preference_curves(history)
+    for metric, name in (("loss", "loss.png"), ("reward_margin", "reward_margins.png")):
+        try:
+            plot_losses(curves, output_dir / name, metric=metric, title=f"DPO ({results['finetuning']})")
+        except ValueError as err:  # nothing logged (e.g. fewer steps than logging_steps and no eval)
+            logger.warning("No %s plot: %s", metric, err)
+    write_results(output_dir, results)
+    print_table(results, title="results")
+    rows = {}
+    for prefix, split in (("val", "validation"), ("test", "test")):
+        for key, label in METRICS:
+            b, a = results.get(f"{prefix}_{key}_before"), results.get(f"{prefix}_{key}_after")
+            if a is not None:
+                rows[f"{split} {label}"] = (f"{b:.4f}" if b is not None else "   -  ") + f"   {a:.4f}"
+    print_table({"": "before   after", **rows}, title="DPO: before and after tuning")
+    for r in responses:
+        print(f"--- {r['instruction']!r}{' / ' + repr(r['input']) if r.get('input') else ''}\n"
+              f"  chosen:    {r['chosen']!r}\n  reference: {r['reference_response']!r}\n  tuned:     {r['tuned_response']!r}",
+              flush=True)
+    finish_run(output_dir, results, "preference", training_args, model_args, data_args, hub_target)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
