@@ -252,7 +252,9 @@ def parse_recipe_args(
     """
     argv = list(sys.argv[1:] if args is None else args)
     names = sorted(p.stem for p in Path(presets).glob("*.yaml")) if presets else []
-    parser = HfArgumentParser(dataclass_types, description=description)
+    # "resolve": a flag several dataclasses declare (SFTConfig's and ModelArguments' --trust_remote_code) is
+    # one flag, and its value fills each of them (HfArgumentParser's own split gives it to the first only)
+    parser = HfArgumentParser(dataclass_types, description=description, conflict_handler="resolve")
     parser.add_argument("--preset", choices=names, help=f"Named preset file in {presets} (explicit flags still win).")
     has_training_args = any(issubclass(t, transformers.TrainingArguments) for t in dataclass_types)
     add_overwrite = has_training_args and "overwrite_output_dir" not in {a.dest for a in parser._actions}
@@ -276,7 +278,11 @@ def parse_recipe_args(
     if unknown:
         raise ValueError(f"{file or 'recipe defaults'}: no such arguments: {', '.join(unknown)}")
     parser.set_defaults(**{**(defaults or {}), **cpu_distributed_defaults(), **values})
-    *outputs, extra = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=False)
+    namespace, unused = parser.parse_known_args(argv)
+    if unused:  # as HfArgumentParser.parse_args_into_dataclasses says it
+        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {unused}")
+    namespace = vars(namespace)
+    outputs = [t(**{f.name: namespace[f.name] for f in dataclasses.fields(t) if f.init}) for t in dataclass_types]
 
     for obj in outputs:
         given = getattr(obj, "config_overrides", None)
@@ -285,7 +291,7 @@ def parse_recipe_args(
         if isinstance(obj, transformers.TrainingArguments):
             check_training_args(obj)
             if add_overwrite:
-                obj.overwrite_output_dir = bool(extra.overwrite_output_dir)
+                obj.overwrite_output_dir = bool(namespace["overwrite_output_dir"])
             refuse_hub_token(obj)
             if check_output:
                 check_output_dir(
