@@ -252,6 +252,7 @@ def test_resume_evaluates_each_step_once(tmp_path, tiny_checkpoint, train_file):
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "eval_loss" in e] == [0, 2, 4]
     assert results["train_steps"] == 4 and results["eval_loss"] == [e for e in history if "eval_loss" in e][-1]["eval_loss"]
+    assert "hf_gpt_scratch" in (out / "README.md").read_text()  # our card, not the one TRL writes at each checkpoint
 
 
 def test_malformed_instruction_file_fails_before_training(tmp_path, train_file):
