@@ -222,6 +222,23 @@ def test_full_finetuning_end_to_end(tmp_path, tiny_checkpoint, train_file):
     assert changed
 
 
+def test_packing_trains_every_token_once_in_fewer_rows(tmp_path, tiny_checkpoint, train_file, tokenizer):
+    """--packing (TRL's best-fit decreasing, padding-free): the 16 entries (39 to 50 tokens) fill rows
+    of --max_length 160, so one epoch at 2 rows a step takes at most 3 steps (8 unpacked), and the
+    tokens trained on are exactly the entries' tokens (no padding, nothing cut)."""
+    out = tmp_path / "packed"
+    results = _run_recipe([
+        "--model_name_or_path", tiny_checkpoint, "--train_file", train_file, "--output_dir", out,
+        "--packing", "true", "--max_train_samples", 16, "--per_device_train_batch_size", 2, "--num_train_epochs", 1,
+        "--max_length", 160, "--eval_before", "false", "--max_test_samples", 1, "--max_new_tokens", 2,
+    ])
+    texts = sft_dataset(_entries(40)[:16], tokenizer.eos_token)
+    tokens = sum(len(tokenizer(p + c)["input_ids"]) for p, c in zip(texts["prompt"], texts["completion"]))
+    assert results["packing"] is True and 2 <= results["train_steps"] <= 3
+    assert results["train_tokens"] == tokens
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["test_loss_after"])
+
+
 def test_book_data_split_and_sample_limits(tmp_path, tiny_checkpoint, data_dir):
     if not (data_dir / "instruction-data.json").exists():
         pytest.skip("instruction-data.json not in the data folder")
