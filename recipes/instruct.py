@@ -1,19 +1,23 @@
 #!/usr/bin/env python
-"""Instruction finetuning of the book's GPT with the transformers Trainer and PEFT LoRA (chapter 7).
+"""Instruction finetuning of the book's GPT with TRL's SFTTrainer and PEFT LoRA (chapter 7).
 
 Data: the book's instruction-data.json (1,100 entries) or --train_file (a JSON list or JSONL file
 of {"instruction", "input", "output"}), split as the book does: 85% train, 10% test, 5% validation
-(935 / 110 / 55). Each example is prompt + "\\n\\n### Response:\\n" + output + <|endoftext|>;
---mask_prompt leaves the prompt tokens out of the loss (the book's exercise 7.2).
+(935 / 110 / 55), in TRL's prompt/completion format: prompt = the Alpaca instruction (and input),
+completion = "\\n\\n### Response:\\n" + output + <|endoftext|>, tokenized as one text (the book's
+tokens). --completion_only_loss leaves the prompt tokens out of the loss (the book's exercise 7.2);
+the default, false, is the book's full-sequence loss. The flags are SFTConfig's (--max_length,
+default the model's context; --packing; ...).
 
 Model: --model_name_or_path (ours, any causal LM, or a stock GPT-2 folder converted on the fly).
 LoRA adapters on the attention and feed-forward Linear layers by default (--lora_r 16,
 --lora_alpha 16, --lora_target_modules; "all-linear" works too); --use_lora false finetunes all
 weights as the book does. Learning rate: 5e-5 for full finetuning (the book), 5e-4 with LoRA (a
-LoRA update starts at zero and is low-rank: at the book's rate it barely moves in 2 epochs).
+LoRA update starts at zero and is low-rank: at the book's rate it barely moves in 2 epochs). The
+output head takes no adapter: SFTTrainer computes the loss from its weight directly.
 
 Evaluation on the test split, before and after tuning: the response loss (mean next-token loss
-over the response tokens, prompt always masked, so it compares whatever --mask_prompt was) and the
+over the response tokens, prompt always masked, so it compares whatever --completion_only_loss was) and the
 ROUGE-L of greedy responses (at most --max_new_tokens; stops at <|endoftext|> or "### Instruction").
 The book's LLM judge scores responses.json afterwards: `python examples/judge.py`.
 
@@ -46,28 +50,27 @@ import time
 from pathlib import Path
 
 import transformers
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM
 from transformers.integrations import is_deepspeed_zero3_enabled
+from trl import SFTConfig, SFTTrainer
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import (
     ModelArguments,
+    TrlLoraArguments,
     parse_recipe_args,
     setup_logging,
 )
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
-from hf_gpt_scratch.training.data import InstructionCollator
 from hf_gpt_scratch.training.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import evaluate_instruction_model
 from hf_gpt_scratch.training.instruction_setup import (
     InstructDataArguments,
     InstructEvalArguments,
-    InstructLoraArguments,
-    instruction_features,
     load_splits,
     response_records,
-    wrap_with_lora,
+    sft_dataset,
 )
 from hf_gpt_scratch.training.loading import (
     count_parameters,
@@ -100,9 +103,12 @@ RECIPE_DEFAULTS = {
     "eval_on_start": True,  # validation loss before training: the first point of the curves
     "logging_steps": 5,  # the book's eval_freq
     "include_num_input_tokens_seen": True,
-    "remove_unused_columns": False,  # InstructionCollator reads prompt_length
     "save_strategy": "no",
     "report_to": "none",
+    "max_length": None,  # the model's context
+    "completion_only_loss": False,  # the book's full-sequence loss (TRL's default masks the prompt)
+    "bf16": False,  # the book trains in float32 (TRL's default is bf16)
+    "activation_checkpointing": False,  # the book (TRL turns it on; its old name gradient_checkpointing warns)
 }
 
 PRESETS = Path(__file__).parent / "presets" / "instruct"
@@ -116,7 +122,7 @@ def _write_json(path: Path, value) -> None:
 def parse_args(args: list[str] | None = None) -> tuple:
     """The recipe's arguments (see `parse_recipe_args`); the default learning rate follows --use_lora
     (given as a flag, in a preset or in a file), so the arguments are parsed once to read it."""
-    types = (ModelArguments, InstructDataArguments, InstructLoraArguments, InstructEvalArguments, TrainingArguments)
+    types = (ModelArguments, InstructDataArguments, TrlLoraArguments, InstructEvalArguments, SFTConfig)
     lora = parse_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, check_output=False)[2].use_lora
     defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
     return parse_recipe_args(types, PRESETS, defaults, args, description=__doc__.split("\n")[0])
@@ -128,32 +134,29 @@ def main(args: list[str] | None = None) -> dict:
     setup_logging(training_args)
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
-    # The collator reads prompt_length: the Trainer must not drop that column.
-    training_args.remove_unused_columns = False
 
     train_entries, val_entries, test_entries = load_splits(data_args)  # fails fast on a bad file
 
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
     context = context_length_of(model)
-    max_seq_length = data_args.max_seq_length or context
-    if max_seq_length > context:
-        raise ValueError(f"--max_seq_length {max_seq_length} exceeds the model's context_length {context}.")
+    max_length = training_args.max_length = training_args.max_length or context
+    if max_length > context:
+        raise ValueError(f"--max_length {max_length} exceeds the model's context_length {context}.")
     total_parameters = count_parameters(model)
     device = training_args.device
     model.to(device)
     world = training_args.world_size
     gen_batch = eval_args.generation_batch_size or training_args.per_device_eval_batch_size
-    eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, batch_size=gen_batch, max_length=max_seq_length,
+    eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, batch_size=gen_batch, max_length=max_length,
                        response_header=eval_args.response_header_in_prompt, progress=not training_args.disable_tqdm)
 
-    with training_args.main_process_first(desc="tokenize"):
-        train_ds = instruction_features(train_entries, tokenizer)
-        val_ds = instruction_features(val_entries, tokenizer) if val_entries else None
+    train_ds = sft_dataset(train_entries, tokenizer.eos_token)
+    val_ds = sft_dataset(val_entries, tokenizer.eos_token) if val_entries else None
     # over-long entries: truncated with a counted warning; a prompt that fills the context: refused
-    check_instruction_lengths(
-        {"train": train_ds, "validation": val_ds}, max_seq_length, data_args.train_file or "instruction-data.json"
-    )
+    source = data_args.train_file or "instruction-data.json"
+    check_instruction_lengths({"train": train_ds, "validation": val_ds}, tokenizer, max_length, source)
+    peft_config = lora_args.checked_peft_config(model) if lora_args.use_lora else None
 
     print_table(
         {
@@ -162,7 +165,8 @@ def main(args: list[str] | None = None) -> dict:
             "parameters": total_parameters,
             "context_length": context,
             "finetuning": "LoRA" if lora_args.use_lora else "full",
-            "mask_prompt": data_args.mask_prompt,
+            "completion_only_loss": training_args.completion_only_loss,
+            "packing": training_args.packing,
             "learning_rate": training_args.learning_rate,
             "epochs": training_args.num_train_epochs,
             "train / validation / test": f"{len(train_entries)} / {len(val_entries)} / {len(test_entries)}",
@@ -184,19 +188,14 @@ def main(args: list[str] | None = None) -> dict:
         del untuned
         logger.info("Before tuning: test response loss %.4f, ROUGE-L %.4f", before["loss"], before["rouge_l"])
 
-    if lora_args.use_lora:
-        model = wrap_with_lora(model, lora_args, model_args)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
     if val_ds is None:
         logger.warning("No validation entries: training without evaluation.")
         training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
         training_args.eval_on_start = False
         training_args.do_eval = False
-    collator = InstructionCollator(tokenizer.pad_token_id, tokenizer.eos_token_id, data_args.mask_prompt,
-                                   max_length=max_seq_length)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
-                      processing_class=tokenizer, data_collator=collator, callbacks=default_callbacks())
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=default_callbacks())
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     # resuming: no second evaluation at the resumed step; the last step's evaluation is reused
     train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
     val_metrics = evaluate_once(trainer) if val_ds is not None else {}
@@ -231,7 +230,9 @@ def main(args: list[str] | None = None) -> dict:
         "preset": preset,
         "model": model_args.model_name_or_path,
         "finetuning": "lora" if lora_args.use_lora else "full",
-        "mask_prompt": data_args.mask_prompt,
+        "completion_only_loss": training_args.completion_only_loss,
+        "packing": training_args.packing,
+        "max_length": max_length,
         "test_loss_before": before["loss"] if before else None,
         "test_loss_after": after["loss"] if after else None,
         "rouge_l_before": before["rouge_l"] if before else None,

@@ -43,15 +43,14 @@ from pathlib import Path
 
 import transformers
 from transformers import AutoModelForCausalLM
-from trl import DPOTrainer
+from trl import DPOConfig, DPOTrainer
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.training.arguments import ModelArguments, parse_recipe_args, setup_logging
+from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks
 from hf_gpt_scratch.training.faults import save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import generate_responses
-from hf_gpt_scratch.training.instruction_setup import untie_safe_targets
 from hf_gpt_scratch.training.loading import (
     count_parameters,
     load_causal_lm,
@@ -60,10 +59,8 @@ from hf_gpt_scratch.training.loading import (
     train_model,
 )
 from hf_gpt_scratch.training.preference import (
-    PreferenceConfig,
     PreferenceDataArguments,
     PreferenceEvalArguments,
-    PreferenceLoraArguments,
     evaluate_preferences,
     load_preference_splits,
     preference_curves,
@@ -105,7 +102,7 @@ METRICS = (("loss", "DPO loss"), ("reward_margin", "reward margin"), ("reward_ac
 def parse_args(args: list[str] | None = None) -> tuple:
     """The recipe's arguments (see `parse_recipe_args`); the default learning rate follows --use_lora
     (given as a flag, in a preset or in a file), so the arguments are parsed once to read it."""
-    types = (ModelArguments, PreferenceDataArguments, PreferenceLoraArguments, PreferenceEvalArguments, PreferenceConfig)
+    types = (ModelArguments, PreferenceDataArguments, TrlLoraArguments, PreferenceEvalArguments, DPOConfig)
     lora = parse_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, check_output=False)[2].use_lora
     defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
     return parse_recipe_args(types, PRESETS, defaults, args, description=__doc__.split("\n")[0])
@@ -119,7 +116,6 @@ def _write_json(path: Path, value) -> None:
 def main(args: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model_args, data_args, lora_args, eval_args, training_args, preset = parse_args(args)
-    training_args.trust_remote_code = model_args.trust_remote_code  # one flag (see PreferenceConfig)
     setup_logging(training_args)
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
@@ -144,8 +140,7 @@ def main(args: list[str] | None = None) -> dict:
 
     peft_config = ref_model = None
     if lora_args.use_lora:  # TRL wraps the model; the reference is the base with the adapter disabled
-        peft_config = lora_args.peft_config(task_type="CAUSAL_LM",
-                                            target_modules=untie_safe_targets(model, lora_args.target_modules()))
+        peft_config = lora_args.checked_peft_config(model)
     else:  # a frozen copy, loaded as the policy was (TRL's own copy would reload config._name_or_path)
         ref_model = load_causal_lm(model_args, tokenizer).to(device).eval().requires_grad_(False)
 

@@ -1,4 +1,4 @@
-"""hf_gpt_scratch.training.data: book files, loaders, the book's splits, the instruction collator and
+"""hf_gpt_scratch.training.data: book files, loaders, the book's splits, the Alpaca format and
 pretraining blocks, checked against the book's own code (llms_from_scratch) where it has some."""
 
 import csv
@@ -400,96 +400,16 @@ def test_instruction_data_jsonl(tmp_path):
         D.load_instruction_data(tmp_path / "broken.json")
 
 
-# ---------------------------------------------------------------------------------------------
-# InstructionCollator
-# ---------------------------------------------------------------------------------------------
-
-EOS = 50256
-BATCH = [[5, 6, 7, 8, 9], [11, 12], [21, 22, 23, 24, 25, 26, 27]]
-PROMPT_LENGTHS = [3, 1, 4]
-
-
-def _features(batch=BATCH, prompt_lengths=PROMPT_LENGTHS):
-    return [{"input_ids": ids, "prompt_length": n} for ids, n in zip(batch, prompt_lengths)]
-
-
-def test_collator_padding_and_masking():
-    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS)(_features())
-    assert set(out) == {"input_ids", "attention_mask", "labels"}
-    assert out["input_ids"].shape == (3, 8) and out["input_ids"].dtype == torch.long
-    assert out["input_ids"][1].tolist() == [11, 12, EOS, EOS, EOS, EOS, EOS, EOS]
-    assert out["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
-    assert out["labels"][1].tolist() == [11, 12, EOS, -100, -100, -100, -100, -100]  # first eos kept
-    assert out["labels"][2].tolist() == BATCH[2] + [EOS]
-    assert out["input_ids"][0].tolist()[:6] == BATCH[0] + [EOS]
-
-
-def test_collator_matches_book_custom_collate_fn():
+def test_alpaca_prompt_completion_is_the_books_text(instruction_path):
+    """TRL's prompt + completion of each entry is the book's training text (ch07.InstructionDataset's
+    full_text) plus <|endoftext|>, split at the end of the book's `format_input` prompt (what its
+    exercise 7.2 masks). The tokens and the loss: tests/test_recipe_instruct.py."""
     ch07 = pytest.importorskip("llms_from_scratch.ch07")
-    book_inputs, book_targets = ch07.custom_collate_fn(BATCH)
-    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS)(_features())
-    width = book_inputs.shape[1]
-    assert torch.equal(out["input_ids"][:, :width], book_inputs)
-    assert torch.equal(out["labels"][:, 1:], book_targets)  # the model's loss shifts labels by one
-    # the book's allowed_max_length=N keeps N inputs/targets; ours keeps N + 1 tokens for the same
-    book_inputs, book_targets = ch07.custom_collate_fn(BATCH, allowed_max_length=4)
-    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, max_length=5)(_features())
-    assert torch.equal(out["input_ids"][:, :4], book_inputs)
-    assert torch.equal(out["labels"][:, 1:], book_targets)
-
-
-def test_collator_mask_prompt_masks_exactly_the_prompt():
-    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, mask_prompt=True)(_features())
-    for row, (ids, n) in enumerate(zip(BATCH, PROMPT_LENGTHS)):
-        labels = out["labels"][row].tolist()
-        assert labels[:n] == [-100] * n
-        assert labels[n : len(ids) + 1] == ids[n:] + [EOS]
-        assert all(x == -100 for x in labels[len(ids) + 1 :])
-    # the book's exercise 7.2 masks targets[:instruction_length - 1] of its shifted targets
-    ch07 = pytest.importorskip("llms_from_scratch.ch07")
-    _, book_targets = ch07.custom_collate_fn(BATCH)
-    for row, n in enumerate(PROMPT_LENGTHS):
-        book_targets[row, : n - 1] = -100
-    assert torch.equal(out["labels"][:, 1:], book_targets)
-
-
-def test_collator_options_and_errors():
-    out = D.InstructionCollator(pad_token_id=0, eos_token_id=EOS)(_features())
-    assert out["input_ids"][1].tolist() == [11, 12, EOS, 0, 0, 0, 0, 0]
-    assert out["labels"][1].tolist() == [11, 12, EOS, -100, -100, -100, -100, -100]
-    out = D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, max_length=4)(_features())
-    assert out["input_ids"].shape == (3, 4) and out["labels"][0].tolist() == [5, 6, 7, 8]
-    with pytest.raises(KeyError, match="prompt_length"):
-        D.InstructionCollator(pad_token_id=EOS, eos_token_id=EOS, mask_prompt=True)([{"input_ids": [1, 2]}])
-
-
-class CharTokenizer:
-    """tiktoken-like: encode() only."""
-
-    def encode(self, text):
-        return [ord(c) for c in text]
-
-
-def test_tokenize_instruction_char_tokenizer():
-    entry = {"instruction": "Add.", "input": "1 2", "output": "3"}
-    feats = D.tokenize_instruction(entry, CharTokenizer())
-    prompt = D.format_alpaca_prompt(entry)
-    assert feats["input_ids"] == [ord(c) for c in prompt + "\n\n### Response:\n3"]
-    assert feats["prompt_length"] == len(prompt)
-
-
-def test_tokenize_instruction_gpt2_on_book_data(instruction_path):
-    tokenization = pytest.importorskip("hf_gpt_scratch.tokenization")
-    tok = tokenization.gpt2_tokenizer()
-    entries = D.load_instruction_data(instruction_path)
-    lengths = []
-    for entry in entries:
-        feats = D.tokenize_instruction(entry, tok)
-        prompt = D.format_alpaca_prompt(entry)
-        assert feats["input_ids"] == tok.encode(prompt + D.format_alpaca_response(entry))
-        assert feats["prompt_length"] == len(tok.encode(prompt))
-        lengths.append(len(feats["input_ids"]))
-    assert min(lengths) == 40 and max(lengths) == 91  # SOURCES.md: 40 to 91 GPT-2 tokens
+    for entry in D.load_instruction_data(instruction_path):
+        texts = D.alpaca_prompt_completion(entry, "<|endoftext|>")
+        assert texts["prompt"] == ch07.format_input(entry)
+        assert texts["prompt"] + texts["completion"] == (
+            ch07.format_input(entry) + f"\n\n### Response:\n{entry['output']}" + "<|endoftext|>")
 
 
 # ---------------------------------------------------------------------------------------------

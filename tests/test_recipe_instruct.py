@@ -1,6 +1,7 @@
-"""recipes/instruct.py and hf_gpt_scratch.training.instruction: instruction finetuning end to end on a tiny
-checkpoint (LoRA and full), the evaluation helpers, and examples/judge.py (the book's LLM judge)
-against a fake Ollama server on 127.0.0.1."""
+"""recipes/instruct.py and hf_gpt_scratch.training.instruction: instruction finetuning with TRL's
+SFTTrainer end to end on a tiny checkpoint (LoRA and full), its first loss against the book's
+chapter 7 code, the evaluation helpers, and examples/judge.py (the book's LLM judge) against a fake
+Ollama server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from transformers import AutoModelForCausalLM
 
 import hf_gpt_scratch  # noqa: F401
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
-from hf_gpt_scratch.training.arguments import LoraArguments
+from hf_gpt_scratch.training.arguments import TrlLoraArguments
 from hf_gpt_scratch.training.data import format_alpaca_prompt, load_instruction_data
+from hf_gpt_scratch.training.instruction_setup import sft_dataset
 from hf_gpt_scratch.training.instruction import (
     evaluate_instruction_model,
     extract_response,
@@ -32,6 +34,8 @@ from hf_gpt_scratch.training.instruction import (
     rouge_l,
 )
 from hf_gpt_scratch.tokenization import gpt2_tokenizer
+
+from conftest import load_recipe
 
 # peft 0.21 calls transformers' deprecated `is_gradient_checkpointing` (not ours to fix).
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -136,19 +140,9 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def _load_recipe_module():
-    name = "instruct_recipe"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, RECIPE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def _run_recipe(args: list) -> dict:
     """The recipe's main(argv), in this process."""
-    return _load_recipe_module().main([str(a) for a in args] + ["--disable_tqdm", "true"])
+    return load_recipe("instruct").main([str(a) for a in args] + ["--disable_tqdm", "true"])
 
 
 def _check_results(out: Path, n_test: int) -> dict:
@@ -181,7 +175,7 @@ def test_lora_end_to_end(tmp_path, tiny_checkpoint, train_file):
     _run_recipe([
         "--model_name_or_path", tiny_checkpoint, "--train_file", train_file, "--output_dir", out,
         "--max_train_samples", "24", "--max_new_tokens", "8", "--num_train_epochs", "1",
-        "--per_device_train_batch_size", "4", "--eval_steps", "3", "--logging_steps", "1", "--mask_prompt",
+        "--per_device_train_batch_size", "4", "--eval_steps", "3", "--logging_steps", "1", "--completion_only_loss", "true",
     ])
     results = _check_results(out, n_test=4)
     assert results["finetuning"] == "lora"
@@ -228,6 +222,23 @@ def test_full_finetuning_end_to_end(tmp_path, tiny_checkpoint, train_file):
     assert changed
 
 
+def test_packing_trains_every_token_once_in_fewer_rows(tmp_path, tiny_checkpoint, train_file, tokenizer):
+    """--packing (TRL's best-fit decreasing, padding-free): the 16 entries (39 to 50 tokens) fill rows
+    of --max_length 160, so one epoch at 2 rows a step takes at most 3 steps (8 unpacked), and the
+    tokens trained on are exactly the entries' tokens (no padding, nothing cut)."""
+    out = tmp_path / "packed"
+    results = _run_recipe([
+        "--model_name_or_path", tiny_checkpoint, "--train_file", train_file, "--output_dir", out,
+        "--packing", "true", "--max_train_samples", 16, "--per_device_train_batch_size", 2, "--num_train_epochs", 1,
+        "--max_length", 160, "--eval_before", "false", "--max_test_samples", 1, "--max_new_tokens", 2,
+    ])
+    texts = sft_dataset(_entries(40)[:16], tokenizer.eos_token)
+    tokens = sum(len(tokenizer(p + c)["input_ids"]) for p, c in zip(texts["prompt"], texts["completion"]))
+    assert results["packing"] is True and 2 <= results["train_steps"] <= 3
+    assert results["train_tokens"] == tokens
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["test_loss_after"])
+
+
 def test_book_data_split_and_sample_limits(tmp_path, tiny_checkpoint, data_dir):
     if not (data_dir / "instruction-data.json").exists():
         pytest.skip("instruction-data.json not in the data folder")
@@ -258,6 +269,7 @@ def test_resume_evaluates_each_step_once(tmp_path, tiny_checkpoint, train_file):
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "eval_loss" in e] == [0, 2, 4]
     assert results["train_steps"] == 4 and results["eval_loss"] == [e for e in history if "eval_loss" in e][-1]["eval_loss"]
+    assert "hf_gpt_scratch" in (out / "README.md").read_text()  # our card, not the one TRL writes at each checkpoint
 
 
 def test_malformed_instruction_file_fails_before_training(tmp_path, train_file):
@@ -265,7 +277,7 @@ def test_malformed_instruction_file_fails_before_training(tmp_path, train_file):
     del entries[1]["output"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(entries))
-    recipe = _load_recipe_module()
+    recipe = load_recipe("instruct")
     out = tmp_path / "out"
     # The model path does not exist: the data error must come first.
     with pytest.raises(ValueError, match=r"entry 1 has no 'output' field"):
@@ -275,7 +287,7 @@ def test_malformed_instruction_file_fails_before_training(tmp_path, train_file):
 
 
 def test_use_lora_picks_the_learning_rate_default(tmp_path):
-    recipe = _load_recipe_module()
+    recipe = load_recipe("instruct")
 
     def learning_rate(*argv):
         return recipe.parse_args([*argv, "--output_dir", str(tmp_path / "out")])[4].learning_rate
@@ -290,24 +302,97 @@ def test_use_lora_picks_the_learning_rate_default(tmp_path):
     assert learning_rate(str(flags)) == recipe.FULL_LEARNING_RATE
     _, _, lora_args, _, training_args, preset = recipe.parse_args(["--preset", "demo", "--output_dir", str(tmp_path)])
     assert preset == "demo" and training_args.learning_rate == 1e-3 and lora_args.lora_dropout == 0.05
-    assert lora_args.target_modules()[-1] == "out_head"
+    assert "out_head" not in lora_args.target_modules() and training_args.completion_only_loss is True
+    # SFTConfig's own flags, with the recipe's defaults: the book's full-sequence loss, float32, the model's context
+    training_args = recipe.parse_args(["--output_dir", str(tmp_path)])[4]
+    assert isinstance(training_args, recipe.SFTConfig)
+    assert (training_args.completion_only_loss, training_args.bf16, training_args.max_length) == (False, False, None)
+    assert training_args.activation_checkpointing is False and training_args.packing is False
+    model_args, *_, training_args, _ = recipe.parse_args(["--output_dir", str(tmp_path), "--trust_remote_code"])
+    assert model_args.trust_remote_code is True and training_args.trust_remote_code is True  # one flag fills both
 
 
-def test_lora_skips_a_tied_output_head(tokenizer):
-    recipe = _load_recipe_module()
-    model_args = recipe.ModelArguments()
-    targets = "W_query,out_head"
-    untied = recipe.wrap_with_lora(_tiny_model(tokenizer), LoraArguments(lora_target_modules=targets), model_args)
-    assert any("out_head.lora_A" in name for name, _ in untied.named_parameters())
-    tied_model = GPTScratchForCausalLM(GPTScratchConfig(**{**_tiny_model(tokenizer).config.to_dict(), "tie_word_embeddings": True}))
-    assert tied_model.out_head.weight is tied_model.model.tok_emb.weight
-    tied = recipe.wrap_with_lora(tied_model, LoraArguments(lora_target_modules=targets), model_args)
-    names = [name for name, _ in tied.named_parameters()]
-    assert not any("out_head.lora" in name for name in names) and any("W_query.lora_A" in name for name in names)
-    with pytest.raises(ValueError, match="nothing left"):
-        recipe.wrap_with_lora(GPTScratchForCausalLM(tied_model.config), LoraArguments(lora_target_modules="out_head"), model_args)
-    with pytest.raises(ValueError, match="lora_target_modules"):
-        recipe.wrap_with_lora(_tiny_model(tokenizer), LoraArguments(lora_target_modules="no_such_layer"), model_args)
+def test_trl_lora_config_refuses_the_output_head_and_unknown_names(tokenizer):
+    """SFTTrainer computes the loss from the head's weight directly (an adapter there never trains):
+    the head is refused by its name, tied or not, before any training, as is a name that is no module."""
+    model = _tiny_model(tokenizer)
+    config = TrlLoraArguments(lora_target_modules="W_query,ff.layers.0").checked_peft_config(model)
+    assert config.task_type == "CAUSAL_LM" and set(config.target_modules) == {"W_query", "ff.layers.0"}
+    assert TrlLoraArguments(lora_target_modules="all-linear").checked_peft_config(model).target_modules == "all-linear"
+    tied = GPTScratchForCausalLM(GPTScratchConfig(**{**model.config.to_dict(), "tie_word_embeddings": True}))
+    assert tied.out_head.weight is tied.model.tok_emb.weight
+    for m in (model, tied):
+        with pytest.raises(ValueError, match=r"--lora_target_modules out_head: that is the output head"):
+            TrlLoraArguments(lora_target_modules="W_query,out_head").checked_peft_config(m)
+    with pytest.raises(ValueError, match=r"--lora_target_modules no_such_layer: no such module \(module names: .*'W_query'"):
+        TrlLoraArguments(lora_target_modules="W_query,no_such_layer").checked_peft_config(model)
+
+
+# --------------------------------------------------------------------------------------------
+# What the recipe trains on: the book's tokens and loss
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_lora, completion_only_loss", [("false", "false"), ("false", "true"), ("true", "true")])
+def test_first_loss_is_the_books(tmp_path, tokenizer, train_file, use_lora, completion_only_loss):
+    """The recipe's first training loss (SFTTrainer: one batch of the 8 first training entries, 3 of
+    them cut by --max_length 45) equals the book's on the same weights and batch: ch07's
+    InstructionDataset and custom_collate_fn (allowed_max_length 44: 44 inputs and targets, from 45
+    tokens) and ch05's calc_loss_batch on the book's GPTModel; completion-only loss is the book's
+    exercise 7.2, which masks targets[:len(prompt) - 1]. LoRA starts at B = 0: the same loss."""
+    ch04 = pytest.importorskip("llms_from_scratch.ch04")
+    ch05 = pytest.importorskip("llms_from_scratch.ch05")
+    ch07 = pytest.importorskip("llms_from_scratch.ch07")
+    from hf_gpt_scratch.convert import book_to_scratch
+
+    book_config = dict(vocab_size=len(tokenizer), context_length=64, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0,
+                       qkv_bias=True)
+    torch.manual_seed(0)
+    book = ch04.GPTModel(book_config).eval()
+    book_to_scratch(book.state_dict(), book_config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+
+    entries = _entries(40)[:8]
+    inputs, targets = ch07.custom_collate_fn(list(ch07.InstructionDataset(entries, tokenizer)), allowed_max_length=44)
+    if completion_only_loss == "true":
+        for row, entry in enumerate(entries):
+            targets[row, : len(tokenizer.encode(ch07.format_input(entry))) - 1] = -100
+    assert (targets[:, -1] != -100).sum() == 3  # three rows cut, none of them masked at the end
+    with torch.no_grad():
+        expected = ch05.calc_loss_batch(inputs, targets, book, "cpu").item()
+
+    out = tmp_path / "out"
+    _run_recipe([
+        "--model_name_or_path", tmp_path / "model", "--train_file", train_file, "--output_dir", out,
+        "--use_lora", use_lora, "--completion_only_loss", completion_only_loss, "--max_length", 45,
+        "--max_train_samples", 8, "--per_device_train_batch_size", 8, "--max_steps", 1, "--logging_steps", 1,
+        "--eval_before", "false", "--max_test_samples", 1, "--max_new_tokens", 1,
+    ])
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["loss"] for e in history if "loss" in e] == [pytest.approx(expected, rel=1e-5)]
+
+
+def test_sft_tokens_are_the_books_on_the_book_data(tmp_path, tokenizer, data_dir):
+    """Every entry of instruction-data.json as SFTTrainer prepares it from `sft_dataset`: the ids
+    are the book's (ch07.InstructionDataset) plus <|endoftext|>, and completion-only labels mask
+    exactly the tokens of the book's `format_input` prompt."""
+    ch07 = pytest.importorskip("llms_from_scratch.ch07")
+    from trl import SFTConfig, SFTTrainer
+
+    if not (data_dir / "instruction-data.json").exists():
+        pytest.skip("instruction-data.json not in the data folder")
+    entries = load_instruction_data(data_dir / "instruction-data.json")
+    args = SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, max_length=None, bf16=False, use_cpu=True,
+                     activation_checkpointing=False, report_to="none")
+    prepared = SFTTrainer(model=_tiny_model(tokenizer), args=args, processing_class=tokenizer,
+                          train_dataset=sft_dataset(entries, tokenizer.eos_token)).train_dataset
+    book = ch07.InstructionDataset(entries, tokenizer)
+    assert len(prepared) == len(entries) == 1100
+    for i, (entry, row) in enumerate(zip(entries, prepared)):
+        ids = book[i] + [tokenizer.eos_token_id]
+        prompt = len(tokenizer.encode(ch07.format_input(entry)))
+        assert row["input_ids"] == ids, i
+        assert row["labels"] == [-100] * prompt + ids[prompt:], i
 
 
 # --------------------------------------------------------------------------------------------

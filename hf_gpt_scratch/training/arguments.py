@@ -189,6 +189,40 @@ class LoraArguments:
         return LoraConfig(**{**values, **kwargs})
 
 
+@dataclass
+class TrlLoraArguments(LoraArguments):
+    """LoRA or full finetuning under TRL's trainers (instruct, preference): --use_lora and a checked config."""
+
+    use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (PEFT); false: finetune all weights."})
+
+    def checked_peft_config(self, model):
+        """`peft_config` for a TRL trainer's `peft_config=`, its target names checked against `model`
+        first (ValueError naming --lora_target_modules): each must name a module, and not the output
+        head. TRL computes the loss from the head's weight directly, so an adapter there would never
+        train (its trainers refuse it); on a head tied to the token embedding a merged update would
+        also change the input embedding."""
+        targets = self.target_modules()
+        if targets != "all-linear":  # PEFT's all-linear leaves the output head out
+            names = [name for name, _ in model.named_modules() if name]
+            head = model.get_output_embeddings()
+
+            def found(target, candidates):
+                return any(name == target or name.endswith("." + target) for name in candidates)
+
+            missing = [t for t in targets if not found(t, names)]
+            if missing:
+                leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
+                raise ValueError(f"--lora_target_modules {','.join(missing)}: no such module (module names: {leaves}).")
+            on_head = [t for t in targets if found(t, [n for n, m in model.named_modules() if m is head])]
+            if on_head:
+                raise ValueError(
+                    f"--lora_target_modules {','.join(on_head)}: that is the output head, which TRL's trainers cannot "
+                    "train an adapter on (they compute the loss from the head's weight directly); drop it, or "
+                    "finetune every weight with --use_lora false."
+                )
+        return self.peft_config(task_type="CAUSAL_LM")
+
+
 def cpu_distributed_defaults() -> dict[str, Any]:
     """TrainingArguments defaults that make multi-process runs work without a GPU.
 
@@ -254,7 +288,9 @@ def parse_recipe_args(
     """
     argv = list(sys.argv[1:] if args is None else args)
     names = sorted(p.stem for p in Path(presets).glob("*.yaml")) if presets else []
-    parser = HfArgumentParser(dataclass_types, description=description)
+    # "resolve": a flag several dataclasses declare (SFTConfig's and ModelArguments' --trust_remote_code) is
+    # one flag, and its value fills each of them (HfArgumentParser's own split gives it to the first only)
+    parser = HfArgumentParser(dataclass_types, description=description, conflict_handler="resolve")
     parser.add_argument("--preset", choices=names, help=f"Named preset file in {presets} (explicit flags still win).")
     has_training_args = any(issubclass(t, transformers.TrainingArguments) for t in dataclass_types)
     add_overwrite = has_training_args and "overwrite_output_dir" not in {a.dest for a in parser._actions}
@@ -278,7 +314,11 @@ def parse_recipe_args(
     if unknown:
         raise ValueError(f"{file or 'recipe defaults'}: no such arguments: {', '.join(unknown)}")
     parser.set_defaults(**{**(defaults or {}), **cpu_distributed_defaults(), **values})
-    *outputs, extra = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=False)
+    namespace, unused = parser.parse_known_args(argv)
+    if unused:  # as HfArgumentParser.parse_args_into_dataclasses says it
+        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {unused}")
+    namespace = vars(namespace)
+    outputs = [t(**{f.name: namespace[f.name] for f in dataclasses.fields(t) if f.init}) for t in dataclass_types]
 
     for obj in outputs:
         given = getattr(obj, "config_overrides", None)
@@ -287,7 +327,7 @@ def parse_recipe_args(
         if isinstance(obj, transformers.TrainingArguments):
             check_training_args(obj)
             if add_overwrite:
-                obj.overwrite_output_dir = bool(extra.overwrite_output_dir)
+                obj.overwrite_output_dir = bool(namespace["overwrite_output_dir"])
             refuse_hub_token(obj)
             if check_output:
                 check_output_dir(

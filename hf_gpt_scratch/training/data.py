@@ -1,5 +1,5 @@
 """Data for the book's three workflows: pretraining text, spam classification (ch. 6) and
-instruction finetuning (ch. 7), as `datasets` objects and a collator for the transformers Trainer.
+instruction finetuning (ch. 7), as `datasets` objects.
 
 Book files are never shipped with the package. `fetch_book_file(name)` looks for them in the data
 directory (`--data_dir`, else `$HF_GPT_SCRATCH_DATA`, else `~/.cache/hf_gpt_scratch`), verifies
@@ -13,7 +13,7 @@ Splits reproduce the book's code exactly (same rows, same order):
   (returned as train, validation, test; the book slices train, test, validation in that order).
 
 Kept here because no library has them: the book's splits, the Alpaca format (`format_alpaca_prompt`,
-the one source of the prompt and response header), the book's collator (`InstructionCollator`),
+the one source of the prompt and response header; `alpaca_prompt_completion`, TRL's form of it),
 `pack_into_blocks` (the `group_texts` of transformers' run_clm, which is an example, not a library
 function) and `book_windows` (the book's `GPTDatasetV1` windows, with the book's exact targets in a
 `shift_labels` column; the Trainer only forwards that column with `remove_unused_columns=False`).
@@ -31,7 +31,6 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +57,7 @@ __all__ = [
     "format_alpaca_prompt",
     "format_alpaca_response",
     "split_instruction_data",
-    "tokenize_instruction",
-    "InstructionCollator",
+    "alpaca_prompt_completion",
     "pack_into_blocks",
     "book_windows",
 ]
@@ -580,70 +578,13 @@ def split_instruction_data(
     return train, validation, test
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids without special tokens: a transformers tokenizer or a tiktoken-like `encode`."""
-    if callable(tokenizer) and hasattr(tokenizer, "pad_token_id"):  # transformers tokenizer
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer.encode(text))
-
-
-def tokenize_instruction(entry: Mapping[str, Any], tokenizer: Any) -> dict:
-    """Features for `InstructionCollator`: `input_ids` of prompt + response (tokenized as one text,
-    as the book does; no end-of-text token, the collator appends it) and `prompt_length`, the number
-    of leading ids that belong to the prompt."""
-    prompt = format_alpaca_prompt(entry)
-    ids = _encode(tokenizer, prompt + format_alpaca_response(entry))
-    # BPE merges never cross the prompt/response boundary unless the prompt ends in whitespace;
-    # the common prefix is the prompt either way.
-    prompt_length = 0
-    for a, b in zip(_encode(tokenizer, prompt), ids):
-        if a != b:
-            break
-        prompt_length += 1
-    return {"input_ids": ids, "prompt_length": prompt_length}
-
-
-@dataclass
-class InstructionCollator:
-    """The book's `custom_collate_fn` for the transformers Trainer (labels unshifted: the model's
-    loss shifts them).
-
-    Each example gets the end-of-text token appended and is cut to `max_length`; the batch is
-    right-padded with `pad_token_id` to its longest example. `labels` are the `input_ids` with
-    padding set to -100, keeping the appended end-of-text token as a target (the book keeps the
-    first one); with `mask_prompt=True` the prompt tokens (the first `prompt_length` of each
-    example) are -100 too (the book's exercise 7.2). The shifted labels equal the book's targets;
-    padding is decided by position, not by token id, so a pad id equal to the end-of-text id
-    (GPT-2: 50256) is fine.
-
-    `prompt_length` is not an argument of the model's `forward`: with `mask_prompt=True` train with
-    `TrainingArguments(remove_unused_columns=False)` (or the Trainer drops that column).
-    """
-
-    pad_token_id: int
-    eos_token_id: int
-    mask_prompt: bool = False
-    max_length: int | None = None
-
-    def __call__(self, features: list[Mapping[str, Any]]) -> dict:
-        import torch
-        from torch.nn.utils.rnn import pad_sequence
-
-        if not features:
-            raise ValueError("InstructionCollator got an empty batch")
-        if self.mask_prompt and any("prompt_length" not in feature for feature in features):
-            raise KeyError("a feature has no 'prompt_length' (needed for mask_prompt=True); build features with "
-                           "tokenize_instruction and train with remove_unused_columns=False")
-        rows = [torch.tensor([*f["input_ids"], self.eos_token_id][: self.max_length]) for f in features]
-        labels = pad_sequence(rows, batch_first=True, padding_value=-100)  # [B, T]
-        if self.mask_prompt:
-            for row, feature in enumerate(features):
-                labels[row, : feature["prompt_length"]] = -100
-        return {
-            "input_ids": pad_sequence(rows, batch_first=True, padding_value=self.pad_token_id),
-            "attention_mask": pad_sequence([torch.ones_like(r) for r in rows], batch_first=True),
-            "labels": labels,
-        }
+def alpaca_prompt_completion(entry: Mapping[str, Any], eos_token: str) -> dict[str, str]:
+    """An entry in TRL's prompt/completion format, split where the book's exercise 7.2 masks:
+    `{"prompt": format_alpaca_prompt(entry), "completion": format_alpaca_response(entry) + eos_token}`.
+    `SFTTrainer` tokenizes prompt + completion as one text, as the book does (the book appends the
+    end-of-text id after tokenizing: the same ids), and with `completion_only_loss` leaves the
+    prompt's tokens out of the loss (the "### Response:" header stays in, as in the book)."""
+    return {"prompt": format_alpaca_prompt(entry), "completion": format_alpaca_response(entry) + eos_token}
 
 
 # ---------------------------------------------------------------------------------------------

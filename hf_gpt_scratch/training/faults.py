@@ -340,25 +340,30 @@ def report_truncated_texts(splits, tokenizer, limit: int, source: str, column: s
     return counts
 
 
-def check_instruction_lengths(splits: dict, max_length: int, source: str) -> dict[str, int]:
-    """Instruction examples (`input_ids` without the end-of-text token the collator appends,
-    `prompt_length`) against the `max_length` the collator truncates to: longer examples are
-    truncated as the book's collator does (one warning per split with the count); an example whose
-    prompt alone fills `max_length` is an `ExampleTooLongError` (no response token would be left
-    to learn from). `splits` maps split names to datasets (None skipped). Returns {split: truncated}."""
+def check_instruction_lengths(splits: dict, tokenizer, max_length: int, source: str) -> dict[str, int]:
+    """Instruction examples (TRL prompt/completion datasets; None skipped), tokenized as
+    `SFTTrainer` does, against the `max_length` it truncates to: longer examples are truncated as
+    the book's collator does (one warning per split with the count); an example whose prompt alone
+    fills `max_length` is an `ExampleTooLongError` (no response token would be left to learn from;
+    TRL would drop it silently). Returns {split: truncated}."""
+    from trl.data_utils import common_prefix_length
+
     counts = {}
     for split, ds in splits.items():
         if ds is None:
             continue
         where = f"{source} ({split} split)"
+        full = tokenizer([p + c for p, c in zip(ds["prompt"], ds["completion"])], verbose=False)["input_ids"]
+        prompts = tokenizer(list(ds["prompt"]), verbose=False)["input_ids"]
         counts[split] = check_sequence_lengths(
-            (len(ids) + 1 for ids in ds["input_ids"]), max_length, source=where, what="entry",
-            hint="The end of their responses is cut; raise --max_seq_length (up to the model's context) to keep it.",
+            (len(ids) for ids in full), max_length, source=where, what="entry",
+            hint="The end of their responses is cut; raise --max_length (up to the model's context) to keep it.",
         )
         check_sequence_lengths(
-            ds["prompt_length"], max_length - 1, source=where, policy="refuse", what="prompt",
+            (common_prefix_length(p, f) for p, f in zip(prompts, full)), max_length - 1, source=where,
+            policy="refuse", what="prompt",
             hint="Each needs room for at least one response token: shorten those entries, drop them, or raise "
-            "--max_seq_length (up to the model's context).",
+            "--max_length (up to the model's context).",
         )
     return counts
 

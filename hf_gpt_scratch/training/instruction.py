@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .data import ALPACA_HEADER, RESPONSE_HEADER, InstructionCollator, _encode, format_alpaca_prompt, tokenize_instruction
+from .data import ALPACA_HEADER, RESPONSE_HEADER, alpaca_prompt_completion, format_alpaca_prompt
 from .sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def generate_responses(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     context = context_length_of(model)
-    encoded = [_encode(tokenizer, format_alpaca_prompt(entry, response_header)) for entry in entries]
+    encoded = [tokenizer(format_alpaca_prompt(entry, response_header))["input_ids"] for entry in entries]
     for i, ids in enumerate(encoded):
         if context is not None and len(ids) >= context:
             keep = context - min(max_new_tokens, max(1, context // 4))
@@ -123,24 +123,30 @@ def response_loss(
 ) -> tuple[float, int]:
     """(summed loss, number of target tokens) over the response tokens of `entries`.
 
-    Each entry is prompt + "\\n\\n### Response:\\n" + output + end-of-text, as in training
-    (`tokenize_instruction` + `InstructionCollator`), with the prompt tokens masked whatever the
-    training used; `max_length` (default: the model's context) truncates each example. Divide
-    the two numbers for the mean loss per response token.
+    Each entry is tokenized as `SFTTrainer` tokenizes `alpaca_prompt_completion` (prompt + "\\n\\n###
+    Response:\\n" + output + end-of-text, the prompt tokens masked whatever the training used),
+    cut to `max_length` (default: the model's context) and padded by TRL's collator. Divide the two
+    numbers for the mean loss per response token.
     """
+    from trl.data_utils import common_prefix_length
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    collator = InstructionCollator(
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, mask_prompt=True,
-        max_length=max_length or context_length_of(model),
-    )
-    features = [tokenize_instruction(entry, tokenizer) for entry in entries]
+    max_length = max_length or context_length_of(model)
+    collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
+    features = []
+    for entry in entries:
+        texts = alpaca_prompt_completion(entry, tokenizer.eos_token)
+        ids = tokenizer(texts["prompt"] + texts["completion"])["input_ids"][:max_length]
+        n = common_prefix_length(tokenizer(texts["prompt"])["input_ids"], ids)  # where TRL starts the completion
+        features.append({"input_ids": ids, "labels": [-100] * n + ids[n:]})
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
         for start in range(0, len(features), batch_size):
-            batch = collator(features[start : start + batch_size])
+            batch = collate(features[start : start + batch_size])
             n = int((batch["labels"][:, 1:] != -100).sum())  # the model's loss is the mean over these
             if n:
                 total += model(**{k: v.to(model.device) for k, v in batch.items()}).loss.item() * n

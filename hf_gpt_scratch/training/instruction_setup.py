@@ -1,52 +1,33 @@
 """Instruction finetuning set-up (the book's chapter 7), used by `recipes/instruct.py`: the recipe's
-arguments, the book's 85/10/5 splits of an Alpaca-format file, their tokenized features, and the
-PEFT LoRA wrapping of a causal LM. Evaluation lives in `instruction.py`."""
+arguments, the book's 85/10/5 splits of an Alpaca-format file as TRL prompt/completion datasets,
+and the responses.json records. Evaluation lives in `instruction.py`."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 
-from .arguments import DataArguments, LoraArguments, ModelArguments
-from .data import load_instruction_data, split_instruction_data, tokenize_instruction
+from .arguments import DataArguments
+from .data import alpaca_prompt_completion, load_instruction_data, split_instruction_data
 
-logger = logging.getLogger(__name__)
 
 @dataclass
 class InstructDataArguments(DataArguments):
     max_test_samples: int | None = field(
         default=None, metadata={"help": "Evaluate (loss, generation) on at most this many test entries."}
     )
-    mask_prompt: bool = field(
-        default=False,
-        metadata={"help": "Leave the instruction (prompt) tokens out of the training loss (the book's exercise 7.2)."},
-    )
-    max_seq_length: int | None = field(
-        default=None,
-        metadata={"help": "Truncate each example (prompt + response + <|endoftext|>) to this many tokens; "
-                  "default: the model's context_length."},
-    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.max_test_samples is not None and self.max_test_samples <= 0:
             raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
-        if self.max_seq_length is not None and self.max_seq_length < 2:
-            raise ValueError(f"--max_seq_length must be at least 2, got {self.max_seq_length}.")
         if self.dataset_name:
             raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list or JSONL "
                              "file of {instruction, input, output} entries).")
         if self.validation_file:
             raise ValueError("--validation_file is not supported: the splits come from --train_file "
                              "(85% train / 10% test / 5% validation, as the book).")
-
-
-@dataclass
-class InstructLoraArguments(LoraArguments):
-    use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (PEFT); false: finetune all weights."})
 
 
 @dataclass
@@ -85,49 +66,9 @@ def load_splits(data_args: InstructDataArguments) -> tuple[list[dict], list[dict
     return train, validation, test
 
 
-def instruction_features(entries: list[dict], tokenizer) -> datasets.Dataset:
-    """`tokenize_instruction` of each entry (input_ids, prompt_length) as a Dataset."""
-    return datasets.Dataset.from_list([tokenize_instruction(entry, tokenizer) for entry in entries])
-
-
-def adapter_base_path(model_args: ModelArguments) -> str | None:
-    """What the adapter's config names as its base: the absolute folder when it is local."""
-    path = model_args.model_name_or_path
-    if path and Path(path).exists():
-        return str(Path(path).resolve())
-    return path
-
-
-def untie_safe_targets(model, targets: str | list[str]) -> str | list[str]:
-    """`targets` without the output head when it shares its weight with the token embedding: a
-    merged LoRA update of a tied head would change the input embedding too, so the merged model
-    would no longer match the adapter."""
-    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    if isinstance(targets, str) or head is None or embedding is None or head.weight is not embedding.weight:
-        return targets
-    head_names = [name for name, module in model.named_modules() if module is head]
-    dropped = [t for t in targets if any(name == t or name.endswith("." + t) for name in head_names)]
-    if dropped:
-        logger.warning("Not adapting %s: the output head is tied to the token embedding.", ", ".join(dropped))
-    kept = [t for t in targets if t not in dropped]
-    if not kept:
-        raise ValueError(f"--lora_target_modules {','.join(targets)}: nothing left to adapt (the output head is tied).")
-    return kept
-
-
-def wrap_with_lora(model, lora_args: LoraArguments, model_args: ModelArguments):
-    from peft import get_peft_model
-
-    config = lora_args.peft_config(
-        task_type="CAUSAL_LM",
-        target_modules=untie_safe_targets(model, lora_args.target_modules()),
-        base_model_name_or_path=adapter_base_path(model_args),
-    )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as err:
-        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
-        raise ValueError(f"--lora_target_modules {lora_args.lora_target_modules!r}: {err} (module names: {names})") from None
+def sft_dataset(entries: list[dict], eos_token: str) -> datasets.Dataset:
+    """The entries as a TRL prompt/completion Dataset (`alpaca_prompt_completion`)."""
+    return datasets.Dataset.from_list([alpaca_prompt_completion(entry, eos_token) for entry in entries])
 
 
 def response_records(entries: list[dict], responses: list[str]) -> list[dict]:

@@ -253,7 +253,9 @@ def train_model(trainer):
     """`trainer.train()`, resuming from the checked checkpoint of --resume_from_checkpoint
     (`faults.resolve_resume_checkpoint`, `check_checkpoint_fits`; no second evaluation on start),
     or with --overwrite_output_dir after removing the previous run's checkpoints, adapters and
-    results (`faults.remove_previous_run`), so none of them is resumed or pushed."""
+    results (`faults.remove_previous_run`), so none of them is resumed or pushed. TRL's trainers
+    write their own README.md at every checkpoint: turned off, the folder's card is ours (`hub.finish_run`)."""
+    trainer.create_model_card = lambda *args, **kwargs: None
     args = trainer.args
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if resume:

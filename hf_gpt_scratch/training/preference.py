@@ -1,8 +1,8 @@
 """Preference tuning with DPO (the book's chapter 7 bonus, `dpo-from-scratch.ipynb`), used by
 `recipes/preference.py` on TRL's `DPOTrainer`.
 
-- `PreferenceDataArguments`, `PreferenceLoraArguments`, `PreferenceEvalArguments`, `PreferenceConfig`:
-  the recipe's flags (`PreferenceConfig` is TRL's `DPOConfig`: --beta, --loss_type, --max_length, ...).
+- `PreferenceDataArguments`, `PreferenceEvalArguments`: the recipe's flags
+  beside TRL's `DPOConfig` (--beta, --loss_type, --max_length, ...).
 - `load_preference_data`: a JSON list or JSONL file of {"instruction", "input"?, "chosen", "rejected"}
   entries (the book's instruction-data-with-preference.json by default), refused before any training
   when an entry lacks a field, has an empty one, or has the same chosen and rejected text.
@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from trl import DPOConfig
 
-from .arguments import DataArguments, LoraArguments
+from .arguments import DataArguments
 from .data import RESPONSE_HEADER, _json_rows, fetch_book_file, format_alpaca_prompt, split_instruction_data
 from .reporting import log_history_to_curves
 
@@ -66,15 +65,6 @@ class PreferenceDataArguments(DataArguments):
 
 
 @dataclass
-class PreferenceLoraArguments(LoraArguments):
-    use_lora: bool = field(
-        default=True,
-        metadata={"help": "Train LoRA adapters (PEFT; the reference model is the base with the adapter disabled); "
-                  "false: tune all weights against a frozen copy (the book)."},
-    )
-
-
-@dataclass
 class PreferenceEvalArguments:
     num_samples: int = field(
         default=3, metadata={"help": "Test prompts answered greedily by the reference and the tuned model, side by side."}
@@ -96,14 +86,6 @@ class PreferenceEvalArguments:
             raise ValueError(f"--num_samples must be >= 0, got {self.num_samples}.")
         if self.max_new_tokens <= 0:
             raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
-
-
-@dataclass
-class PreferenceConfig(DPOConfig):
-    """TRL's `DPOConfig` without its own --trust_remote_code flag: `ModelArguments` has it (two
-    dataclasses declaring one flag make `HfArgumentParser` fail); the recipe copies the value over."""
-
-    trust_remote_code: bool = field(default=False, init=False)
 
 
 def _check_text(path: Path, i: int, entry: dict, name: str, required: bool = True) -> None:
@@ -222,7 +204,7 @@ def preference_curves(log_history: Sequence[Mapping[str, Any]]) -> dict[str, dic
 
 
 __all__ = [
-    "BOOK_FILE", "IDENTICAL_PAIRS", "PreferenceDataArguments", "PreferenceLoraArguments", "PreferenceEvalArguments",
-    "PreferenceConfig", "load_preference_data", "load_preference_splits", "preference_dataset",
+    "BOOK_FILE", "IDENTICAL_PAIRS", "PreferenceDataArguments", "PreferenceEvalArguments",
+    "load_preference_data", "load_preference_splits", "preference_dataset",
     "evaluate_preferences", "preference_curves",
 ]
