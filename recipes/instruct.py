@@ -266,6 +266,7 @@ def main(args: list[str] | None = None) -> dict:
             lora_alpha=lora_args.lora_alpha,
             lora_dropout=lora_args.lora_dropout,
             lora_target_modules=lora_args.target_modules(),
+            lora_modules_to_save=lora_args.lora_modules_to_save,
         )
 
     results["runtime"] = time.perf_counter() - started

@@ -237,7 +237,7 @@ def main(args: list[str] | None = None) -> dict:
     })
     if lora_args.use_lora:
         results.update(lora_r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
-                       lora_target_modules=lora_args.target_modules())
+                       lora_target_modules=lora_args.target_modules(), lora_modules_to_save=lora_args.lora_modules_to_save)
     results["runtime"] = time.perf_counter() - started
     results = {k: v for k, v in results.items() if v is not None}
     if not trainer.is_world_process_zero():

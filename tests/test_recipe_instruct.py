@@ -176,9 +176,10 @@ def test_lora_end_to_end(tmp_path, tiny_checkpoint, train_file):
         "--model_name_or_path", tiny_checkpoint, "--train_file", train_file, "--output_dir", out,
         "--max_train_samples", "24", "--max_new_tokens", "8", "--num_train_epochs", "1",
         "--per_device_train_batch_size", "4", "--eval_steps", "3", "--logging_steps", "1", "--completion_only_loss", "true",
+        "--lora_modules_to_save", "out_head",
     ])
     results = _check_results(out, n_test=4)
-    assert results["finetuning"] == "lora"
+    assert results["finetuning"] == "lora" and results["lora_modules_to_save"] == ["out_head"]
     assert results["learning_rate"] == pytest.approx(5e-4)
     assert results["train_steps"] == 6
     assert 0 < results["trainable_parameters"] < results["total_parameters"]
@@ -200,6 +201,10 @@ def test_lora_end_to_end(tmp_path, tiny_checkpoint, train_file):
     torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(auto_logits, adapter_logits, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(merged_logits, base_logits, atol=1e-5)
+    # the head trained in full (TRL reads the weight of PEFT's trained copy), the embedding not at all
+    untuned = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)  # (PEFT wrapped `base` in place)
+    assert not torch.equal(merged.out_head.weight, untuned.out_head.weight)
+    assert torch.equal(merged.model.tok_emb.weight, untuned.model.tok_emb.weight)
     assert merged.config.use_cache is True
     assert (out / "tokenizer.json").exists() and (out / "adapter" / "tokenizer.json").exists()
 
@@ -324,6 +329,9 @@ def test_trl_lora_config_refuses_the_output_head_and_unknown_names(tokenizer):
     for m in (model, tied):
         with pytest.raises(ValueError, match=r"--lora_target_modules out_head: that is the output head"):
             TrlLoraArguments(lora_target_modules="W_query,out_head").checked_peft_config(m)
+    with pytest.raises(ValueError, match=r"--lora_modules_to_save: the output head is tied"):
+        TrlLoraArguments(lora_modules_to_save=["out_head"]).checked_peft_config(tied)
+    assert TrlLoraArguments(lora_modules_to_save=["out_head"]).checked_peft_config(model).modules_to_save == ["out_head"]
     with pytest.raises(ValueError, match=r"--lora_target_modules no_such_layer: no such module \(module names: .*'W_query'"):
         TrlLoraArguments(lora_target_modules="W_query,no_such_layer").checked_peft_config(model)
 

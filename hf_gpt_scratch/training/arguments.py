@@ -162,6 +162,10 @@ class LoraArguments:
         metadata={"help": "Names (suffixes) of the Linear layers to adapt, space- or comma-separated, or "
                   "'all-linear' (every Linear but the output head)."},
     )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained in full beside the adapters (PEFT's modules_to_save), e.g. out_head."},
+    )
 
     def __post_init__(self):
         if self.lora_r <= 0:
@@ -185,7 +189,7 @@ class LoraArguments:
         from peft import LoraConfig
 
         values = dict(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                      target_modules=self.target_modules())
+                      target_modules=self.target_modules(), modules_to_save=self.lora_modules_to_save)
         return LoraConfig(**{**values, **kwargs})
 
 
@@ -220,6 +224,12 @@ class TrlLoraArguments(LoraArguments):
                     "train an adapter on (they compute the loss from the head's weight directly); drop it, or "
                     "finetune every weight with --use_lora false."
                 )
+        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        tied = head is not None and embedding is not None and head.weight is embedding.weight
+        if tied and any(head is model.get_submodule(name) for name, _ in model.named_modules()
+                        if name and name.rsplit(".", 1)[-1] in (self.lora_modules_to_save or [])):
+            raise ValueError("--lora_modules_to_save: the output head is tied to the token embedding; a trained copy "
+                             "of it would untie them in the merged model. Leave it out, or use --use_lora false.")
         return self.peft_config(task_type="CAUSAL_LM")
 
 

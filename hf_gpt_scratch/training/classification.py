@@ -310,7 +310,9 @@ def set_trainable(model, mode: str = "last_block", lora: LoraArguments | None = 
     if mode == "lora":
         from peft import get_peft_model
 
-        return get_peft_model(model, (lora or LoraArguments()).peft_config(task_type="SEQ_CLS", modules_to_save=["score"]))
+        lora = lora or LoraArguments()
+        config = lora.peft_config(task_type="SEQ_CLS", modules_to_save=["score", *(lora.lora_modules_to_save or [])])
+        return get_peft_model(model, config)
     model.score.requires_grad_(True)
     if mode == "last_block":
         model.model.trf_blocks[-1].requires_grad_(True)
