@@ -5,8 +5,10 @@
    spam validation and test splits as unlabeled text (never a held-out text), with a byte-level BPE
    trained on that text; 10% of each source is the pretraining validation text;
 2. classify spam starting from it (recipes/classify.py, the book's chapter 6);
-3. instruction-tune it with LoRA (recipes/instruct.py, chapter 7);
-4. generate from the tuned model (recipes/generate.py).
+3. instruction-tune it with LoRA (recipes/instruct.py on TRL's SFTTrainer, chapter 7);
+4. preference-tune the instruct model with DPO (recipes/preference.py on TRL's DPOTrainer, with the
+   book's hyperparameters: `--preset book_dpo`, chapter 7's bonus);
+5. generate from the tuned model (recipes/generate.py).
 
 Each step is the recipe itself, run as a subprocess with the flags printed, so every number can be
 reproduced by hand. The results land in `<output_dir>/summary.json` (printed as a table) with each
@@ -110,7 +112,7 @@ def read_results(folder: Path) -> dict:
 
 
 def summarize(out: Path, seconds: dict[str, float]) -> dict:
-    pre, cls, ins = (read_results(out / name) for name in ("pretrain", "classify", "instruct"))
+    pre, cls, ins, dpo = (read_results(out / name) for name in ("pretrain", "classify", "instruct", "preference"))
     summary = {
         "pretrain": {
             "train_loss": pre["train_loss"],
@@ -130,6 +132,12 @@ def summarize(out: Path, seconds: dict[str, float]) -> dict:
             "test_loss_after": ins["test_loss_after"],
             "rouge_l_before": ins["rouge_l_before"],
             "rouge_l_after": ins["rouge_l_after"],
+        },
+        "preference": {
+            "test_reward_margin_before": dpo["test_reward_margin_before"],
+            "test_reward_margin_after": dpo["test_reward_margin_after"],
+            "test_reward_accuracy_before": dpo["test_reward_accuracy_before"],
+            "test_reward_accuracy_after": dpo["test_reward_accuracy_after"],
         },
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
@@ -197,9 +205,16 @@ def main(argv: list[str] | None = None) -> dict:
          *common, "--output_dir", str(out / "instruct")],
         out,
     )
+    seconds["preference"] = run_step(
+        "preference",
+        [py, str(RECIPES / "preference.py"), "--preset", "book_dpo", "--model_name_or_path", str(out / "instruct"),
+         *(["--max_steps", "2", "--max_test_samples", "4", "--num_samples", "1", "--max_new_tokens", "8"] if quick else []),
+         *common, "--output_dir", str(out / "preference")],
+        out,
+    )
     seconds["generate"] = run_step(
         "generate",
-        [py, str(RECIPES / "generate.py"), "--model_name_or_path", str(out / "instruct"), "--alpaca",
+        [py, str(RECIPES / "generate.py"), "--model_name_or_path", str(out / "preference"), "--alpaca",
          "--prompt", "Rewrite the sentence using a simile.", "--input", "The car is very fast.",
          "--max_new_tokens", "8" if quick else "48"],
         out,

@@ -74,11 +74,14 @@ def test_demo_quick_runs_the_whole_journey(tmp_path, data_dir):
         "pretrain": {"train_loss", "val_loss", "val_perplexity", "train_tokens", "tokens_per_second"},
         "classify": {"val_accuracy", "test_accuracy", "test_f1", "baseline_tfidf_test_accuracy"},
         "instruct": {"test_loss_before", "test_loss_after", "rouge_l_before", "rouge_l_after"},
+        "preference": {"test_reward_margin_before", "test_reward_margin_after", "test_reward_accuracy_before",
+                       "test_reward_accuracy_after"},
     }
     for step, keys in expected.items():
         assert set(summary[step]) == keys
         assert all(isinstance(v, (int, float)) and v == v for v in summary[step].values())
     assert 0.9 < summary["classify"]["baseline_tfidf_test_accuracy"] <= 1.0
     assert (out / "pretrain" / "loss.png").exists() and (out / "classify" / "confusion_matrix.png").exists()
-    assert (out / "instruct" / "responses.json").exists()
+    assert (out / "instruct" / "responses.json").exists() and (out / "preference" / "reward_margins.png").exists()
+    assert summary["preference"]["test_reward_margin_before"] == 0  # the policy starts as its reference
     assert "summary:" in run.stdout
