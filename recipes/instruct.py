@@ -43,7 +43,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -80,7 +79,7 @@ from hf_gpt_scratch.training.loading import (
     train_model,
     unsharded_loading,
 )
-from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
+from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_json, write_results
 from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -112,11 +111,6 @@ RECIPE_DEFAULTS = {
 }
 
 PRESETS = Path(__file__).parent / "presets" / "instruct"
-
-
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
 
 
 def parse_args(args: list[str] | None = None) -> tuple:
@@ -273,9 +267,9 @@ def main(args: list[str] | None = None) -> dict:
     results = {k: v for k, v in results.items() if v is not None}
     if trainer.is_world_process_zero():
         if after:
-            _write_json(output_dir / "responses.json", response_records(test_entries, after["responses"]))
+            write_json(output_dir / "responses.json", response_records(test_entries, after["responses"]))
         if before:
-            _write_json(output_dir / "responses_before.json", response_records(test_entries, before["responses"]))
+            write_json(output_dir / "responses_before.json", response_records(test_entries, before["responses"]))
         from hf_gpt_scratch.training.plots import plot_losses
 
         try:

@@ -35,7 +35,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -66,7 +65,7 @@ from hf_gpt_scratch.training.preference import (
     preference_curves,
     preference_dataset,
 )
-from hf_gpt_scratch.training.reporting import logged, print_table, write_results
+from hf_gpt_scratch.training.reporting import logged, print_table, write_json, write_results
 from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -106,11 +105,6 @@ def parse_args(args: list[str] | None = None) -> tuple:
     lora = parse_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, check_output=False)[2].use_lora
     defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
     return parse_recipe_args(types, PRESETS, defaults, args, description=__doc__.split("\n")[0])
-
-
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
 
 
 def main(args: list[str] | None = None) -> dict:
@@ -247,7 +241,7 @@ def main(args: list[str] | None = None) -> dict:
 
     responses = [dict(entry, reference_response=ref, tuned_response=new)
                  for entry, ref, new in zip(samples, reference_responses, tuned_responses)]
-    _write_json(output_dir / "responses.json", responses)
+    write_json(output_dir / "responses.json", responses)
     curves = preference_curves(history)
     for metric, name in (("loss", "loss.png"), ("reward_margin", "reward_margins.png")):
         try:

@@ -14,8 +14,10 @@ from .data import alpaca_prompt_completion, load_instruction_data, split_instruc
 
 @dataclass
 class InstructDataArguments(DataArguments):
+    """Data flags of the chapter-7 recipes (instruct, preference): one Alpaca-format file, split as the book."""
+
     max_test_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate (loss, generation) on at most this many test entries."}
+        default=None, metadata={"help": "Evaluate (and generate) on at most this many test entries."}
     )
 
     def __post_init__(self):
@@ -24,10 +26,20 @@ class InstructDataArguments(DataArguments):
             raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
         if self.dataset_name:
             raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list or JSONL "
-                             "file of {instruction, input, output} entries).")
+                             "file of Alpaca-format entries).")
         if self.validation_file:
             raise ValueError("--validation_file is not supported: the splits come from --train_file "
                              "(85% train / 10% test / 5% validation, as the book).")
+
+    def book_splits(self, entries: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+        """(train, validation, test): the book's 85/5/10 split (`data.split_instruction_data`), each cut
+        to its --max_*_samples. ValueError when no training entry is left."""
+        train, validation, test = split_instruction_data(entries)
+        train, validation, test = (split[:limit] if limit is not None else split for split, limit in (
+            (train, self.max_train_samples), (validation, self.max_eval_samples), (test, self.max_test_samples)))
+        if not train:
+            raise ValueError(f"No training entries: {len(entries)} entries give an empty 85% train split.")
+        return train, validation, test
 
 
 @dataclass
@@ -53,17 +65,7 @@ class InstructEvalArguments:
 def load_splits(data_args: InstructDataArguments) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, validation, test) entries, validated (a malformed file fails here, before any model
     is loaded), split as the book and cut to the --max_*_samples."""
-    entries = load_instruction_data(data_args.train_file, data_args.data_dir)
-    train, validation, test = split_instruction_data(entries)
-    if data_args.max_train_samples is not None:
-        train = train[: data_args.max_train_samples]
-    if data_args.max_eval_samples is not None:
-        validation = validation[: data_args.max_eval_samples]
-    if data_args.max_test_samples is not None:
-        test = test[: data_args.max_test_samples]
-    if not train:
-        raise ValueError(f"No training entries: {len(entries)} entries give an empty 85% train split.")
-    return train, validation, test
+    return data_args.book_splits(load_instruction_data(data_args.train_file, data_args.data_dir))
 
 
 def sft_dataset(entries: list[dict], eos_token: str) -> datasets.Dataset:

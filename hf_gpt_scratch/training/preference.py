@@ -24,8 +24,8 @@ from typing import Any
 
 import datasets
 
-from .arguments import DataArguments
-from .data import RESPONSE_HEADER, _json_rows, fetch_book_file, format_alpaca_prompt, split_instruction_data
+from .instruction_setup import InstructDataArguments
+from .data import RESPONSE_HEADER, _json_rows, fetch_book_file, format_alpaca_prompt
 from .reporting import log_history_to_curves
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,7 @@ _TRL_METRICS = {"reward_margin": "rewards/margins", "reward_accuracy": "rewards/
 
 
 @dataclass
-class PreferenceDataArguments(DataArguments):
-    max_test_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate (DPO loss, rewards, generations) on at most this many test entries."}
-    )
+class PreferenceDataArguments(InstructDataArguments):
     identical_pairs: str | None = field(
         default=None,
         metadata={"help": "An entry whose chosen and rejected texts are the same teaches nothing (its DPO loss is "
@@ -52,16 +49,8 @@ class PreferenceDataArguments(DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.max_test_samples is not None and self.max_test_samples <= 0:
-            raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
         if self.identical_pairs is not None and self.identical_pairs not in IDENTICAL_PAIRS:
             raise ValueError(f"--identical_pairs must be one of {', '.join(IDENTICAL_PAIRS)}, got {self.identical_pairs!r}.")
-        if self.dataset_name:
-            raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list or JSONL file of "
-                             "{instruction, input, chosen, rejected} entries).")
-        if self.validation_file:
-            raise ValueError("--validation_file is not supported: the splits come from --train_file "
-                             "(85% train / 10% test / 5% validation, as the book).")
 
 
 @dataclass
@@ -143,17 +132,7 @@ def load_preference_splits(data_args: PreferenceDataArguments) -> tuple[list[dic
     """(train, validation, test) entries: validated (a bad file fails here, before any model is
     loaded), split as the book does (85% / 5% / 10%, no shuffling: 935 / 55 / 110 of the book's
     1,100) and cut to the --max_*_samples."""
-    entries = load_preference_data(data_args.train_file, data_args.data_dir, data_args.identical_pairs)
-    train, validation, test = split_instruction_data(entries)
-    if data_args.max_train_samples is not None:
-        train = train[: data_args.max_train_samples]
-    if data_args.max_eval_samples is not None:
-        validation = validation[: data_args.max_eval_samples]
-    if data_args.max_test_samples is not None:
-        test = test[: data_args.max_test_samples]
-    if not train:
-        raise ValueError(f"No training entries: {len(entries)} entries give an empty 85% train split.")
-    return train, validation, test
+    return data_args.book_splits(load_preference_data(data_args.train_file, data_args.data_dir, data_args.identical_pairs))
 
 
 def preference_dataset(entries: Sequence[Mapping[str, Any]]) -> datasets.Dataset:

@@ -3,6 +3,7 @@
 - `logged`: the values of one key in `trainer.state.log_history`, in order.
 - `log_history_to_curves`: the series `plots.plot_losses` draws.
 - `write_results`: results.json as strict JSON (non-finite numbers left out with a warning).
+- `write_json`: any other JSON file of a run (responses.json).
 - `print_table`: an aligned two-column table.
 
 Both write and print on the main process only.
@@ -68,6 +69,13 @@ def write_results(output_dir: str | os.PathLike, results: dict[str, Any], filena
     return path
 
 
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """`value` as indented UTF-8 JSON at `path` (responses.json files: the book's `json.dump(..., indent=4)`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
+
+
 def print_table(values: dict[str, Any], title: str | None = None) -> str:
     """Print `values` as an aligned two-column table (integers with thousands separators, floats to
     4 decimals, lists as their length) on the main process. Returns the text."""
@@ -88,4 +96,4 @@ def print_table(values: dict[str, Any], title: str | None = None) -> str:
     return text
 
 
-__all__ = ["logged", "log_history_to_curves", "write_results", "print_table"]
+__all__ = ["logged", "log_history_to_curves", "write_results", "write_json", "print_table"]
