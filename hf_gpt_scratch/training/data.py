@@ -525,21 +525,26 @@ def balance_and_split_spam(ds: datasets.Dataset, seed: int = 123) -> datasets.Da
 
 
 def load_instruction_data(
-    path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
+    path: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    fields: Sequence[str] = ("instruction", "output"),
+    book_file: str = "instruction-data.json",
 ) -> list[dict]:
-    """A JSON list (or JSONL file) of `{"instruction", "input"?, "output"}` entries, validated:
-    `instruction` and `output` must be non-empty strings, `input` (optional) a string. Errors name
-    the file, the entry index (or JSONL line) and the field. Without `path`,
-    `fetch_book_file("instruction-data.json", data_dir)` (1,100 entries).
+    """A JSON list (or JSONL file) of Alpaca entries, validated: each of `fields` a non-empty string
+    (`instruction`, `output`; the preference data's `chosen`, `rejected`), `input` (optional) a
+    string; other keys are kept. Errors name the file, the entry index (or JSONL line) and the field.
+    Without `path`, `fetch_book_file(book_file, data_dir)` (1,100 entries).
     """
-    path = Path(path) if path is not None else fetch_book_file("instruction-data.json", data_dir)
+    path = Path(path) if path is not None else fetch_book_file(book_file, data_dir)
     entries = _json_rows(path)
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
+    if not entries:
+        raise ValueError(f"{path}: no entries")
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"{path}: entry {i} is a {type(entry).__name__}, not an object")
-        for field in ("instruction", "output"):
+        for field in fields:
             if field not in entry:
                 raise ValueError(f"{path}: entry {i} has no {field!r} field (keys: {sorted(entry)})")
             if not isinstance(entry[field], str) or not entry[field].strip():

@@ -19,13 +19,12 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import datasets
 
 from .instruction_setup import InstructDataArguments
-from .data import RESPONSE_HEADER, _json_rows, fetch_book_file, format_alpaca_prompt
+from .data import RESPONSE_HEADER, format_alpaca_prompt, load_instruction_data
 from .reporting import log_history_to_curves
 
 logger = logging.getLogger(__name__)
@@ -77,17 +76,6 @@ class PreferenceEvalArguments:
             raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
 
 
-def _check_text(path: Path, i: int, entry: dict, name: str, required: bool = True) -> None:
-    if name not in entry:
-        if required:
-            raise ValueError(f"{path}: entry {i} has no {name!r} field (keys: {sorted(entry)})")
-        return
-    value = entry[name]
-    if not isinstance(value, str) or (required and not value.strip()):
-        expected = "a non-empty string" if required else "a string"
-        raise ValueError(f"{path}: entry {i} field {name!r} must be {expected}, got {value!r}")
-
-
 def load_preference_data(path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                          identical_pairs: str | None = None) -> list[dict]:
     """The entries of a JSON list (or JSONL file) of `{"instruction", "input"?, "chosen", "rejected"}`
@@ -99,18 +87,8 @@ def load_preference_data(path: str | os.PathLike | None = None, data_dir: str | 
     decides about entries whose chosen and rejected texts are equal (ignoring surrounding
     whitespace). Raises ValueError naming the file, the entry index (0-based) and the field."""
     book = path is None
-    path = Path(path) if path is not None else fetch_book_file(BOOK_FILE, data_dir)
-    entries = _json_rows(path)
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
-    if not entries:
-        raise ValueError(f"{path}: no entries")
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: entry {i} is a {type(entry).__name__}, not an object")
-        for name in ("instruction", "chosen", "rejected"):
-            _check_text(path, i, entry, name)
-        _check_text(path, i, entry, "input", required=False)
+    entries = load_instruction_data(path, data_dir, ("instruction", "chosen", "rejected"), BOOK_FILE)
+    path = path or BOOK_FILE
     same = [i for i, e in enumerate(entries) if e["chosen"].strip() == e["rejected"].strip()]
     mode = identical_pairs or ("keep" if book else "error")
     if same and mode == "error":
