@@ -18,6 +18,7 @@ def bench_gpu():
     return load_script(BENCH, "hf_gpt_scratch_bench_gpu")
 
 
+@pytest.mark.slow  # the whole device script end to end on CPU
 def test_bench_gpu_tiny_cpu_writes_complete_results(bench_gpu, tmp_path):
     bench_gpu.main(["--device", "cpu", "--shape", "tiny", "--skip_compile", "--output_dir", str(tmp_path),
                     "--rounds", "1", "--gen_rounds", "1", "--max_batch", "4"])

@@ -232,6 +232,7 @@ def loaded(pushed_runs, gpt2_export, hub_cache, tmp_path_factory):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_pretrain_pushes_exactly_the_expected_files(pushed_runs):
     cache, pre, _ = pushed_runs
     snap = _snapshot(cache, "org/tiny-pretrain")
@@ -244,6 +245,7 @@ def test_pretrain_pushes_exactly_the_expected_files(pushed_runs):
     _assert_clean(snap)
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_instruct_pushes_merged_model_and_adapter_over_its_hub_base(pushed_runs):
     cache, _, ins = pushed_runs
     snap = _snapshot(cache, "org/tiny-instruct")
@@ -254,6 +256,7 @@ def test_instruct_pushes_merged_model_and_adapter_over_its_hub_base(pushed_runs)
     _assert_clean(snap)
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_classify_pushes_classifier_and_adapter(pushed_runs, loaded):
     cache, _, _ = pushed_runs
     if not (cache / "models--org--tiny-classify").is_dir():
@@ -268,6 +271,7 @@ def test_classify_pushes_classifier_and_adapter(pushed_runs, loaded):
     assert loaded["classify_pipeline"] in ("ham", "spam")
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_commits_and_repos(pushed_runs):
     cache, _, _ = pushed_runs
     calls = _calls(cache)
@@ -286,6 +290,7 @@ def test_commits_and_repos(pushed_runs):
     assert private["org/tiny-pretrain"] is True and private["org/tiny-instruct"] is None
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_cards_of_the_runs(pushed_runs):
     from huggingface_hub import ModelCard
 
@@ -315,6 +320,7 @@ def test_cards_of_the_runs(pushed_runs):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_every_head_and_the_tokenizer_load_from_the_hub(loaded):
     assert loaded["config"] == ["GPTScratchConfig", "gpt_scratch", 2, 32]
     assert loaded["base"] == "GPTScratchModel"
@@ -325,12 +331,14 @@ def test_every_head_and_the_tokenizer_load_from_the_hub(loaded):
     assert loaded["tok"] == [15496, 11, 995]
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_pipelines_generate(loaded):
     assert loaded["pre_generated"].startswith("Every effort moves you")
     assert len(loaded["pre_generated"]) > len("Every effort moves you")
     assert loaded["ins_generated"].startswith("### Instruction:")
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_the_adapter_loads_over_its_base(loaded):
     assert loaded["adapter_config"] == {"base_model_name_or_path": "org/tiny-pretrain", "task_type": "CAUSAL_LM"}
     assert loaded["peft_snapshot_type"] == "PeftModelForCausalLM"
@@ -340,6 +348,7 @@ def test_the_adapter_loads_over_its_base(loaded):
         assert loaded[key] < 1e-4, (key, loaded[key])
 
 
+@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
 def test_gpt2_export_needs_no_remote_code(gpt2_export, hub_cache, loaded):
     from huggingface_hub import ModelCard
 
