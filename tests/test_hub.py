@@ -386,6 +386,11 @@ INSTRUCT_RESULTS = {
     "rouge_l_after": 0.41, "judge_model": "llama3", "judge_mean_score": 47.5, "lora_r": 8, "max_new_tokens": 64,
     "runtime": 4000.0,
 }
+PREFERENCE_RESULTS = {
+    "finetuning": "full", "beta": 0.1, "loss_type": "sigmoid_norm", "test_loss_before": 0.6931, "test_loss_after": 0.61,
+    "test_reward_margin_before": 0.0, "test_reward_margin_after": 0.4, "test_reward_accuracy_before": 0.0,
+    "test_reward_accuracy_after": 0.75, "val_reward_accuracy_after": 0.7,
+}
 PRETRAIN_RESULTS = {"eval_loss": 3.75, "perplexity": math.exp(3.75), "initial_eval_loss": 10.9, "train_tokens": 1000,
                     "samples": [{"prompt": "Every effort", "completion": " moves you"}], "train_runtime": 12.5}
 
@@ -396,6 +401,8 @@ PRETRAIN_RESULTS = {"eval_loss": 3.75, "perplexity": math.exp(3.75), "initial_ev
                                     for m in ("accuracy", "f1", "precision", "recall") if f"{p}_{m}" in CLASSIFY_RESULTS}),
     # an old results.json's judge score is not the recipe's (examples/judge.py writes responses_scored.json)
     ("instruct", INSTRUCT_RESULTS, {("test", "rouge"): "rouge_l_after", ("test", "loss"): "test_loss_after"}),
+    ("preference", PREFERENCE_RESULTS, {("test", "accuracy"): "test_reward_accuracy_after", ("test", "loss"): "test_loss_after",
+                                        ("test", "reward_margin"): "test_reward_margin_after"}),
 ])
 def test_card_metadata_and_text(tmp_path, task, results, metrics):
     from huggingface_hub import ModelCard
@@ -419,6 +426,9 @@ def test_card_metadata_and_text(tmp_path, task, results, metrics):
         assert "AutoModelForSequenceClassification" in text and "| test accuracy | 0.95 | 0.97 |" in text
     if task == "instruct":
         assert "| ROUGE-L | 0.05 | 0.41 |" in text and "judge" not in text
+    if task == "preference":
+        assert "| test reward accuracy | 0 | 0.75 |" in text and "| validation reward accuracy | – | 0.7 |" in text
+        assert "DPOTrainer" in text and "| DPO beta | 0.1 |" in text
     if task == "pretrain":
         assert "*Every effort* →  moves you" in text and "| validation loss before training | 10.9 |" in text
 
