@@ -42,6 +42,7 @@ MODEL = {"config.json", "generation_config.json", "model.safetensors"}
 ADAPTER = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
 PRETRAIN_FILES = MODEL | CODE | TOKENIZER | {"README.md", "loss.png", "results.json"}
 INSTRUCT_FILES = MODEL | CODE | TOKENIZER | ADAPTER | {"README.md", "loss.png", "results.json", "responses.json"}
+PREFERENCE_FILES = MODEL | CODE | TOKENIZER | {"README.md", "loss.png", "reward_margins.png", "results.json", "responses.json"}
 CLASSIFY_FILES = ({"config.json", "model.safetensors"} | CODE | TOKENIZER | ADAPTER
                   | {"README.md", "loss.png", "accuracy.png", "confusion_matrix.png", "results.json"})
 
@@ -114,6 +115,13 @@ def pushed_runs(hub_cache, tmp_path_factory):
         "--per_device_train_batch_size", 4, "--eval_steps", 3, "--logging_steps", 1,
         "--push_to_hub", "--hub_model_id", "org/tiny-instruct",
     ], env)
+    if (DATA / "instruction-data-with-preference.json").is_file():
+        _run("preference.py", [
+            "--model_name_or_path", "org/tiny-instruct", "--output_dir", work / "preference", "--use_lora", "false",
+            "--max_train_samples", 8, "--max_eval_samples", 4, "--max_test_samples", 4, "--num_samples", 1,
+            "--max_new_tokens", 4, "--max_steps", 2, "--per_device_train_batch_size", 4, "--eval_steps", 1,
+            "--logging_steps", 1, "--push_to_hub", "--hub_model_id", "org/tiny-preference",
+        ], env)
     if (DATA / "SMSSpamCollection.tsv").is_file():
         _run("classify.py", [
             "--model_name_or_path", "org/tiny-pretrain", "--output_dir", work / "classify", "--trainable", "lora",
@@ -232,7 +240,7 @@ def loaded(pushed_runs, gpt2_export, hub_cache, tmp_path_factory):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_pretrain_pushes_exactly_the_expected_files(pushed_runs):
     cache, pre, _ = pushed_runs
     snap = _snapshot(cache, "org/tiny-pretrain")
@@ -245,7 +253,7 @@ def test_pretrain_pushes_exactly_the_expected_files(pushed_runs):
     _assert_clean(snap)
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_instruct_pushes_merged_model_and_adapter_over_its_hub_base(pushed_runs):
     cache, _, ins = pushed_runs
     snap = _snapshot(cache, "org/tiny-instruct")
@@ -256,7 +264,18 @@ def test_instruct_pushes_merged_model_and_adapter_over_its_hub_base(pushed_runs)
     _assert_clean(snap)
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
+def test_preference_pushes_the_tuned_model(pushed_runs):
+    cache, _, _ = pushed_runs
+    if not (cache / "models--org--tiny-preference").is_dir():
+        pytest.skip("the preference data is not available")
+    snap = _snapshot(cache, "org/tiny-preference")
+    assert _tree(snap) == PREFERENCE_FILES
+    assert "DPOTrainer" in (snap / "README.md").read_text() and (snap / "reward_margins.png").read_bytes()[:8] == PNG_MAGIC
+    _assert_clean(snap)
+
+
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_classify_pushes_classifier_and_adapter(pushed_runs, loaded):
     cache, _, _ = pushed_runs
     if not (cache / "models--org--tiny-classify").is_dir():
@@ -271,7 +290,7 @@ def test_classify_pushes_classifier_and_adapter(pushed_runs, loaded):
     assert loaded["classify_pipeline"] in ("ham", "spam")
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_commits_and_repos(pushed_runs):
     cache, _, _ = pushed_runs
     calls = _calls(cache)
@@ -281,7 +300,8 @@ def test_commits_and_repos(pushed_runs):
             commits.setdefault(call["repo_id"], []).append(call)
     # one commit per run: the Trainer's own push (the whole output_dir, checkpoints) never ran
     assert {repo: len(c) for repo, c in commits.items() if repo != "org/tiny-gpt2"} == {
-        "org/tiny-pretrain": 1, "org/tiny-instruct": 1, **({"org/tiny-classify": 1} if "org/tiny-classify" in commits else {})}
+        "org/tiny-pretrain": 1, "org/tiny-instruct": 1,
+        **{repo: 1 for repo in ("org/tiny-classify", "org/tiny-preference") if repo in commits}}
     assert set(commits["org/tiny-instruct"][0]["added"]) == INSTRUCT_FILES
     assert not [c for c in calls if c["call"] == "create_branch"]
     # tokens come from the login: nobody passed one explicitly
@@ -290,7 +310,7 @@ def test_commits_and_repos(pushed_runs):
     assert private["org/tiny-pretrain"] is True and private["org/tiny-instruct"] is None
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_cards_of_the_runs(pushed_runs):
     from huggingface_hub import ModelCard
 
@@ -320,7 +340,7 @@ def test_cards_of_the_runs(pushed_runs):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_every_head_and_the_tokenizer_load_from_the_hub(loaded):
     assert loaded["config"] == ["GPTScratchConfig", "gpt_scratch", 2, 32]
     assert loaded["base"] == "GPTScratchModel"
@@ -331,14 +351,14 @@ def test_every_head_and_the_tokenizer_load_from_the_hub(loaded):
     assert loaded["tok"] == [15496, 11, 995]
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_pipelines_generate(loaded):
     assert loaded["pre_generated"].startswith("Every effort moves you")
     assert len(loaded["pre_generated"]) > len("Every effort moves you")
     assert loaded["ins_generated"].startswith("### Instruction:")
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_the_adapter_loads_over_its_base(loaded):
     assert loaded["adapter_config"] == {"base_model_name_or_path": "org/tiny-pretrain", "task_type": "CAUSAL_LM"}
     assert loaded["peft_snapshot_type"] == "PeftModelForCausalLM"
@@ -348,7 +368,7 @@ def test_the_adapter_loads_over_its_base(loaded):
         assert loaded[key] < 1e-4, (key, loaded[key])
 
 
-@pytest.mark.slow  # three recipe runs pushed through the recorded hub (about a minute)
+@pytest.mark.slow  # four recipe runs pushed through the recorded hub (about a minute)
 def test_gpt2_export_needs_no_remote_code(gpt2_export, hub_cache, loaded):
     from huggingface_hub import ModelCard
 
