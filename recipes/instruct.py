@@ -57,7 +57,7 @@ import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import (
     ModelArguments,
     TrlLoraArguments,
-    parse_recipe_args,
+    parse_lora_recipe_args,
     setup_logging,
 )
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
@@ -80,7 +80,7 @@ from hf_gpt_scratch.training.loading import (
     unsharded_loading,
 )
 from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_json, write_results
-from hf_gpt_scratch.training.sampling import context_length_of
+from hf_gpt_scratch.training.sampling import context_length_of, length_within_context
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +114,10 @@ PRESETS = Path(__file__).parent / "presets" / "instruct"
 
 
 def parse_args(args: list[str] | None = None) -> tuple:
-    """The recipe's arguments (see `parse_recipe_args`); the default learning rate follows --use_lora
-    (given as a flag, in a preset or in a file), so the arguments are parsed once to read it."""
+    """The recipe's arguments; the default learning rate follows --use_lora (`parse_lora_recipe_args`)."""
     types = (ModelArguments, InstructDataArguments, TrlLoraArguments, InstructEvalArguments, SFTConfig)
-    lora = parse_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, check_output=False)[2].use_lora
-    defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
-    return parse_recipe_args(types, PRESETS, defaults, args, description=__doc__.split("\n")[0])
+    return parse_lora_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, (LORA_LEARNING_RATE, FULL_LEARNING_RATE),
+                                  description=__doc__.split("\n")[0])
 
 
 def main(args: list[str] | None = None) -> dict:
@@ -134,9 +132,7 @@ def main(args: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
     context = context_length_of(model)
-    max_length = training_args.max_length = training_args.max_length or context
-    if max_length > context:
-        raise ValueError(f"--max_length {max_length} exceeds the model's context_length {context}.")
+    max_length = training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
     total_parameters = count_parameters(model)
     device = training_args.device
     model.to(device)

@@ -45,7 +45,7 @@ from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_recipe_args, setup_logging
+from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks
 from hf_gpt_scratch.training.faults import save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
@@ -66,7 +66,7 @@ from hf_gpt_scratch.training.preference import (
     preference_dataset,
 )
 from hf_gpt_scratch.training.reporting import logged, print_table, write_json, write_results
-from hf_gpt_scratch.training.sampling import context_length_of
+from hf_gpt_scratch.training.sampling import context_length_of, length_within_context
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,10 @@ METRICS = (("loss", "DPO loss"), ("reward_margin", "reward margin"), ("reward_ac
 
 
 def parse_args(args: list[str] | None = None) -> tuple:
-    """The recipe's arguments (see `parse_recipe_args`); the default learning rate follows --use_lora
-    (given as a flag, in a preset or in a file), so the arguments are parsed once to read it."""
+    """The recipe's arguments; the default learning rate follows --use_lora (`parse_lora_recipe_args`)."""
     types = (ModelArguments, PreferenceDataArguments, TrlLoraArguments, PreferenceEvalArguments, DPOConfig)
-    lora = parse_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, check_output=False)[2].use_lora
-    defaults = dict(RECIPE_DEFAULTS, learning_rate=LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE)
-    return parse_recipe_args(types, PRESETS, defaults, args, description=__doc__.split("\n")[0])
+    return parse_lora_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, (LORA_LEARNING_RATE, FULL_LEARNING_RATE),
+                                  description=__doc__.split("\n")[0])
 
 
 def main(args: list[str] | None = None) -> dict:
@@ -119,10 +117,7 @@ def main(args: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
     context = context_length_of(model)
-    if training_args.max_length is None:
-        training_args.max_length = context
-    elif context is not None and training_args.max_length > context:
-        raise ValueError(f"--max_length {training_args.max_length} exceeds the model's context_length {context}.")
+    training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
     total_parameters = count_parameters(model)
     device = training_args.device
     model.to(device)

@@ -50,7 +50,7 @@ from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_tex
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.loading import count_parameters, load_causal_lm, load_tokenizer_for, save_final_model, train_model, weights_are_sharded
 from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
-from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples
+from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples, length_within_context
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +206,7 @@ def main(args: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
     context = context_length_of(model)
-    block_size = data_args.block_size or context or 1024
-    if context is not None and block_size > context:
-        raise ValueError(f"--block_size {block_size} exceeds the model's context_length {context}.")
+    block_size = length_within_context(data_args.block_size, model, "--block_size")
 
     splits = build_datasets(load_raw_splits(data_args), tokenizer, data_args, block_size, training_args)
     (train_ds, train_text_tokens), (eval_ds, val_text_tokens) = splits["train"], splits.get("validation", (None, 0))

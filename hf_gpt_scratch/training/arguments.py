@@ -383,6 +383,16 @@ def apply_config_overrides(config: PretrainedConfig, overrides: dict[str, Any]) 
     return config
 
 
+def parse_lora_recipe_args(dataclass_types, presets, defaults, args, learning_rates: tuple[float, float], description=None):
+    """`parse_recipe_args` for the recipes with a `TrlLoraArguments`, whose default learning rate
+    follows --use_lora (given as a flag, in a preset or in a file): `learning_rates` is (LoRA, full).
+    The arguments are parsed once without checks to read --use_lora, then for real."""
+    first = parse_recipe_args(dataclass_types, presets, defaults, args, check_output=False)
+    lora = next(obj for obj in first if isinstance(obj, TrlLoraArguments)).use_lora
+    defaults = dict(defaults, learning_rate=learning_rates[0] if lora else learning_rates[1])
+    return parse_recipe_args(dataclass_types, presets, defaults, args, description=description)
+
+
 def is_main_process() -> bool:
     """True in the process that writes files and prints reports (accelerate's `PartialState`)."""
     return PartialState().is_main_process

@@ -59,6 +59,16 @@ def context_length_of(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
+def length_within_context(value: int | None, model, flag: str, fallback: int = 1024) -> int:
+    """A sequence-length flag's value: `value`, else the model's context (else `fallback`). ValueError
+    naming `flag` when it exceeds the context (the model has no positions past it)."""
+    context = context_length_of(model)
+    length = value or context or fallback
+    if context is not None and length > context:
+        raise ValueError(f"{flag} {length} exceeds the model's context_length {context}.")
+    return length
+
+
 @torch.no_grad()
 def generate_text(model, tokenizer, prompt: str, streamer=None, seed: int | None = None, **gen_kwargs) -> str:
     """Continue `prompt`; returns the new text only.
