@@ -47,7 +47,7 @@ from trl import DPOConfig, DPOTrainer
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks
-from hf_gpt_scratch.training.faults import save_pretrained_to
+from hf_gpt_scratch.training.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import generate_responses
 from hf_gpt_scratch.training.loading import (
@@ -121,6 +121,14 @@ def main(args: list[str] | None = None) -> dict:
     total_parameters = count_parameters(model)
     device = training_args.device
     model.to(device)
+    train_ds = preference_dataset(train_entries)
+    val_ds = preference_dataset(val_entries) if val_entries else None
+    test_ds = preference_dataset(test_entries) if test_entries else None
+    # over-long pairs: truncated with a counted warning; a prompt that fills --max_length: refused
+    # (TRL would drop it silently, and an emptied split would fail after the model is loaded)
+    check_instruction_lengths({"train": train_ds, "validation": val_ds, "test": test_ds}, tokenizer,
+                              training_args.max_length, data_args.train_file or "instruction-data-with-preference.json",
+                              completions=("chosen", "rejected"))
     samples = test_entries[: eval_args.num_samples]
     gen_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, batch_size=training_args.per_device_eval_batch_size,
                       response_header=eval_args.response_header_in_prompt)
@@ -133,9 +141,6 @@ def main(args: list[str] | None = None) -> dict:
     else:  # a frozen copy, loaded as the policy was (TRL's own copy would reload config._name_or_path)
         ref_model = load_causal_lm(model_args, tokenizer).to(device).eval().requires_grad_(False)
 
-    train_ds = preference_dataset(train_entries)
-    val_ds = preference_dataset(val_entries) if val_entries else None
-    test_ds = preference_dataset(test_entries) if test_entries else None
     if val_ds is None:
         logger.warning("No validation entries: training without evaluation.")
         training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO

@@ -297,3 +297,15 @@ def test_torchrun_two_processes(tmp_path, tiny_checkpoint, train_file):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check_run(out, world=2)
+
+
+def test_a_max_length_the_prompts_fill_is_refused_before_training(tmp_path, tiny_checkpoint, train_file):
+    """TRL drops pairs whose prompt fills --max_length without a word (an emptied split then failed
+    with a KeyError after loading); the recipe names them first, and writes nothing."""
+    from hf_gpt_scratch.training.faults import ExampleTooLongError
+
+    out = tmp_path / "short"
+    with pytest.raises(ExampleTooLongError, match=r"prompt\(s\) are longer than 19 tokens.*--max_length"):
+        run_recipe("preference", "--model_name_or_path", tiny_checkpoint, "--train_file", train_file,
+                   "--output_dir", out, "--max_length", "20", *COMMON)
+    assert not out.exists() or not any(out.iterdir())

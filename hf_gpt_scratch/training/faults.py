@@ -340,12 +340,14 @@ def report_truncated_texts(splits, tokenizer, limit: int, source: str, column: s
     return counts
 
 
-def check_instruction_lengths(splits: dict, tokenizer, max_length: int, source: str) -> dict[str, int]:
-    """Instruction examples (TRL prompt/completion datasets; None skipped), tokenized as
-    `SFTTrainer` does, against the `max_length` it truncates to: longer examples are truncated as
-    the book's collator does (one warning per split with the count); an example whose prompt alone
-    fills `max_length` is an `ExampleTooLongError` (no response token would be left to learn from;
-    TRL would drop it silently). Returns {split: truncated}."""
+def check_instruction_lengths(splits: dict, tokenizer, max_length: int, source: str,
+                              completions: tuple[str, ...] = ("completion",)) -> dict[str, int]:
+    """Instruction examples (TRL prompt/completion or prompt/chosen/rejected datasets: the
+    `completions` columns; None skipped), prompt + completion tokenized as one text, against the
+    `max_length` TRL truncates to: longer examples are truncated as the book's collator does (one
+    warning per split with the count); an example whose prompt alone fills `max_length` is an
+    `ExampleTooLongError` (no response token would be left to learn from; TRL's SFT and DPO trainers
+    would drop it silently). Returns {split: truncated}."""
     from trl.data_utils import common_prefix_length
 
     counts = {}
@@ -353,14 +355,14 @@ def check_instruction_lengths(splits: dict, tokenizer, max_length: int, source: 
         if ds is None:
             continue
         where = f"{source} ({split} split)"
-        full = tokenizer([p + c for p, c in zip(ds["prompt"], ds["completion"])], verbose=False)["input_ids"]
         prompts = tokenizer(list(ds["prompt"]), verbose=False)["input_ids"]
+        full = {c: tokenizer([p + t for p, t in zip(ds["prompt"], ds[c])], verbose=False)["input_ids"] for c in completions}
         counts[split] = check_sequence_lengths(
-            (len(ids) for ids in full), max_length, source=where, what="entry",
-            hint="The end of their responses is cut; raise --max_length (up to the model's context) to keep it.",
+            (max(len(full[c][i]) for c in completions) for i in range(len(prompts))), max_length, source=where,
+            what="entry", hint="The end of their responses is cut; raise --max_length (up to the model's context) to keep it.",
         )
         check_sequence_lengths(
-            (common_prefix_length(p, f) for p, f in zip(prompts, full)), max_length - 1, source=where,
+            (common_prefix_length(p, f) for p, f in zip(prompts, full[completions[0]])), max_length - 1, source=where,
             policy="refuse", what="prompt",
             hint="Each needs room for at least one response token: shorten those entries, drop them, or raise "
             "--max_length (up to the model's context).",
