@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import math
 import os
 import shutil
@@ -308,6 +309,19 @@ def test_use_lora_picks_the_learning_rate_default(tmp_path):
     _, _, lora_args, _, training_args, preset = recipe.parse_args(["--preset", "demo", "--output_dir", str(tmp_path)])
     assert preset == "demo" and training_args.learning_rate == 1e-3 and lora_args.lora_dropout == 0.05
     assert "out_head" not in lora_args.target_modules() and training_args.completion_only_loss is True
+
+
+def test_help_shows_the_defaults_in_use_and_old_flags_name_their_successors(tmp_path, capsys):
+    recipe = load_recipe("instruct")
+    for argv, rate in ((["--help"], "0.0005"), (["--use_lora", "false", "--help"], "5e-05")):
+        with pytest.raises(SystemExit):
+            recipe.parse_args(argv)
+        shown = capsys.readouterr().out
+        assert "Instruction finetuning of the book's GPT" in shown
+        assert re.search(r"The initial learning rate for AdamW\. \(default: " + rate + r"\)", shown)
+    for old, new in (("--mask_prompt", "--completion_only_loss true"), ("--max_seq_length", "--max_length")):
+        with pytest.raises(ValueError, match=f"{old} is now {new}"):
+            recipe.parse_args([old, "1", "--output_dir", str(tmp_path / "out")])
     # SFTConfig's own flags, with the recipe's defaults: the book's full-sequence loss, float32, the model's context
     training_args = recipe.parse_args(["--output_dir", str(tmp_path)])[4]
     assert isinstance(training_args, recipe.SFTConfig)

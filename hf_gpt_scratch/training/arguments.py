@@ -270,6 +270,11 @@ def check_training_args(args: transformers.TrainingArguments) -> None:
             raise ValueError(f"--{name} must be {expected}, got {getattr(args, name)!r}.")
 
 
+# Flags of the recipes before they moved onto TRL, and what replaces them (named when an old one is given).
+RENAMED_FLAGS = {"--mask_prompt": "--completion_only_loss true (TRL's SFTConfig)",
+                 "--max_seq_length": "--max_length (TRL's SFTConfig / DPOConfig)"}
+
+
 def parse_recipe_args(
     dataclass_types: Sequence[type],
     presets: str | os.PathLike | None = None,
@@ -325,8 +330,10 @@ def parse_recipe_args(
         raise ValueError(f"{file or 'recipe defaults'}: no such arguments: {', '.join(unknown)}")
     parser.set_defaults(**{**(defaults or {}), **cpu_distributed_defaults(), **values})
     namespace, unused = parser.parse_known_args(argv)
-    if unused:  # as HfArgumentParser.parse_args_into_dataclasses says it
-        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {unused}")
+    if unused:  # as HfArgumentParser.parse_args_into_dataclasses says it, with the new name of an old flag
+        hints = [f"{flag} is now {RENAMED_FLAGS[flag]}" for flag in (a.split("=")[0] for a in unused) if flag in RENAMED_FLAGS]
+        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {unused}"
+                         + (f" ({'; '.join(hints)})" if hints else "") + "; --help lists the flags.")
     namespace = vars(namespace)
     outputs = [t(**{f.name: namespace[f.name] for f in dataclasses.fields(t) if f.init}) for t in dataclass_types]
 
@@ -387,7 +394,8 @@ def parse_lora_recipe_args(dataclass_types, presets, defaults, args, learning_ra
     """`parse_recipe_args` for the recipes with a `TrlLoraArguments`, whose default learning rate
     follows --use_lora (given as a flag, in a preset or in a file): `learning_rates` is (LoRA, full).
     The arguments are parsed once without checks to read --use_lora, then for real."""
-    first = parse_recipe_args(dataclass_types, presets, defaults, args, check_output=False)
+    probe = [a for a in (sys.argv[1:] if args is None else args) if a not in ("-h", "--help")]  # help: 2nd parse
+    first = parse_recipe_args(dataclass_types, presets, defaults, probe, check_output=False)
     lora = next(obj for obj in first if isinstance(obj, TrlLoraArguments)).use_lora
     defaults = dict(defaults, learning_rate=learning_rates[0] if lora else learning_rates[1])
     return parse_recipe_args(dataclass_types, presets, defaults, args, description=description)

@@ -181,7 +181,8 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str 
     if str(value).lower() in {"true", "last", "latest"}:
         last = last_complete_checkpoint(output_dir) if output_dir else None
         if last is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no complete checkpoint-N folder in {output_dir}.")
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no complete checkpoint-N folder in {output_dir}. "
+                                    "The recipes save checkpoints only when asked: --save_strategy steps --save_steps N.")
         return last
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder.")
