@@ -30,6 +30,12 @@ class InstructDataArguments(DataArguments):
         if self.validation_file:
             raise ValueError("--validation_file is not supported: the splits come from --train_file "
                              "(85% train / 10% test / 5% validation, as the book).")
+        if self.validation_split_percentage != 10.0:
+            raise ValueError("--validation_split_percentage does not apply: the splits are the book's (85% train / "
+                             "10% test / 5% validation); --max_train_samples / --max_eval_samples / --max_test_samples cut them.")
+        if self.block_size is not None or self.preprocessing_num_workers is not None:
+            raise ValueError("--block_size and --preprocessing_num_workers do not apply here: sequences are cut at "
+                             "--max_length (TRL's flag).")
 
     def book_splits(self, entries: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
         """(train, validation, test): the book's 85/5/10 split (`data.split_instruction_data`), each cut
