@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +16,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from conftest import load_recipe, run_recipe
+from conftest import load_recipe, run_command, run_recipe
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
 from hf_gpt_scratch.training.data import format_alpaca_prompt
 from hf_gpt_scratch.training.preference import (
@@ -274,28 +270,16 @@ def test_full_end_to_end(tmp_path, tiny_checkpoint, train_file):
     assert not torch.equal(start.get_input_embeddings().weight, tuned.get_input_embeddings().weight)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path, tiny_checkpoint, train_file):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun not installed")
     out = tmp_path / "ddp"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", str(_closed_port()), str(RECIPE),
-         "--model_name_or_path", str(tiny_checkpoint), "--train_file", str(train_file), "--output_dir", str(out),
-         "--learning_rate", "1e-2", "--max_steps", "6", "--per_device_train_batch_size", "2",
-         "--per_device_eval_batch_size", "2", "--max_new_tokens", "6", "--eval_steps", "3", "--logging_steps", "2",
-         "--disable_tqdm", "true"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_command([
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", RECIPE,
+        "--model_name_or_path", tiny_checkpoint, "--train_file", train_file, "--output_dir", out,
+        "--learning_rate", "1e-2", "--max_steps", "6", "--per_device_train_batch_size", "2",
+        "--per_device_eval_batch_size", "2", "--max_new_tokens", "6", "--eval_steps", "3", "--logging_steps", "2",
+        "--disable_tqdm", "true",
+    ], timeout=400, OMP_NUM_THREADS="1")
     _check_run(out, world=2)
 
 
