@@ -409,7 +409,7 @@ INSTRUCT_RESULTS = {
 PREFERENCE_RESULTS = {
     "finetuning": "full", "beta": 0.1, "loss_type": "sigmoid_norm", "test_loss_before": 0.6931, "test_loss_after": 0.61,
     "test_reward_margin_before": 0.0, "test_reward_margin_after": 0.4, "test_reward_accuracy_before": 0.0,
-    "test_reward_accuracy_after": 0.75, "val_reward_accuracy_after": 0.7,
+    "test_reward_accuracy_after": 0.75, "val_reward_accuracy_after": 0.7, "n_train": 40, "n_validation": 5, "n_test": 4,
 }
 PRETRAIN_RESULTS = {"eval_loss": 3.75, "perplexity": math.exp(3.75), "initial_eval_loss": 10.9, "train_tokens": 1000,
                     "samples": [{"prompt": "Every effort", "completion": " moves you"}], "train_runtime": 12.5}
@@ -449,6 +449,7 @@ def test_card_metadata_and_text(tmp_path, task, results, metrics):
     if task == "preference":
         assert "| test reward accuracy | 0 | 0.75 |" in text and "| validation reward accuracy | – | 0.7 |" in text
         assert "DPOTrainer" in text and "| DPO beta | 0.1 |" in text
+        assert "Used in this run: 40 train, 5\nvalidation and 4 test entries." in text  # --max_*_samples show
     if task == "pretrain":
         assert "*Every effort* →  moves you" in text and "| validation loss before training | 10.9 |" in text
 
