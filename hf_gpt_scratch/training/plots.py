@@ -66,11 +66,13 @@ def plot_losses(
     for name in names:
         points = [(xv, yv, ev) for xv, yv, ev in zip(curves[name][x], curves[name]["value"], curves[name]["epoch"]) if xv is not None]
         style = dict(linestyle="-.", marker="o", markersize=3) if name.startswith("eval") else dict(linestyle="-")
+        if len(points) == 1:  # a line needs two points: a short run's single log must still show
+            style.update(marker="o", markersize=4)
         ax.plot([p[0] for p in points], [p[1] for p in points], label=_pretty(name), **style)
         pairs |= {(float(p[0]), float(p[2])) for p in points if p[2] is not None}
     ax.set_xlabel("Tokens seen" if x == "tokens_seen" else "Step")
     ax.set_ylabel(metric.replace("_", " ").capitalize())
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")
     ax.grid(True, alpha=0.3)
     pairs = sorted(pairs)
     if len(pairs) >= 2 and pairs[-1][1] > pairs[0][1]:
