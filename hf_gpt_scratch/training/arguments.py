@@ -205,29 +205,28 @@ class TrlLoraArguments(LoraArguments):
         head. TRL computes the loss from the head's weight directly, so an adapter there would never
         train (its trainers refuse it); on a head tied to the token embedding a merged update would
         also change the input embedding."""
+        names = [name for name, _ in model.named_modules() if name]
+        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        head_names = [name for name, module in model.named_modules() if module is head]
+
+        def found(target, candidates):  # PEFT matches module names by suffix
+            return any(name == target or name.endswith("." + target) for name in candidates)
+
         targets = self.target_modules()
         if targets != "all-linear":  # PEFT's all-linear leaves the output head out
-            names = [name for name, _ in model.named_modules() if name]
-            head = model.get_output_embeddings()
-
-            def found(target, candidates):
-                return any(name == target or name.endswith("." + target) for name in candidates)
-
             missing = [t for t in targets if not found(t, names)]
             if missing:
                 leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
                 raise ValueError(f"--lora_target_modules {','.join(missing)}: no such module (module names: {leaves}).")
-            on_head = [t for t in targets if found(t, [n for n, m in model.named_modules() if m is head])]
+            on_head = [t for t in targets if found(t, head_names)]
             if on_head:
                 raise ValueError(
                     f"--lora_target_modules {','.join(on_head)}: that is the output head, which TRL's trainers cannot "
                     "train an adapter on (they compute the loss from the head's weight directly); drop it, or "
                     "finetune every weight with --use_lora false."
                 )
-        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
         tied = head is not None and embedding is not None and head.weight is embedding.weight
-        if tied and any(head is model.get_submodule(name) for name, _ in model.named_modules()
-                        if name and name.rsplit(".", 1)[-1] in (self.lora_modules_to_save or [])):
+        if tied and any(found(m, head_names) for m in self.lora_modules_to_save or []):
             raise ValueError("--lora_modules_to_save: the output head is tied to the token embedding; a trained copy "
                              "of it would untie them in the merged model. Leave it out, or use --use_lora false.")
         return self.peft_config(task_type="CAUSAL_LM")
