@@ -30,7 +30,7 @@ from pathlib import Path
 import datasets
 
 from hf_gpt_scratch.training.data import (
-    balance_and_split_spam,
+    balanced_split,
     fetch_book_file,
     format_alpaca_prompt,
     format_alpaca_response,
@@ -74,7 +74,7 @@ def build_corpus(out: Path, data_dir: str | None, seed: int = 123, validation_fr
     10% (`Dataset.train_test_split`) is validation. The later steps' test splits are never in either
     file. Returns the characters written per file."""
     messages = load_sms_spam(data_dir=data_dir)
-    spam = balance_and_split_spam(messages)
+    spam = balanced_split(messages)
     sms = [text + ENDOFTEXT for text in unlabeled_spam_texts(messages, [spam["validation"], spam["test"]])]
     instruct_train, _, _ = split_instruction_data(load_instruction_data(data_dir=data_dir))
     alpaca = [format_alpaca_prompt(e) + format_alpaca_response(e) for e in instruct_train]

@@ -230,10 +230,10 @@ def _assert_same_rows(ours, book_df):
     assert list(ours["label"]) == book_df["Label"].tolist()
 
 
-def test_balance_and_split_spam_matches_book(sms_path):
+def test_balanced_split_matches_book(sms_path):
     pd = pytest.importorskip("pandas")
     pytest.importorskip("llms_from_scratch.ch06")
-    splits = D.balance_and_split_spam(D.load_sms_spam(sms_path))
+    splits = D.balanced_split(D.load_sms_spam(sms_path))
     assert {k: v.num_rows for k, v in splits.items()} == {"train": 1045, "validation": 149, "test": 300}
     assert sum(sum(s["label"]) for s in splits.values()) == 747  # 747 spam + 747 ham
     df = pd.read_csv(sms_path, sep="\t", header=None, names=["Label", "Text"], quoting=csv.QUOTE_NONE)
@@ -241,11 +241,11 @@ def test_balance_and_split_spam_matches_book(sms_path):
         _assert_same_rows(ours, book)
 
 
-def test_balance_and_split_spam_reproduces_book_notebook_rows(sms_path):
+def test_balanced_split_reproduces_book_notebook_rows(sms_path):
     """With the notebook's own parse (pandas default quoting), the very rows the book trains on."""
     pd = pytest.importorskip("pandas")
     pytest.importorskip("llms_from_scratch.ch06")
-    splits = D.balance_and_split_spam(D.load_sms_spam(sms_path, quoting=csv.QUOTE_MINIMAL))
+    splits = D.balanced_split(D.load_sms_spam(sms_path, quoting=csv.QUOTE_MINIMAL))
     df = pd.read_csv(sms_path, sep="\t", header=None, names=["Label", "Text"])  # as in ch06.ipynb
     for ours, book in zip(splits.values(), _book_spam_splits(df)):
         _assert_same_rows(ours, book)

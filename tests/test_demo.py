@@ -10,7 +10,7 @@ from conftest import RECIPES, load_recipe
 from hf_gpt_scratch.training.data import (
     SPAM_LABELS,
     _classification_dataset,
-    balance_and_split_spam,
+    balanced_split,
     load_sms_spam,
     load_text,
     split_text,
@@ -33,7 +33,7 @@ def test_unlabeled_spam_texts_drop_every_copy_of_a_held_out_text():
 
 def test_demo_corpus_has_no_validation_or_test_message(tmp_path, data_dir):
     messages = load_sms_spam(data_dir=data_dir)
-    split = balance_and_split_spam(messages)
+    split = balanced_split(messages)
     pool = unlabeled_spam_texts(messages, [split["validation"], split["test"]])
     held_out = {t.strip() for name in ("validation", "test") for t in split[name]["text"]}
     # the collection repeats messages: some held-out texts also occur among the other rows

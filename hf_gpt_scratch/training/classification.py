@@ -1,18 +1,6 @@
-"""Shared logic of the text-classification recipe (`recipes/classify.py`, the book's chapter 6).
-
-- `ClassificationArguments`, `ClassifyDataArguments`: the recipe's own flags, checked when parsed.
-- `load_classification_splits`: train / validation / test `Dataset`s (`text`, `label` a ClassLabel)
-  from the SMS Spam Collection, CSV/TSV/JSON files or a hub dataset, split the book's way when
-  only training data is given.
-- `tokenize_splits`: token ids, truncated to the longest training text (the book pads to it).
-- `load_sequence_classifier`: a `GPTScratchForSequenceClassification` on the body of a causal-LM
-  checkpoint (ours, a stock GPT-2 folder converted on the fly, or a new GPT), loaded strictly.
-- `set_trainable`: what trains: the book's `last_block`, the head, everything, or PEFT LoRA.
-- `classification_metrics`, `build_compute_metrics`: accuracy, precision, recall and F1 through
-  the packaged offline `evaluate` metrics (binary with class 1, e.g. "spam", positive; macro
-  averages for more than two classes).
-- `tfidf_baseline`: TF-IDF + logistic regression on the same splits, the floor a GPT must beat.
-"""
+"""The classification recipe's logic (`recipes/classify.py`, the book's chapter 6): its flags, the
+labelled splits, tokenization, the classifier on a causal-LM body, what trains, the metrics (the
+packaged `evaluate` modules) and a TF-IDF + logistic-regression baseline."""
 
 from __future__ import annotations
 
@@ -53,7 +41,7 @@ class ClassificationArguments:
         metadata={"help": "Also fit TF-IDF + logistic regression on the training texts and score it on the same splits."},
     )
 
-    def __post_init__(self):
+    def __post_init__(self):  # a preset's value skips argparse's choices
         if self.trainable not in TRAINABLE_CHOICES:
             raise ValueError(f"--trainable must be one of {', '.join(TRAINABLE_CHOICES)}, got {self.trainable!r}.")
 
@@ -65,51 +53,24 @@ class ClassifyDataArguments(DataArguments):
     test_file: str | None = field(default=None, metadata={"help": "Test data file (CSV/TSV/JSON/JSONL)."})
     text_column: str = field(default="text", metadata={"help": "Column with the texts (files and --dataset_name)."})
     label_column: str = field(default="label", metadata={"help": "Column with the labels (files and --dataset_name)."})
-    class_names: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Class names in id order, e.g. --class_names ham spam. Labels in the data must be spelled as "
-            "one of them (or be an id in range). Default: ham spam for the SMS data, a hub dataset's ClassLabel "
-            "names, or the training file's labels (sorted names, or the integer ids 0..n-1); labels that differ "
-            "only in case or spaces, or integer ids with gaps, are an error rather than new classes."
-        },
-    )
-    max_seq_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Truncate texts to this many tokens. Default: the longest training text, capped at the "
-            "model's context_length (the book pads to the longest training example)."
-        },
-    )
-    max_test_samples: int | None = field(
-        default=None, metadata={"help": "Keep at most this many test examples (for quick runs)."}
-    )
-    test_split_percentage: float = field(
-        default=20.0,
-        metadata={"help": "Percent of the data held out for testing when there is no test split/file (book: 20)."},
-    )
-    balance_classes: bool = field(
-        default=True,
-        metadata={
-            "help": "When the recipe splits the data itself, first undersample every class to the size of the "
-            "smallest (the book: 747 ham / 747 spam)."
-        },
-    )
+    class_names: list[str] | None = field(default=None, metadata={"help": (
+        "Class names in id order, e.g. --class_names ham spam; labels must be spelled as one of them (or be an id "
+        "in range). Default: ham spam (SMS data), a hub dataset's ClassLabel names, or the training file's labels "
+        "(sorted, or the ids 0..n-1); labels differing only in case or spaces, or ids with gaps, are an error.")})
+    max_seq_length: int | None = field(default=None, metadata={"help": (
+        "Truncate texts to this many tokens. Default: the longest training text (the book pads to it), capped "
+        "at the model's context_length.")})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Keep at most this many test examples."})
+    test_split_percentage: float = field(default=20.0, metadata={
+        "help": "Percent of the data held out for testing when there is no test split/file (book: 20)."})
+    balance_classes: bool = field(default=True, metadata={"help": (
+        "When the recipe splits the data itself, first undersample every class to the size of the smallest "
+        "(the book: 747 ham / 747 spam).")})
     split_seed: int = field(default=123, metadata={"help": "Seed of the undersampling and the split (book: 123)."})
-    append_eos: bool = field(
-        default=False,
-        metadata={
-            "help": "Append the end-of-text token to every text, so the head reads a fixed 'summary' position "
-            "(the model pools the last real token)."
-        },
-    )
-    eval_train_samples: int = field(
-        default=0,
-        metadata={
-            "help": "Also evaluate on this many training examples at each evaluation (the book's training "
-            "accuracy); logged as eval_train_accuracy."
-        },
-    )
+    append_eos: bool = field(default=False, metadata={"help": (
+        "Append the end-of-text token to every text, so the head reads a fixed 'summary' position.")})
+    eval_train_samples: int = field(default=0, metadata={"help": (
+        "Also evaluate on this many training examples (the book's training accuracy): eval_train_accuracy.")})
 
     def __post_init__(self):
         super().__post_init__()
@@ -126,53 +87,26 @@ class ClassifyDataArguments(DataArguments):
         if not 0.0 <= self.test_split_percentage < 100.0:
             raise ValueError(f"--test_split_percentage must be in [0, 100), got {self.test_split_percentage}.")
         if self.validation_split_percentage + self.test_split_percentage >= 100.0:
-            raise ValueError(
-                "--validation_split_percentage + --test_split_percentage must leave some training data "
-                f"(got {self.validation_split_percentage} + {self.test_split_percentage})."
-            )
+            raise ValueError("--validation_split_percentage + --test_split_percentage must leave some training data "
+                             f"(got {self.validation_split_percentage} + {self.test_split_percentage}).")
         if self.dataset_name and (self.train_file or self.validation_file or self.test_file):
             raise ValueError("Pass either --dataset_name or data files (--train_file ...), not both.")
         if (self.validation_file or self.test_file) and not self.train_file:
             raise ValueError("--validation_file / --test_file need --train_file.")
         if not (self.train_file or self.dataset_name) and (self.text_column, self.label_column) != ("text", "label"):
-            raise ValueError("--text_column / --label_column name columns of --train_file or --dataset_name; the SMS data has none.")
+            raise ValueError("--text_column / --label_column name columns of --train_file or --dataset_name; "
+                             "the SMS data has none.")
         if self.class_names is not None and (len(self.class_names) < 2 or len(set(self.class_names)) < len(self.class_names)):
             raise ValueError(f"--class_names needs at least two distinct classes, got {self.class_names}.")
 
 
-def _carve(splits: dict, data_args: ClassifyDataArguments) -> dict:
-    """Hold out the missing validation and/or test split from the training data (the book: balance,
-    shuffle, 70/10/20); rounding leftovers go back to training when no test split is carved."""
-    val = 0.0 if "validation" in splits else data_args.validation_split_percentage / 100.0
-    test = 0.0 if "test" in splits else data_args.test_split_percentage / 100.0
-    if val == test == 0.0:
-        return splits
-    parts = balanced_split(splits["train"], data_args.split_seed, 1.0 - val - test, val, balance=data_args.balance_classes)
-    out = {**splits, "train": parts["train"]}
-    if val:
-        out["validation"] = parts["validation"]
-    if test:
-        out["test"] = parts["test"]
-    elif len(parts["test"]):
-        out["train"] = datasets.concatenate_datasets([parts["train"], parts["test"]])
-    return out
-
-
 def load_classification_splits(data_args: ClassifyDataArguments) -> tuple[datasets.DatasetDict, list[str]]:
-    """`(DatasetDict(train, validation?, test?), label_names)`, each split with columns `text` and
-    `label` (a ClassLabel). Errors (missing columns, bad rows, unknown labels, training data of
-    fewer than two classes) name the file or split and the row; the classes come from the training
-    data (or --class_names) and hold for every split.
-
-    Sources: --dataset_name (its train / validation / test splits), --train_file with optional
-    --validation_file and --test_file, or by default the SMS Spam Collection (5,574 messages).
-    Missing validation/test splits are carved from the training data: every class undersampled
-    to the smallest (--balance_classes), shuffled with --split_seed, split by
-    --validation_split_percentage / --test_split_percentage (the book's 747/747, 70/10/20:
-    1045/149/300 messages). Then --max_*_samples keep the first rows of each split.
-    """
-    names = data_args.class_names
-    columns = (data_args.text_column, data_args.label_column)
+    """`(DatasetDict(train, validation?, test?), label_names)` of `text` and `label` (ClassLabel) from
+    --dataset_name, --train_file (+ --validation_file / --test_file) or the SMS Spam Collection. The
+    classes come from the training data (or --class_names) and hold for every split. A missing
+    validation / test split is carved from training by `balanced_split` (SMS: the book's 747/747,
+    1045/149/300); --max_*_samples keep the first rows. Errors name the file or split and the row."""
+    names, columns = data_args.class_names, (data_args.text_column, data_args.label_column)
     splits: dict[str, datasets.Dataset] = {}
     if data_args.dataset_name:
         hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
@@ -196,7 +130,18 @@ def load_classification_splits(data_args: ClassifyDataArguments) -> tuple[datase
         raise ValueError(f"{source}: the training data has only the class(es) {found} (of {list(names)}); "
                          "classification needs rows of at least two classes.")
 
-    splits = _carve(splits, data_args)
+    val = 0.0 if "validation" in splits else data_args.validation_split_percentage / 100.0
+    test = 0.0 if "test" in splits else data_args.test_split_percentage / 100.0
+    if val or test:
+        train = splits["train"]
+        parts = balanced_split(train, data_args.split_seed, 1.0 - val - test, val, balance=data_args.balance_classes)
+        splits["train"] = parts["train"]
+        if val:
+            splits["validation"] = parts["validation"]
+        if test:
+            splits["test"] = parts["test"]
+        elif len(parts["test"]):  # rounding leftovers go back to training
+            splits["train"] = datasets.concatenate_datasets([parts["train"], parts["test"]])
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
     for split, ds in splits.items():
         if limits[split] is not None:
@@ -214,9 +159,9 @@ def tokenize_splits(
     append_eos: bool = False,
     num_proc: int | None = None,
 ) -> tuple[datasets.DatasetDict, int]:
-    """Token ids (`input_ids`, `label`) of every split, truncated to `max_seq_length` (default: the
-    longest training text, capped at `context_length`), with the end-of-text token appended when
-    `append_eos`. Returns the splits and the length used."""
+    """(splits of `input_ids` and `label`, the length used): token ids truncated to `max_seq_length`
+    (default: the longest training text, capped at `context_length`), ending in the end-of-text
+    token with `append_eos`."""
     if append_eos and tokenizer.eos_token_id is None:
         raise ValueError("--append_eos: the tokenizer has no eos token.")
     eos = [tokenizer.eos_token_id] if append_eos else []
@@ -240,15 +185,11 @@ def tokenize_splits(
 
 
 def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names: Sequence[str]):
-    """A `GPTScratchForSequenceClassification` with a new head for `label_names` on the body of
-    `--model_name_or_path`, with id2label/label2id, the tokenizer's pad id and use_cache=False.
-
-    - a causal LM (ours or a stock GPT-2 folder, converted), or none (a randomly initialised GPT
-      shaped by `--config_overrides`): `loading.load_causal_lm`, which loads strictly, applies
-      `--config_overrides` and grows the embedding for a larger tokenizer; its body is copied over;
-    - a GPTScratch classifier: its body and, for the same classes, its head (another head is new).
-    A weight missing from the checkpoint is a `loading.CheckpointMismatchError`, not a random layer.
-    """
+    """A `GPTScratchForSequenceClassification` for `label_names` (id2label, the tokenizer's pad id,
+    use_cache=False): the body of `loading.load_causal_lm` (our causal LM or a stock GPT-2 folder,
+    converted; a new GPT without --model_name_or_path) and a new head, or a saved GPTScratch
+    classifier with its head when the classes are the same. Weights load strictly
+    (`loading.CheckpointMismatchError`); ValueError for another model_type."""
     from transformers import AutoConfig
 
     from .loading import from_pretrained_strict, load_causal_lm
@@ -292,16 +233,10 @@ def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names:
 
 
 def set_trainable(model, mode: str = "last_block", lora: LoraArguments | None = None):
-    """Choose what trains in a `GPTScratchForSequenceClassification`; returns the model to train
-    (a PEFT model for "lora", otherwise `model` itself).
-
-    - "head": only the new `score` layer;
-    - "last_block": the book's choice: the last transformer block, the final LayerNorm and `score`;
-    - "all": every parameter;
-    - "lora": LoRA with the settings of `lora` (default `LoraArguments()`: rank 16 on the attention
-      projections and both feed-forward linears of every block), plus a trainable copy of `score`
-      (PEFT `modules_to_save`); everything else is frozen.
-    """
+    """Freeze all of a `GPTScratchForSequenceClassification` but `mode`'s part: "head" (`score`),
+    "last_block" (the book: the last block, the final norm and `score`), "all", or "lora" (PEFT
+    adapters of `lora`, default `LoraArguments()`, plus a trainable copy of `score`). Returns the
+    model to train (the PEFT model for "lora")."""
     if mode not in TRAINABLE_CHOICES:
         raise ValueError(f"trainable mode must be one of {', '.join(TRAINABLE_CHOICES)}, got {mode!r}.")
     if not (hasattr(model, "model") and hasattr(model, "score")):
@@ -324,9 +259,8 @@ _metric = functools.cache(load_metric)
 
 
 def classification_metrics(predictions: Sequence[int], references: Sequence[int], num_labels: int = 2) -> dict[str, float]:
-    """accuracy, precision, recall, f1 via the packaged `evaluate` metrics. Two classes: binary,
-    class 1 (e.g. "spam") positive; more: macro averages. An undefined precision/recall
-    (no positive prediction) is 0."""
+    """accuracy, precision, recall, f1 (the packaged `evaluate` metrics): binary with class 1 (e.g.
+    "spam") positive for two classes, else macro averages; an undefined precision/recall is 0."""
     kwargs = {"average": "binary", "pos_label": 1} if num_labels == 2 else {"average": "macro"}
     out = _metric("accuracy").compute(predictions=predictions, references=references)
     for name in ("precision", "recall", "f1"):
@@ -335,14 +269,13 @@ def classification_metrics(predictions: Sequence[int], references: Sequence[int]
 
 
 def build_compute_metrics(num_labels: int = 2):
-    """`compute_metrics` for the Trainer: argmax of the logits, then `classification_metrics`."""
+    """The Trainer's `compute_metrics`: `classification_metrics` of the logits' argmax."""
     return lambda eval_pred: classification_metrics(eval_pred.predictions.argmax(-1), eval_pred.label_ids, num_labels)
 
 
 def tfidf_baseline(splits: datasets.DatasetDict, num_labels: int = 2, seed: int = 123) -> dict[str, dict[str, float]]:
-    """TF-IDF (scikit-learn defaults: lowercased word unigrams) + logistic regression (C=1,
-    max_iter 1000) fit on `splits["train"]`; `{split: classification_metrics}` for its
-    validation and test splits."""
+    """`{split: classification_metrics}` on validation and test of scikit-learn's TF-IDF (defaults)
+    + logistic regression (max_iter 1000) fit on `splits["train"]`: the floor a GPT must beat."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

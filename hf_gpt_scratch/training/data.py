@@ -1,29 +1,14 @@
-"""Data for the book's three workflows: pretraining text, spam classification (ch. 6) and
-instruction finetuning (ch. 7), as `datasets` objects.
-
-Book files are never shipped with the package. `fetch_book_file(name)` looks for them in the data
-directory (`--data_dir`, else `$HF_GPT_SCRATCH_DATA`, else `~/.cache/hf_gpt_scratch`), verifies
-their sha256, and downloads them with `pooch` only when they are missing.
-
-Splits reproduce the book's code exactly (same rows, same order):
-
-* spam: `balance_and_split_spam` = `create_balanced_dataset` + `random_split(df, 0.7, 0.1)` of
-  `llms_from_scratch.ch06` (pandas sampling with `random_state=123`), 1045/149/300 rows;
-* instructions: `split_instruction_data` = the 85% / 10% / rest slicing of ch. 7, 935/55/110 rows
-  (returned as train, validation, test; the book slices train, test, validation in that order).
-
-Kept here because no library has them: the book's splits, the Alpaca format (`format_alpaca_prompt`,
-the one source of the prompt and response header; `alpaca_prompt_completion`, TRL's form of it),
-`pack_into_blocks` (the `group_texts` of transformers' run_clm, which is an example, not a library
-function) and `book_windows` (the book's `GPTDatasetV1` windows, with the book's exact targets in a
-`shift_labels` column; the Trainer only forwards that column with `remove_unused_columns=False`).
+"""The book's data as `datasets` objects: pretraining text, spam classification (ch. 6) and
+instruction finetuning (ch. 7). `fetch_book_file` gets the book's files into the data directory with
+a sha256 check; the loaders refuse what they would otherwise guess, naming the file, row and value.
+Kept here because no library has them: the book's splits and Alpaca format, run_clm's `group_texts`
+(`pack_into_blocks`) and the book's `GPTDatasetV1` windows (`book_windows`).
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import io
 import json
 import os
@@ -37,33 +22,7 @@ from typing import Any
 import datasets
 import pooch
 
-__all__ = [
-    "DATA_ENV",
-    "BOOK_FILES",
-    "ChecksumMismatchError",
-    "resolve_data_dir",
-    "fetch_book_file",
-    "load_text",
-    "split_text",
-    "load_sms_spam",
-    "load_text_classification_file",
-    "labelled_dataset",
-    "load_text_records",
-    "balanced_split",
-    "balance_and_split_spam",
-    "load_instruction_data",
-    "ALPACA_HEADER",
-    "RESPONSE_HEADER",
-    "format_alpaca_prompt",
-    "format_alpaca_response",
-    "split_instruction_data",
-    "alpaca_prompt_completion",
-    "pack_into_blocks",
-    "book_windows",
-]
-
 DATA_ENV = "HF_GPT_SCRATCH_DATA"
-DEFAULT_DATA_DIR = Path("~/.cache/hf_gpt_scratch")
 
 _RAW = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
 
@@ -91,9 +50,7 @@ BOOK_FILES: dict[str, tuple[str, str]] = {
 
 # Fallback origins, tried in order after BOOK_FILES' url (the book's own backup for the UCI zip).
 _MIRRORS: dict[str, tuple[str, ...]] = {
-    "SMSSpamCollection.tsv": (
-        "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
-    ),
+    "SMSSpamCollection.tsv": ("https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",),
 }
 # Files that arrive inside a zip: name -> member to extract.
 _ZIP_MEMBERS = {"SMSSpamCollection.tsv": "SMSSpamCollection"}
@@ -110,17 +67,9 @@ class ChecksumMismatchError(ValueError):
     """A data file's sha256 is not the expected one."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Data directory and book files
-# ---------------------------------------------------------------------------------------------
-
-
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data directory: `data_dir` if given, else `$HF_GPT_SCRATCH_DATA`, else
-    `~/.cache/hf_gpt_scratch`. Nothing is created."""
-    if data_dir is None or str(data_dir) == "":
-        data_dir = os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
-    return Path(data_dir).expanduser()
+    """`data_dir`, else `$HF_GPT_SCRATCH_DATA`, else `~/.cache/hf_gpt_scratch` (nothing is created)."""
+    return Path(data_dir or os.environ.get(DATA_ENV) or "~/.cache/hf_gpt_scratch").expanduser()
 
 
 def _download(url: str, output_file: str, pooch_obj: Any = None) -> None:
@@ -128,31 +77,12 @@ def _download(url: str, output_file: str, pooch_obj: Any = None) -> None:
     pooch.HTTPDownloader(progressbar=True, headers={"User-Agent": "hf-gpt-scratch"}, timeout=60)(url, output_file, pooch_obj)
 
 
-def _fetch_zip_member(name: str, url: str, directory: Path) -> None:
-    """Download the zip at `url`, extract `_ZIP_MEMBERS[name]` (CRLF -> LF), check its sha256 and
-    store it as `directory / name` (nothing is written when a step fails)."""
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
-        archive = pooch.retrieve(url, known_hash=None, fname="download.zip", path=tmp, downloader=_download)
-        with zipfile.ZipFile(archive) as zipped:
-            members = [m for m in zipped.namelist() if m.rsplit("/", 1)[-1] == _ZIP_MEMBERS[name]]
-            if not members:
-                raise ValueError(f"the zip has no member {_ZIP_MEMBERS[name]!r}: {zipped.namelist()}")
-            payload = zipped.read(members[0]).replace(b"\r\n", b"\n")
-        actual, expected = hashlib.sha256(payload).hexdigest(), BOOK_FILES[name][1]
-        if actual != expected:
-            raise ValueError(f"sha256 of the extracted {name} is {actual}, expected {expected}")
-        partial = Path(tmp) / name
-        partial.write_bytes(payload)
-        partial.replace(directory / name)
-
-
 def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the book file `name` in the data directory, downloaded there if missing.
+    """Path of the book file `name` in the data directory, downloaded there by `pooch` if missing.
 
-    A file already present is verified against its sha256 and never replaced
-    (`ChecksumMismatchError` names the file, the expected and the actual hash). A missing file is
-    downloaded by `pooch` from its public origin (`BOOK_FILES`, then `_MIRRORS`) and verified
-    before it is written; OSError lists every origin's failure.
+    A present file is checked against its sha256 and never replaced (`ChecksumMismatchError` names
+    the file and both hashes); a download is checked before it is written, from `BOOK_FILES`' url,
+    then `_MIRRORS`; OSError lists every origin's failure.
     """
     if name not in BOOK_FILES:
         raise ValueError(f"unknown book file {name!r}; known files: {', '.join(sorted(BOOK_FILES))}")
@@ -173,11 +103,20 @@ def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Pat
     failures = []
     for source in (url, *_MIRRORS.get(name, ())):
         try:
-            if name in _ZIP_MEMBERS:
-                _fetch_zip_member(name, source, directory)
-            else:
-                pooch.retrieve(source, known_hash=f"sha256:{expected}", fname=name, path=directory, downloader=_download)
-            return path
+            if name not in _ZIP_MEMBERS:
+                return Path(pooch.retrieve(source, f"sha256:{expected}", name, directory, downloader=_download))
+            # a zip: its member, CRLF -> LF, checked in a temporary folder before it is moved into place
+            with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
+                unzip = pooch.Unzip(members=[_ZIP_MEMBERS[name]])
+                found = pooch.retrieve(source, None, "download.zip", tmp, processor=unzip, downloader=_download)
+                if not found:
+                    raise ValueError(f"the zip has no member {_ZIP_MEMBERS[name]!r}")
+                partial = Path(tmp) / name
+                partial.write_bytes(Path(found[0]).read_bytes().replace(b"\r\n", b"\n"))
+                actual = pooch.file_hash(str(partial))
+                if actual != expected:
+                    raise ValueError(f"sha256 of the extracted {name} is {actual}, expected {expected}")
+                return partial.replace(path)
         except (OSError, ValueError, zipfile.BadZipFile) as err:  # requests' errors are OSErrors
             failures.append(f"{source}: {err}")
     raise OSError(
@@ -186,18 +125,10 @@ def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Pat
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Plain text (pretraining)
-# ---------------------------------------------------------------------------------------------
-
-
 def load_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file as the book reads it (`open(path, encoding="utf-8").read()`: universal
-    newlines, so CRLF and CR become LF; a leading BOM is dropped).
-
-    Raises FileNotFoundError for a missing file, ValueError for an empty file, a UTF-16 (or binary)
-    file, or bytes that are not UTF-8 (naming the file and the byte offset).
-    """
+    """A UTF-8 text file as the book reads it (`open(path, encoding="utf-8").read()`: CRLF and CR
+    become LF, a leading BOM is dropped). FileNotFoundError for a missing file; ValueError for an
+    empty, UTF-16 (or binary) or non-UTF-8 file, naming the file (and the byte offset)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
@@ -228,72 +159,6 @@ def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
     return text[:split_idx], text[split_idx:]
 
 
-# ---------------------------------------------------------------------------------------------
-# Classification (ch. 6)
-# ---------------------------------------------------------------------------------------------
-
-
-def _classification_dataset(texts: list[str], labels: list[int], names: Sequence[str]) -> datasets.Dataset:
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
-    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
-
-
-def labelled_dataset(
-    ds: datasets.Dataset,
-    names: Sequence[str] | None = None,
-    source: str = "data",
-    text_column: str = "text",
-    label_column: str = "label",
-) -> tuple[datasets.Dataset, list[str]]:
-    """`(Dataset(text, label: ClassLabel), names)` from the text and label columns of `ds`, validated:
-    a missing column, a missing or blank text (it would be classified from a padding position) or
-    label is a ValueError naming `source`, the row (from 0) and the column. A ClassLabel column is
-    read by name (so `names` may reorder it) and names the classes when `names` is None; other
-    labels map by `label_ids`, or without `names` by `infer_label_names`."""
-    missing = [c for c in (text_column, label_column) if c not in ds.column_names]
-    if missing:
-        raise ValueError(f"{source}: missing column(s) {missing}; columns found: {ds.column_names} "
-                         "(choose them with text_column / label_column)")
-    texts, labels, feature = list(ds[text_column]), list(ds[label_column]), ds.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):  # -1 (no label, e.g. GLUE's test splits) becomes None
-        labels = [feature.int2str(v) if 0 <= v < feature.num_classes else None for v in labels]
-        names = names or feature.names
-    for row, (text, label) in enumerate(zip(texts, labels)):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{source}: row {row} has no text in column {text_column!r} (got {text!r}); "
-                             "an empty text would be classified from a padding position")
-        if label is None or label == "":
-            raise ValueError(f"{source}: row {row} has no label in column {label_column!r}")
-    names = [str(n) for n in names] if names is not None else infer_label_names(labels, source)
-    return _classification_dataset(texts, label_ids(labels, names, source), names), names
-
-
-def load_sms_spam(
-    path: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    quoting: int = csv.QUOTE_NONE,
-) -> datasets.Dataset:
-    """The SMS Spam Collection as a Dataset with `text` and `label` (a ClassLabel: 0 ham, 1 spam).
-
-    Read with the book's pandas call (a headerless TSV `label<TAB>text`). With `quoting=csv.QUOTE_NONE`
-    (default) every line is one message: 5,574 rows (4,827 ham, 747 spam). The book's notebook reads it
-    with pandas' default `csv.QUOTE_MINIMAL`, which strips some quote characters and merges lines:
-    5,572 rows (4,825 ham); pass that for the book's exact rows. Without `path`,
-    `fetch_book_file("SMSSpamCollection.tsv", data_dir)`.
-    """
-    import pandas as pd
-
-    path = Path(path) if path is not None else fetch_book_file("SMSSpamCollection.tsv", data_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"SMS spam file not found: {path}")
-    verbatim = {"dtype": str, "keep_default_na": False, "encoding": "utf-8"} if quoting == csv.QUOTE_NONE else {}
-    df = pd.read_csv(path, sep="\t", header=None, names=["label", "text"], quoting=quoting, **verbatim)
-    if df.empty:
-        raise ValueError(f"SMS spam file is empty: {path}")
-    return labelled_dataset(datasets.Dataset.from_pandas(df), SPAM_LABELS, f"{path} (label<TAB>text, no header)")[0]
-
-
 def _json_rows(path: Path) -> Any:
     """The parsed content of a JSON file, or the list of values of a JSONL file (one JSON object a
     line, also accepted in a .json file); errors name the file and the line."""
@@ -319,40 +184,16 @@ def _json_rows(path: Path) -> Any:
     return rows
 
 
-def _read_records(path: Path) -> tuple[list[str], list[dict]]:
-    """(column names, rows) of a CSV/TSV (with header) or JSON (list of objects) / JSONL file."""
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        text = load_text(path)
-        if suffix == ".tsv":
-            reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
-        else:
-            reader = csv.DictReader(io.StringIO(text))
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
-    if suffix in (".json", ".jsonl"):
-        rows = _json_rows(path)
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
-        columns: dict[str, None] = {}
-        for row in rows:
-            columns.update(dict.fromkeys(row))
-        return list(columns), rows
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
-
-
 def load_text_records(path: str | os.PathLike, column: str = "text") -> list[str]:
-    """The texts in column `column` of a JSON (a list of objects) or JSONL file, validated the
-    way `load_text` validates a text file: a missing, empty or non-UTF-8 file, a line that is not
-    JSON, a row without `column` or whose value is not a string raise an error naming the file,
-    the line or row and the column. (Rows are counted from 0, lines from 1.)"""
+    """The texts in `column` of a JSON (a list of objects) or JSONL file. Beyond `load_text`'s errors,
+    a ValueError names the file, the line (from 1) or row (from 0) and the column: a line that is not
+    JSON, a row that is not an object, has no `column` or holds a non-string there."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text file not found: {path}")
-    columns, rows = _read_records(path)
+    rows = _json_rows(path)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
     if not rows:
         raise ValueError(f"{path}: no rows")
-    texts = []
     for i, row in enumerate(rows):
         if column not in row:
             raise ValueError(f"{path}: row {i} has no {column!r} field (fields: {sorted(row)}); choose the column "
@@ -360,36 +201,19 @@ def load_text_records(path: str | os.PathLike, column: str = "text") -> list[str
         value = row[column]
         if not isinstance(value, str):
             raise ValueError(f"{path}: row {i} field {column!r} must be a string, got {type(value).__name__} {value!r:.60}")
-        texts.append(value)
-    return texts
+    return [row[column] for row in rows]
 
 
-def as_int_label(value: Any) -> int | None:
+def _classification_dataset(texts: list[str], labels: list[int], names: Sequence[str]) -> datasets.Dataset:
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))})
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def _as_id(value: Any) -> int | None:
     """An integer class id written as an int or a string of digits, else None (bools are not ids)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
-
-
-def label_ids(raw: Sequence[Any], names: Sequence[str], source: str) -> list[int]:
-    """Class ids of `raw` labels: a label spelled exactly as a name gets its index, an integer id in
-    range is the id itself; anything else ("Spam" for "spam", "1.0", " spam") is a ValueError naming
-    `source`, the row and the value."""
-    index = {n: i for i, n in enumerate(names)}
-    ids = []
-    for row, value in enumerate(raw):
-        as_int = as_int_label(value)
-        if str(value) in index:
-            ids.append(index[str(value)])
-        elif as_int is not None and as_int < len(names):
-            ids.append(as_int)
-        else:
-            raise ValueError(f"{source}: row {row} has label {value!r}, which is not one of the classes {list(names)}")
-    return ids
+    if isinstance(value, str):
+        return int(value) if value.isdigit() else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def infer_label_names(raw: Sequence[Any], source: str = "labels") -> list[str]:
@@ -397,20 +221,20 @@ def infer_label_names(raw: Sequence[Any], source: str = "labels") -> list[str]:
     0..n-1, else the distinct labels sorted. Where that would guess, a ValueError names `source`, the
     row and the values: integer ids that skip one (0 and 5 would make a six-class head), an integer
     among names, a number that is not an integer ("1.0" beside "1"), spaces around a label, labels
-    that differ only in case ("spam" / "Spam"). Name the classes (`class_names`) or fix the data."""
+    that differ only in case ("spam" / "Spam")."""
     first_row = {}
     for row, value in enumerate(raw):
         first_row.setdefault(value, row)
-    ids = {as_int_label(v) for v in first_row}
+    ids = {_as_id(v) for v in first_row}
     if None not in ids:
         if ids != set(range(len(ids))):
             raise ValueError(f"{source}: the integer labels {sorted(ids)} are not the ids 0..{len(ids) - 1}: they would "
                              f"make a {max(ids) + 1}-class head; renumber them or name every class (class_names)")
         return [str(i) for i in range(len(ids))]
     seen: dict[str, Any] = {}
-    for value, row in sorted(first_row.items(), key=lambda item: as_int_label(item[0]) is not None):  # ids last
+    for value, row in sorted(first_row.items(), key=lambda item: _as_id(item[0]) is not None):  # ids last
         text = str(value)
-        why = ("an integer id among named classes" if as_int_label(value) is not None
+        why = ("an integer id among named classes" if _as_id(value) is not None
                else "a number that is not an integer id" if re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", text.strip().lower())
                else "spaces around it" if text != text.strip()
                else f"the same as {seen[text.casefold()]!r} but for case" if text.casefold() in seen else None)
@@ -421,23 +245,62 @@ def infer_label_names(raw: Sequence[Any], source: str = "labels") -> list[str]:
     return sorted(str(v) for v in first_row)
 
 
-def _csv_columns(path: Path, sep: str) -> list[str]:
-    """The header of a CSV (`sep` ",", quoted) or TSV ("\\t", unquoted) file, after checking that
-    every row has one field per column: a comma in an unquoted CSV field (or a tab in a TSV text)
-    would otherwise cut the text or shift it into the next column."""
-    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(load_text(path)), delimiter=sep, quoting=quoting)
-    header = next(reader)
-    rows = 0
-    for row in reader:
-        if row and len(row) != len(header):
-            raise ValueError(f"{path}: row {rows} (line {reader.line_num}) has {len(row)} fields {row} for the "
-                             f"{len(header)} columns {header}; " + ("quote a field that holds ','" if sep == "," else
-                             "an unquoted TSV field cannot hold a tab: use a quoted CSV"))
-        rows += bool(row)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return header
+def labelled_dataset(
+    ds: datasets.Dataset,
+    names: Sequence[str] | None = None,
+    source: str = "data",
+    text_column: str = "text",
+    label_column: str = "label",
+) -> tuple[datasets.Dataset, list[str]]:
+    """`(Dataset(text, label: ClassLabel), names)` from two columns of `ds`. A ValueError names
+    `source`, the row (from 0) and the column or value: a missing column, a blank text (it would be
+    classified from a padding position), a missing label, a label that is neither spelled as one of
+    `names` nor an id in range. A ClassLabel column is read by name (its names are the default);
+    other labels without `names` get `infer_label_names`."""
+    missing = [c for c in (text_column, label_column) if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}; columns found: {ds.column_names} "
+                         "(choose them with text_column / label_column)")
+    texts, labels, feature = list(ds[text_column]), list(ds[label_column]), ds.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):  # -1 (no label, e.g. GLUE's test splits) becomes None
+        labels = [feature.int2str(v) if 0 <= v < feature.num_classes else None for v in labels]
+        names = names or feature.names
+    for row, (text, label) in enumerate(zip(texts, labels)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{source}: row {row} has no text in column {text_column!r} (got {text!r}); "
+                             "an empty text would be classified from a padding position")
+        if label is None or label == "":
+            raise ValueError(f"{source}: row {row} has no label in column {label_column!r}")
+    names = [str(n) for n in names] if names is not None else infer_label_names(labels, source)
+    index = {n: i for i, n in enumerate(names)}
+    ids = []
+    for row, value in enumerate(labels):
+        ids.append(index.get(str(value), _as_id(value)))  # the spelling of a name, else an id
+        if ids[-1] is None or ids[-1] >= len(names):
+            raise ValueError(f"{source}: row {row} has label {value!r}, which is not one of the classes "
+                             f"{names}")
+    return _classification_dataset(texts, ids, names), names
+
+
+def load_sms_spam(
+    path: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    quoting: int = csv.QUOTE_NONE,
+) -> datasets.Dataset:
+    """The SMS Spam Collection (`label<TAB>text`, no header; by default
+    `fetch_book_file("SMSSpamCollection.tsv", data_dir)`) read with the book's pandas call, as a
+    Dataset of `text` and `label` (ClassLabel: 0 ham, 1 spam). `csv.QUOTE_NONE` keeps every line:
+    5,574 rows (747 spam); the book's notebook reads with pandas' default `csv.QUOTE_MINIMAL`, which
+    strips some quotes and merges lines: 5,572 rows, the book's exact rows."""
+    import pandas as pd
+
+    path = Path(path) if path is not None else fetch_book_file("SMSSpamCollection.tsv", data_dir)
+    verbatim = {"dtype": str, "keep_default_na": False, "encoding": "utf-8"} if quoting == csv.QUOTE_NONE else {}
+    df = pd.read_csv(path, sep="\t", header=None, names=["label", "text"], quoting=quoting, **verbatim)
+    if df.empty:
+        raise ValueError(f"SMS spam file is empty: {path}")
+    return labelled_dataset(datasets.Dataset.from_pandas(df), SPAM_LABELS, f"{path} (label<TAB>text, no header)")[0]
 
 
 def load_text_classification_file(
@@ -446,28 +309,33 @@ def load_text_classification_file(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
 ) -> tuple[datasets.Dataset, list[str]]:
-    """A CSV / TSV (a header row; TSV unquoted) / JSON (a list of objects) / JSONL file with a text
-    and a label column, read with `datasets.load_dataset`, as `(Dataset(text, label), label_names)`.
-
-    Labels: with `label_names`, `label_ids`; without, `infer_label_names`. Errors name the file, the
-    row (from 0, after the header) and the values: a row whose field count is not the header's, a
-    missing column, an empty text or label, a label the names do not cover or that would be guessed.
-    """
+    """`(Dataset(text, label: ClassLabel), label_names)` of a CSV, TSV (unquoted), JSON (a list of
+    objects) or JSONL file with a header / keys, read by `datasets.load_dataset` and checked by
+    `labelled_dataset`. Beyond `load_text`'s errors, a CSV/TSV row whose field count is not the
+    header's (an unquoted comma or an extra tab would cut the text) is a ValueError naming the row."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classification file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".json", ".jsonl"):
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+    text = load_text(path)  # a missing, empty or non-UTF-8 file: an error naming it
+    kind, options = "json", {}
     if suffix in (".csv", ".tsv"):
         sep = "\t" if suffix == ".tsv" else ","
-        columns = _csv_columns(path, sep)
-        kind, options = "csv", dict(sep=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL,
+        quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.reader(io.StringIO(text), delimiter=sep, quoting=quoting)
+        header, rows = next(reader), 0
+        for row in reader:
+            if row and len(row) != len(header):
+                hint = "quote a field that holds ','" if sep == "," else (
+                    "an unquoted TSV field cannot hold a tab: use a quoted CSV")
+                raise ValueError(f"{path}: row {rows} (line {reader.line_num}) has {len(row)} fields {row} "
+                                 f"for the {len(header)} columns {header}; {hint}")
+            rows += bool(row)
+        if not rows:
+            raise ValueError(f"{path}: no rows")
+        kind, options = "csv", dict(sep=sep, quoting=quoting,
                                     keep_default_na=False,  # no text or label becomes NaN (e.g. "NA", "null")
-                                    features=datasets.Features({c: datasets.Value("string") for c in columns}))
-    elif suffix in (".json", ".jsonl"):
-        load_text(path)  # a missing, empty or non-UTF-8 file: an error naming it
-        kind, options = "json", {}
-    else:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+                                    features=datasets.Features({c: datasets.Value("string") for c in header}))
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train", **options)
     except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
@@ -483,12 +351,12 @@ def balanced_split(
     label_column: str = "label",
     balance: bool = True,
 ) -> datasets.DatasetDict:
-    """Undersample every class to the size of the smallest, shuffle, and split into train /
-    validation / test with the book's pandas calls (`llms_from_scratch.ch06`; no library draws the
-    same rows): each larger class `df[df.label == c].sample(n_min, random_state=seed)` in label
-    order, then the classes of size n_min whole; `df.sample(frac=1, random_state=seed)`;
-    `train_end = int(n * train_frac)`, `validation_end = train_end + int(n * validation_frac)`.
-    Rows are selected from `ds` (all its columns and features are kept)."""
+    """Train / validation / test rows of `ds` (all columns kept) by the book's pandas calls
+    (`llms_from_scratch.ch06`; no library draws the same rows): with `balance`, each larger class
+    `df[df.label == c].sample(n_min, random_state=seed)` in label order, then the classes of size
+    n_min whole; `df.sample(frac=1, random_state=seed)`; `train_end = int(n * train_frac)`,
+    `validation_end = train_end + int(n * validation_frac)`. The defaults are the book's ch. 6 split
+    (the SMS data: 747 ham / 747 spam, 1045/149/300 rows)."""
     import pandas as pd
 
     if label_column not in ds.column_names:
@@ -512,29 +380,15 @@ def balanced_split(
     )
 
 
-def balance_and_split_spam(ds: datasets.Dataset, seed: int = 123) -> datasets.DatasetDict:
-    """The book's ch. 6 split: ham undersampled to the 747 spam, shuffled, split 70/10/20 into
-    1045/149/300 rows, the book's rows in the book's order (for the same parse of the file, see
-    `load_sms_spam(quoting=...)`)."""
-    return balanced_split(ds, seed=seed, train_frac=0.7, validation_frac=0.1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Instruction finetuning (ch. 7)
-# ---------------------------------------------------------------------------------------------
-
-
 def load_instruction_data(
     path: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     fields: Sequence[str] = ("instruction", "output"),
     book_file: str = "instruction-data.json",
 ) -> list[dict]:
-    """A JSON list (or JSONL file) of Alpaca entries, validated: each of `fields` a non-empty string
-    (`instruction`, `output`; the preference data's `chosen`, `rejected`), `input` (optional) a
-    string; other keys are kept. Errors name the file, the entry index (or JSONL line) and the field.
-    Without `path`, `fetch_book_file(book_file, data_dir)` (1,100 entries).
-    """
+    """A JSON list (or JSONL file) of Alpaca entries (default: `fetch_book_file(book_file, data_dir)`,
+    1,100 entries), other keys kept. A ValueError names the file, the entry (or JSONL line) and the
+    field unless each of `fields` is a non-empty string and `input`, if there, a string."""
     path = Path(path) if path is not None else fetch_book_file(book_file, data_dir)
     entries = _json_rows(path)
     if not isinstance(entries, list):
@@ -571,9 +425,8 @@ def format_alpaca_response(entry: Mapping[str, Any]) -> str:
 def split_instruction_data(
     entries: Sequence[dict], train_frac: float = 0.85, test_frac: float = 0.1
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """The book's ch. 7 split, returned as (train, validation, test): `train_portion =
-    int(n * 0.85)`, `test_portion = int(n * 0.1)`; the book slices train, then test, then the rest
-    as validation (1100 entries -> 935 / 55 / 110). No shuffling, as in the book."""
+    """The book's ch. 7 split as (train, validation, test): `int(n * 0.85)` entries, then
+    `int(n * 0.1)` test, the rest validation (1100 -> 935 / 55 / 110). No shuffling, as in the book."""
     n = len(entries)
     train_portion = int(n * train_frac)
     test_portion = int(n * test_frac)
@@ -584,25 +437,18 @@ def split_instruction_data(
 
 
 def alpaca_prompt_completion(entry: Mapping[str, Any], eos_token: str) -> dict[str, str]:
-    """An entry in TRL's prompt/completion format, split where the book's exercise 7.2 masks:
+    """An entry in TRL's prompt/completion form, split where the book's exercise 7.2 masks:
     `{"prompt": format_alpaca_prompt(entry), "completion": format_alpaca_response(entry) + eos_token}`.
-    `SFTTrainer` tokenizes prompt + completion as one text, as the book does (the book appends the
-    end-of-text id after tokenizing: the same ids), and with `completion_only_loss` leaves the
-    prompt's tokens out of the loss (the "### Response:" header stays in, as in the book)."""
+    SFTTrainer tokenizes prompt + completion as one text, as the book does; `completion_only_loss`
+    leaves the prompt out of the loss (the "### Response:" header stays in, as in the book)."""
     return {"prompt": format_alpaca_prompt(entry), "completion": format_alpaca_response(entry) + eos_token}
 
 
-# ---------------------------------------------------------------------------------------------
-# Pretraining blocks
-# ---------------------------------------------------------------------------------------------
-
-
 def pack_into_blocks(examples: dict, block_size: int) -> dict:
-    """For `ds.map(pack_into_blocks, batched=True, fn_kwargs={"block_size": n},
-    remove_columns=ds.column_names)`: concatenates the token columns (`input_ids` and any other
-    column of id lists, e.g. `attention_mask`) of the batch and cuts them into blocks of
-    `block_size`, dropping the remainder (transformers' run_clm `group_texts`); `labels` is a copy
-    of `input_ids`. Other columns (e.g. `text`) are dropped."""
+    """For `ds.map(pack_into_blocks, batched=True, fn_kwargs={"block_size": n})`: transformers'
+    run_clm `group_texts` (an example script, not a library function). Concatenates the id-list
+    columns (`input_ids`, `attention_mask`, ...) and cuts them into blocks of `block_size`, dropping
+    the remainder; `labels` is a copy of `input_ids`; other columns are dropped."""
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
     if "input_ids" not in examples:
@@ -625,16 +471,11 @@ def book_windows(
     token_ids: Sequence[int], context_length: int, stride: int, shift_labels: bool = True
 ) -> datasets.Dataset:
     """The book's `GPTDatasetV1` windows: for `i in range(0, len(ids) - context_length, stride)`,
-    inputs `ids[i : i + context_length]` and targets `ids[i + 1 : i + context_length + 1]`.
-
-    Columns: `input_ids` (the inputs), `labels` (= `input_ids`, unshifted; the model's loss needs a
-    `labels` tensor to compute a loss at all) and, with `shift_labels=True`, `shift_labels` (the
-    book's targets). transformers' `ForCausalLMLoss` uses `shift_labels` as-is when given, so the
-    loss is the book's, on every one of the `context_length` targets, with no input longer than the
-    context. The Trainer counts tokens from `shift_labels` too, but only forwards that column with
-    `TrainingArguments(remove_unused_columns=False)`: otherwise it is dropped (forward() has no
-    such parameter) and the loss falls back to `labels`, which lack the last target of each window.
-    """
+    `input_ids = ids[i : i + context_length]`, `labels` = `input_ids` (unshifted) and, with
+    `shift_labels`, the book's targets `ids[i + 1 : i + context_length + 1]` as `shift_labels`, which
+    transformers' `ForCausalLMLoss` uses as-is: the book's loss on all `context_length` targets. The
+    Trainer forwards that column only with `remove_unused_columns=False`; without it the loss falls
+    back to `labels`, which lack each window's last target."""
     if context_length < 1 or stride < 1:
         raise ValueError(f"context_length and stride must be positive, got {context_length}, {stride}")
     ids = list(token_ids)
