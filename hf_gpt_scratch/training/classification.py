@@ -12,9 +12,12 @@ from typing import Sequence
 
 import datasets
 import torch
+from transformers import AutoConfig
 
+from ..modeling_gpt_scratch import GPTScratchForSequenceClassification as Classifier
 from .arguments import DataArguments, LoraArguments, ModelArguments, apply_config_overrides, parse_config_overrides
 from .data import SPAM_LABELS, balanced_split, labelled_dataset, load_sms_spam, load_text_classification_file
+from .loading import from_pretrained_strict, load_causal_lm
 from .metrics import load_metric
 
 logger = logging.getLogger(__name__)
@@ -53,24 +56,36 @@ class ClassifyDataArguments(DataArguments):
     test_file: str | None = field(default=None, metadata={"help": "Test data file (CSV/TSV/JSON/JSONL)."})
     text_column: str = field(default="text", metadata={"help": "Column with the texts (files and --dataset_name)."})
     label_column: str = field(default="label", metadata={"help": "Column with the labels (files and --dataset_name)."})
-    class_names: list[str] | None = field(default=None, metadata={"help": (
-        "Class names in id order, e.g. --class_names ham spam; labels must be spelled as one of them (or be an id "
-        "in range). Default: ham spam (SMS data), a hub dataset's ClassLabel names, or the training file's labels "
-        "(sorted, or the ids 0..n-1); labels differing only in case or spaces, or ids with gaps, are an error.")})
-    max_seq_length: int | None = field(default=None, metadata={"help": (
-        "Truncate texts to this many tokens. Default: the longest training text (the book pads to it), capped "
-        "at the model's context_length.")})
-    max_test_samples: int | None = field(default=None, metadata={"help": "Keep at most this many test examples."})
-    test_split_percentage: float = field(default=20.0, metadata={
-        "help": "Percent of the data held out for testing when there is no test split/file (book: 20)."})
-    balance_classes: bool = field(default=True, metadata={"help": (
-        "When the recipe splits the data itself, first undersample every class to the size of the smallest "
-        "(the book: 747 ham / 747 spam).")})
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Class names in id order, e.g. --class_names ham spam; labels must be spelled as "
+                  "one of them (or be an id in range). Default: ham spam (SMS data), a hub dataset's "
+                  "ClassLabel names, or the training file's labels (sorted, or the ids 0..n-1; spelling "
+                  "variants and ids with gaps are an error)."},
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncate texts to this many tokens. Default: the longest training text (the book "
+                  "pads to it), capped at the model's context_length."},
+    )
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Keep at most this many test examples (for quick runs)."}
+    )
+    test_split_percentage: float = field(
+        default=20.0, metadata={"help": "Percent held out for testing without a test split/file (book: 20)."}
+    )
+    balance_classes: bool = field(
+        default=True,
+        metadata={"help": "When the recipe splits the data itself, first undersample every class to the size "
+                  "of the smallest (the book: 747 ham / 747 spam)."},
+    )
     split_seed: int = field(default=123, metadata={"help": "Seed of the undersampling and the split (book: 123)."})
-    append_eos: bool = field(default=False, metadata={"help": (
-        "Append the end-of-text token to every text, so the head reads a fixed 'summary' position.")})
-    eval_train_samples: int = field(default=0, metadata={"help": (
-        "Also evaluate on this many training examples (the book's training accuracy): eval_train_accuracy.")})
+    append_eos: bool = field(
+        default=False, metadata={"help": "Append the end-of-text token to every text (a fixed last token)."}
+    )
+    eval_train_samples: int = field(
+        default=0, metadata={"help": "Also evaluate on this many training examples (logged as eval_train_*)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,8 +102,10 @@ class ClassifyDataArguments(DataArguments):
         if not 0.0 <= self.test_split_percentage < 100.0:
             raise ValueError(f"--test_split_percentage must be in [0, 100), got {self.test_split_percentage}.")
         if self.validation_split_percentage + self.test_split_percentage >= 100.0:
-            raise ValueError("--validation_split_percentage + --test_split_percentage must leave some training data "
-                             f"(got {self.validation_split_percentage} + {self.test_split_percentage}).")
+            raise ValueError(
+                "--validation_split_percentage + --test_split_percentage must leave some training data "
+                f"(got {self.validation_split_percentage} + {self.test_split_percentage})."
+            )
         if self.dataset_name and (self.train_file or self.validation_file or self.test_file):
             raise ValueError("Pass either --dataset_name or data files (--train_file ...), not both.")
         if (self.validation_file or self.test_file) and not self.train_file:
@@ -133,8 +150,8 @@ def load_classification_splits(data_args: ClassifyDataArguments) -> tuple[datase
     val = 0.0 if "validation" in splits else data_args.validation_split_percentage / 100.0
     test = 0.0 if "test" in splits else data_args.test_split_percentage / 100.0
     if val or test:
-        train = splits["train"]
-        parts = balanced_split(train, data_args.split_seed, 1.0 - val - test, val, balance=data_args.balance_classes)
+        balance, seed = data_args.balance_classes, data_args.split_seed
+        parts = balanced_split(splits["train"], seed, 1.0 - val - test, val, balance=balance)
         splits["train"] = parts["train"]
         if val:
             splits["validation"] = parts["validation"]
@@ -190,11 +207,6 @@ def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names:
     converted; a new GPT without --model_name_or_path) and a new head, or a saved GPTScratch
     classifier with its head when the classes are the same. Weights load strictly
     (`loading.CheckpointMismatchError`); ValueError for another model_type."""
-    from transformers import AutoConfig
-
-    from .loading import from_pretrained_strict, load_causal_lm
-    from ..modeling_gpt_scratch import GPTScratchForSequenceClassification as Classifier
-
     path, trust = model_args.model_name_or_path, bool(model_args.trust_remote_code)
     attn = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     labels = {

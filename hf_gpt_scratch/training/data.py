@@ -50,7 +50,9 @@ BOOK_FILES: dict[str, tuple[str, str]] = {
 
 # Fallback origins, tried in order after BOOK_FILES' url (the book's own backup for the UCI zip).
 _MIRRORS: dict[str, tuple[str, ...]] = {
-    "SMSSpamCollection.tsv": ("https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",),
+    "SMSSpamCollection.tsv": (
+        "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
+    ),
 }
 # Files that arrive inside a zip: name -> member to extract.
 _ZIP_MEMBERS = {"SMSSpamCollection.tsv": "SMSSpamCollection"}
@@ -104,11 +106,12 @@ def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Pat
     for source in (url, *_MIRRORS.get(name, ())):
         try:
             if name not in _ZIP_MEMBERS:
-                return Path(pooch.retrieve(source, f"sha256:{expected}", name, directory, downloader=_download))
+                known_hash = f"sha256:{expected}"
+                return Path(pooch.retrieve(source, known_hash, name, directory, downloader=_download))
             # a zip: its member, CRLF -> LF, checked in a temporary folder before it is moved into place
             with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
                 unzip = pooch.Unzip(members=[_ZIP_MEMBERS[name]])
-                found = pooch.retrieve(source, None, "download.zip", tmp, processor=unzip, downloader=_download)
+                found = pooch.retrieve(source, None, "archive", tmp, processor=unzip, downloader=_download)
                 if not found:
                     raise ValueError(f"the zip has no member {_ZIP_MEMBERS[name]!r}")
                 partial = Path(tmp) / name
@@ -160,8 +163,7 @@ def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
 
 
 def _json_rows(path: Path) -> Any:
-    """The parsed content of a JSON file, or the list of values of a JSONL file (one JSON object a
-    line, also accepted in a .json file); errors name the file and the line."""
+    """A JSON file's content, or a JSONL file's objects (also in a .json file); errors name the line."""
     text = load_text(path)
     if path.suffix.lower() != ".jsonl":
         try:
@@ -273,12 +275,11 @@ def labelled_dataset(
             raise ValueError(f"{source}: row {row} has no label in column {label_column!r}")
     names = [str(n) for n in names] if names is not None else infer_label_names(labels, source)
     index = {n: i for i, n in enumerate(names)}
-    ids = []
-    for row, value in enumerate(labels):
-        ids.append(index.get(str(value), _as_id(value)))  # the spelling of a name, else an id
-        if ids[-1] is None or ids[-1] >= len(names):
-            raise ValueError(f"{source}: row {row} has label {value!r}, which is not one of the classes "
-                             f"{names}")
+    ids = [index.get(str(value), _as_id(value)) for value in labels]  # the spelling of a name, else an id
+    for row, (value, i) in enumerate(zip(labels, ids)):
+        if i is None or i >= len(names):
+            raise ValueError(f"{source}: row {row} has label {value!r}, "
+                             f"which is not one of the classes {names}")
     return _classification_dataset(texts, ids, names), names
 
 
@@ -409,9 +410,8 @@ def load_instruction_data(
 
 
 def format_alpaca_prompt(entry: Mapping[str, Any], response_header: bool = False) -> str:
-    """The book's `format_input`: the Alpaca instruction, plus the input section when the entry
-    has a non-empty `input`; with `response_header`, followed by `RESPONSE_HEADER` (the model then
-    answers right away; the book prompts without it and lets the model write the header)."""
+    """The book's `format_input`: the Alpaca instruction, the input section for a non-empty `input`,
+    and with `response_header` `RESPONSE_HEADER` (the book prompts without it)."""
     instruction_text = f"{ALPACA_HEADER}\n\n### Instruction:\n{entry['instruction']}"
     input_text = f"\n\n### Input:\n{entry['input']}" if entry.get("input") else ""
     return instruction_text + input_text + (RESPONSE_HEADER if response_header else "")
@@ -437,18 +437,15 @@ def split_instruction_data(
 
 
 def alpaca_prompt_completion(entry: Mapping[str, Any], eos_token: str) -> dict[str, str]:
-    """An entry in TRL's prompt/completion form, split where the book's exercise 7.2 masks:
-    `{"prompt": format_alpaca_prompt(entry), "completion": format_alpaca_response(entry) + eos_token}`.
-    SFTTrainer tokenizes prompt + completion as one text, as the book does; `completion_only_loss`
-    leaves the prompt out of the loss (the "### Response:" header stays in, as in the book)."""
+    """An entry in TRL's prompt/completion form, split where the book's exercise 7.2 masks (SFTTrainer
+    tokenizes the two as one text, as the book; `completion_only_loss` keeps "### Response:" in)."""
     return {"prompt": format_alpaca_prompt(entry), "completion": format_alpaca_response(entry) + eos_token}
 
 
 def pack_into_blocks(examples: dict, block_size: int) -> dict:
-    """For `ds.map(pack_into_blocks, batched=True, fn_kwargs={"block_size": n})`: transformers'
-    run_clm `group_texts` (an example script, not a library function). Concatenates the id-list
-    columns (`input_ids`, `attention_mask`, ...) and cuts them into blocks of `block_size`, dropping
-    the remainder; `labels` is a copy of `input_ids`; other columns are dropped."""
+    """transformers' run_clm `group_texts` (an example, not a library function), for `ds.map(...,
+    batched=True)`: the id-list columns concatenated and cut into blocks of `block_size` (the
+    remainder dropped), `labels` a copy of `input_ids`; other columns are dropped."""
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
     if "input_ids" not in examples:
@@ -470,19 +467,15 @@ def pack_into_blocks(examples: dict, block_size: int) -> dict:
 def book_windows(
     token_ids: Sequence[int], context_length: int, stride: int, shift_labels: bool = True
 ) -> datasets.Dataset:
-    """The book's `GPTDatasetV1` windows: for `i in range(0, len(ids) - context_length, stride)`,
-    `input_ids = ids[i : i + context_length]`, `labels` = `input_ids` (unshifted) and, with
-    `shift_labels`, the book's targets `ids[i + 1 : i + context_length + 1]` as `shift_labels`, which
-    transformers' `ForCausalLMLoss` uses as-is: the book's loss on all `context_length` targets. The
-    Trainer forwards that column only with `remove_unused_columns=False`; without it the loss falls
-    back to `labels`, which lack each window's last target."""
+    """The book's `GPTDatasetV1` windows, `i` in `range(0, len(ids) - context_length, stride)`:
+    `input_ids` = `ids[i : i + context_length]`, `labels` the same, and with `shift_labels` the book's
+    targets `ids[i + 1 : i + context_length + 1]`, used as they are by transformers' `ForCausalLMLoss`.
+    The Trainer forwards `shift_labels` only with `remove_unused_columns=False` (else: `labels`)."""
     if context_length < 1 or stride < 1:
         raise ValueError(f"context_length and stride must be positive, got {context_length}, {stride}")
     ids = list(token_ids)
     starts = range(0, len(ids) - context_length, stride)
-    columns = {
-        "input_ids": [ids[i : i + context_length] for i in starts],
-    }
+    columns = {"input_ids": [ids[i : i + context_length] for i in starts]}
     columns["labels"] = [list(x) for x in columns["input_ids"]]
     if shift_labels:
         columns["shift_labels"] = [ids[i + 1 : i + context_length + 1] for i in starts]
