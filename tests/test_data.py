@@ -331,6 +331,9 @@ def test_class_names_are_the_explicit_mapping(tmp_path):
     (tmp_path / "b.csv").write_text("label,text\nspam,a\nham,b\nSpam,c\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"row 2 has label 'Spam', which is not one of the classes \['ham', 'spam'\]"):
         D.load_text_classification_file(tmp_path / "b.csv", label_names=["ham", "spam"])
+    (tmp_path / "c.jsonl").write_text('{"text": "a", "label": 0}\n{"text": "b", "label": -1}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"row 1 has label -1, which is not one of the classes \['ham', 'spam'\]"):
+        D.load_text_classification_file(tmp_path / "c.jsonl", label_names=["ham", "spam"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -212,10 +212,10 @@ def _classification_dataset(texts: list[str], labels: list[int], names: Sequence
 
 
 def _as_id(value: Any) -> int | None:
-    """An integer class id written as an int or a string of digits, else None (bools are not ids)."""
+    """A class id written as an int >= 0 or a string of digits, else None (bools are not ids)."""
     if isinstance(value, str):
         return int(value) if value.isdigit() else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def infer_label_names(raw: Sequence[Any], source: str = "labels") -> list[str]:
