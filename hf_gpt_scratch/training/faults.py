@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 _NO = {"", "false", "no", "0", "off"}
 _LAST = {"true", "last", "latest"}
 
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss (or weights); raised by `NonFiniteLossGuard`."""
 
@@ -51,11 +52,10 @@ def non_finite_parameters(model: torch.nn.Module) -> list[str]:
 
 
 class NonFiniteLossGuard(TrainerCallback):
-    """Stop training at a NaN or infinite loss before a checkpoint or the final model holds it (the
-    Trainer only hides it from its logs, `logging_nan_inf_filter`, here turned off). Checked before the
-    Trainer saves: the weights at each step that logs, evaluates or saves and at the last
-    (`every_step`: at every step), and each logged training loss. Raises `NonFiniteLossError` on every
-    process at the same step, naming the step, what broke and the last good checkpoint."""
+    """Stop at a NaN or infinite loss before a checkpoint holds it (the Trainer only hides it from its
+    logs: `logging_nan_inf_filter`, turned off here). Checks each logged loss, and the weights at each
+    step that logs, evaluates or saves, and the last (`every_step`: all). Raises `NonFiniteLossError`
+    on every process at the same step, naming the step, what broke and the last good checkpoint."""
 
     def __init__(self, check_weights: bool = True, every_step: bool = False):
         self.check_weights = check_weights
@@ -187,10 +187,9 @@ def _entries(output_dir, patterns) -> list[Path]:
 
 def check_output_dir(output_dir: str | Path | None, overwrite: bool = False, resume: Any = None,
                      flag: str = "--overwrite_output_dir") -> None:
-    """Refuse, before any work, to write into `output_dir` when it holds a model, a tokenizer,
-    checkpoints, results or a pickle, unless `overwrite` (the `flag`) or `resume` continues the run
-    that is there (--resume_from_checkpoint 'last' or one of its checkpoint-N folders). Raises
-    `OutputDirNotEmptyError` naming the folder, what is in it and the flags."""
+    """`OutputDirNotEmptyError` (naming the folder, what is in it and the flags) when `output_dir` holds
+    a model, a tokenizer, checkpoints, results or a pickle, unless `overwrite` (the `flag`) or `resume`
+    continues the run there (--resume_from_checkpoint 'last' or one of its checkpoint-N folders)."""
     patterns = (*MODEL_FILES, *RUN_STATE, *(f"*{suffix}" for suffix in PICKLE_SUFFIXES))
     found = [p.name + "/" * p.is_dir() for p in _entries(output_dir, patterns)] if output_dir else []
     if not found:
