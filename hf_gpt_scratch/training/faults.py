@@ -130,8 +130,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest checkpoint-N folder of `output_dir` without a `checkpoint_problem`, or None;
-    newer folders are skipped with a warning naming their problem."""
+    """The newest checkpoint-N of `output_dir` without a `checkpoint_problem` (newer: a warning), or None."""
     for path in reversed(sort_checkpoints(str(output_dir)) if Path(output_dir).is_dir() else []):
         problem = checkpoint_problem(path)
         if problem is None:
@@ -162,10 +161,9 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str 
     return str(value)
 
 
-# What the recipes, the Trainer and convert write into an output folder. A folder holding any of
-# it (or a pickle, or a folder with adapter_config.json) is refused without --overwrite_output_dir.
-# With it, RUN_STATE goes before training (no old checkpoint is resumed, no old adapter or result
-# pushed) and MODEL_FILES are replaced as one set by the final save (`staged_save`).
+# What the recipes, the Trainer and convert write into an output folder: without --overwrite_output_dir
+# a folder holding any of it, a pickle or an adapter folder is refused; with it, RUN_STATE goes before
+# training (`remove_previous_run`) and MODEL_FILES are replaced as one set by the final save.
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                "adapter_config.json", *TOKENIZER_SAVE_FILES)
 RUN_STATE = ("checkpoint-*", "results.json", "responses*.json", TRAINER_STATE_NAME, "training_args.*",
@@ -215,8 +213,7 @@ def check_output_dir(output_dir: str | Path | None, overwrite: bool = False, res
 
 
 def remove_previous_run(output_dir: str | Path) -> None:
-    """Delete an earlier run's RUN_STATE from `output_dir` (checkpoints, adapters, results); its
-    model files stay until the final save replaces them."""
+    """Delete an earlier run's RUN_STATE from `output_dir`; its model stays until the final save."""
     removed = _entries(output_dir, RUN_STATE)
     for path in removed:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -281,20 +278,19 @@ def check_sequence_lengths(lengths: Iterable[int], limit: int, *, source: str, p
     return len(too_long)
 
 
-def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions: Sequence[str] = ()) -> dict:
-    """{split: count} of the examples of `splits` (None skipped) longer than `limit` tokens, which are
-    truncated (one warning per split): classification texts (column "text"), or with `completions`
-    TRL prompt + completion (or chosen/rejected) as one text, as the book does. A prompt that alone
+def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions: Sequence[str] = ()) -> None:
+    """One warning per split of `splits` (None skipped) counting the examples longer than `limit`
+    tokens, which are truncated as the book does: classification texts (column "text"), or with
+    `completions`, TRL prompt + completion (or chosen/rejected) as one text. A prompt that alone
     fills `limit` is an `ExampleTooLongError` (no response token left; TRL would drop it silently)."""
     from trl.data_utils import common_prefix_length
 
-    counts = {}
     for split, ds in splits.items():
         where = f"{source} ({split} split)"
         if ds is not None and not completions:
             ids = tokenizer(list(ds["text"]), add_special_tokens=False, verbose=False)["input_ids"]
             hint = "Raise --max_seq_length (up to the model's context) to keep more of them."
-            counts[split] = check_sequence_lengths(map(len, ids), limit, source=where, what="text", hint=hint)
+            check_sequence_lengths(map(len, ids), limit, source=where, what="text", hint=hint)
         elif ds is not None:
             prompts = tokenizer(list(ds["prompt"]), verbose=False)["input_ids"]
             full = [tokenizer([p + t for p, t in zip(ds["prompt"], ds[c])], verbose=False)["input_ids"]
@@ -302,12 +298,11 @@ def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions:
             lengths = (max(len(ids[i]) for ids in full) for i in range(len(prompts)))
             hint = ("The end of their responses is cut; raise --max_length (up to the model's context) to "
                     "keep it.")
-            counts[split] = check_sequence_lengths(lengths, limit, source=where, what="entry", hint=hint)
+            check_sequence_lengths(lengths, limit, source=where, what="entry", hint=hint)
             hint = ("Each needs room for at least one response token: shorten those entries, drop them, or "
                     "raise --max_length (up to the model's context).")
             check_sequence_lengths((common_prefix_length(p, f) for p, f in zip(prompts, full[0])), limit - 1,
                                    source=where, policy="refuse", what="prompt", hint=hint)
-    return counts
 
 
 def refuse_hub_token(training_args) -> None:

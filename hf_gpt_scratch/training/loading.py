@@ -137,14 +137,12 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
                                        **attn)
     else:
         overrides = parse_config_overrides(model_args.config_overrides, config)
-        if tokenizer is not None:
+        if tokenizer is not None:  # the tokenizer's size and special ids, unless overridden
             if overrides.get("vocab_size", len(tokenizer)) < len(tokenizer):
                 raise ValueError(f"config override vocab_size={overrides['vocab_size']} is smaller than the "
                                  f"tokenizer ({len(tokenizer)} tokens).")
-            config.vocab_size = overrides.pop("vocab_size", len(tokenizer))
-            for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-                if name not in overrides:
-                    setattr(config, name, getattr(tokenizer, name, None))
+            ids = {n: getattr(tokenizer, n, None) for n in ("pad_token_id", "bos_token_id", "eos_token_id")}
+            overrides = {"vocab_size": len(tokenizer), **ids, **overrides}
         config.update(overrides)
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust, **attn)
         if model_args.init_weights == "torch":  # PyTorch's defaults (the book's GPTModel's): N(0, 1)
