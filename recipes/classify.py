@@ -61,7 +61,7 @@ from hf_gpt_scratch.training.classification import (
     tfidf_baseline,
     tokenize_splits,
 )
-from hf_gpt_scratch.training.faults import report_truncated_texts, save_pretrained_to
+from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.loading import load_tokenizer_for, save_final_model, train_model
 from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
@@ -118,7 +118,7 @@ def main(args: list[str] | None = None) -> dict:
         )
     # texts longer than max_seq_length are truncated (the book's choice): counted in a warning per split
     source = data_args.train_file or data_args.dataset_name or "the SMS data"
-    report_truncated_texts(raw, tokenizer, max_seq_length - int(data_args.append_eos), source)
+    check_lengths(raw, tokenizer, max_seq_length - int(data_args.append_eos), source)
     model = set_trainable(model, cls_args.trainable, lora_args)
     if cls_args.trainable == "lora":
         trainable, total = model.get_nb_trainable_parameters()

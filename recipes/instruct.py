@@ -61,7 +61,7 @@ from hf_gpt_scratch.training.arguments import (
     setup_logging,
 )
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
-from hf_gpt_scratch.training.faults import check_instruction_lengths, save_pretrained_to
+from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import evaluate_instruction_model
 from hf_gpt_scratch.training.instruction_setup import (
@@ -72,7 +72,6 @@ from hf_gpt_scratch.training.instruction_setup import (
     sft_dataset,
 )
 from hf_gpt_scratch.training.loading import (
-    count_parameters,
     load_causal_lm,
     load_tokenizer_for,
     save_final_model,
@@ -133,7 +132,7 @@ def main(args: list[str] | None = None) -> dict:
     model = load_causal_lm(model_args, tokenizer)
     context = context_length_of(model)
     max_length = training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
-    total_parameters = count_parameters(model)
+    total_parameters = transformers.trainer_pt_utils.get_model_param_count(model)
     device = training_args.device
     model.to(device)
     world = training_args.world_size
@@ -145,7 +144,7 @@ def main(args: list[str] | None = None) -> dict:
     val_ds = sft_dataset(val_entries, tokenizer.eos_token) if val_entries else None
     # over-long entries: truncated with a counted warning; a prompt that fills the context: refused
     source = data_args.train_file or "instruction-data.json"
-    check_instruction_lengths({"train": train_ds, "validation": val_ds}, tokenizer, max_length, source)
+    check_lengths({"train": train_ds, "validation": val_ds}, tokenizer, max_length, source, ("completion",))
     peft_config = lora_args.checked_peft_config(model) if lora_args.use_lora else None
 
     print_table(

@@ -47,11 +47,10 @@ from trl import DPOConfig, DPOTrainer
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks
-from hf_gpt_scratch.training.faults import check_instruction_lengths, save_pretrained_to
+from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import generate_responses
 from hf_gpt_scratch.training.loading import (
-    count_parameters,
     load_causal_lm,
     load_tokenizer_for,
     save_final_model,
@@ -118,7 +117,7 @@ def main(args: list[str] | None = None) -> dict:
     model = load_causal_lm(model_args, tokenizer)
     context = context_length_of(model)
     training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
-    total_parameters = count_parameters(model)
+    total_parameters = transformers.trainer_pt_utils.get_model_param_count(model)
     device = training_args.device
     model.to(device)
     train_ds = preference_dataset(train_entries)
@@ -126,9 +125,9 @@ def main(args: list[str] | None = None) -> dict:
     test_ds = preference_dataset(test_entries) if test_entries else None
     # over-long pairs: truncated with a counted warning; a prompt that fills --max_length: refused
     # (TRL would drop it silently, and an emptied split would fail after the model is loaded)
-    check_instruction_lengths({"train": train_ds, "validation": val_ds, "test": test_ds}, tokenizer,
-                              training_args.max_length, data_args.train_file or "instruction-data-with-preference.json",
-                              completions=("chosen", "rejected"))
+    check_lengths({"train": train_ds, "validation": val_ds, "test": test_ds}, tokenizer,
+                  training_args.max_length, data_args.train_file or "instruction-data-with-preference.json",
+                  completions=("chosen", "rejected"))
     samples = test_entries[: eval_args.num_samples]
     gen_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, batch_size=training_args.per_device_eval_batch_size,
                       response_header=eval_args.response_header_in_prompt)

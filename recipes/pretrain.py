@@ -37,6 +37,8 @@ from pathlib import Path
 import datasets
 import transformers
 from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_pt_utils import get_model_param_count
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import (
@@ -48,7 +50,7 @@ from hf_gpt_scratch.training.arguments import (
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
 from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
-from hf_gpt_scratch.training.loading import count_parameters, load_causal_lm, load_tokenizer_for, save_final_model, train_model, weights_are_sharded
+from hf_gpt_scratch.training.loading import load_causal_lm, load_tokenizer_for, save_final_model, train_model
 from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
 from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples, length_within_context
 
@@ -226,7 +228,7 @@ def main(args: list[str] | None = None) -> dict:
 
     world = training_args.world_size
     sizes = {
-        "num_parameters": count_parameters(model),  # (model.num_parameters() miscounts under DeepSpeed ZeRO-3)
+        "num_parameters": get_model_param_count(model),  # (num_parameters() miscounts under ZeRO-3)
         "block_size": block_size,
         "train_blocks": len(train_ds),
         "eval_blocks": len(eval_ds) if eval_ds is not None else 0,
@@ -287,7 +289,7 @@ def main(args: list[str] | None = None) -> dict:
     results = {k: v for k, v in results.items() if v is not None}
 
     # Sharded weights (DeepSpeed ZeRO-3, FSDP): every process takes part in each forward pass.
-    if trainer.is_world_process_zero() or weights_are_sharded(trainer):
+    if trainer.is_world_process_zero() or trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled():
         samples = generate_samples(
             trainer.model, tokenizer, report_args.sample_prompts, seed=training_args.seed, **report_args.generation_kwargs()
         )

@@ -1,8 +1,6 @@
 """Faults the recipes survive, none of them silently: a NaN loss, a run killed while saving, a
 damaged checkpoint, a finished model or a user's file in the output folder, over-long examples,
-tokens and pickles. The recipes get all of it from `arguments.parse_recipe_args`,
-`callbacks.default_callbacks` and `loading.train_model` / `loading.save_final_model`.
-"""
+tokens and pickles (used by `arguments`, `callbacks` and `loading`)."""
 
 from __future__ import annotations
 
@@ -16,76 +14,53 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 from safetensors import safe_open
 from transformers import TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import sort_checkpoints
 
 from ..tokenization import TOKENIZER_SAVE_FILES
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE_NAME = "trainer_state.json"
 _NO = {"", "false", "no", "0", "off"}
-
-# ---- Non-finite losses. Ours because the Trainer only hides a NaN loss from its logs
-# (`logging_nan_inf_filter`) and goes on training and saving the broken weights.
+_LAST = {"true", "last", "latest"}
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss (or weights); raised by `NonFiniteLossGuard`."""
 
 
-def _local_tensor(p: torch.Tensor) -> torch.Tensor:
-    """The part of a parameter this process holds (FSDP2 DTensor shard, DeepSpeed ZeRO-3 shard)."""
-    if hasattr(p, "ds_tensor"):  # DeepSpeed ZeRO-3: p.data is an empty placeholder
-        return p.ds_tensor
-    return p.to_local() if hasattr(p, "to_local") else p  # torch DTensor (FSDP2, tensor parallel)
-
-
-def non_finite_parameters(model: torch.nn.Module, limit: int = 5) -> list[str]:
-    """Names of (at most `limit`) parameters holding a NaN or an infinity in this process's shards."""
+def non_finite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters with a NaN or an infinity in this process's part of them. A tensor's
+    `aminmax` is finite exactly when all its values are: on a CPU 10 times faster than `isfinite`."""
+    names, extremes = [], []
     with torch.no_grad():
-        bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(_local_tensor(p)).all())]
-    return bad[:limit]
-
-
-def _all_finite(model: torch.nn.Module) -> bool:
-    """True when every parameter is finite on every process (one all-reduce when sharded). Each
-    tensor's `aminmax` (NaN propagates) is finite exactly when all its values are: on a CPU about
-    10 times faster than `isfinite().all()`."""
-    params = list(model.parameters())
-    with torch.no_grad():
-        extremes = [torch.stack(torch.aminmax(t.reshape(-1))).float() for t in map(_local_tensor, params) if t.numel()]
-        ok = bool(torch.isfinite(torch.cat(extremes)).all()) if extremes else True
-    sharded = any(hasattr(p, "ds_tensor") or hasattr(p, "to_local") for p in params)
-    if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
-        # shards differ between processes: every process must stop at the same step
-        nccl = torch.distributed.get_backend() == "nccl"  # NCCL reduces GPU tensors only
-        bad = torch.tensor([float(not ok)], device=torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        ok = not bool(bad.item())
-    return ok
+        for name, p in model.named_parameters():
+            p = getattr(p, "ds_tensor", p)  # DeepSpeed ZeRO-3's shard: p.data is an empty placeholder
+            p = p.to_local() if hasattr(p, "to_local") else p  # a torch DTensor's (FSDP2, tensor parallel)
+            if p.numel():
+                names.append(name)
+                extremes.append(torch.stack(torch.aminmax(p.reshape(-1))).float())
+        finite = torch.isfinite(torch.stack(extremes)).all(dim=1).tolist() if extremes else []
+    return [name for name, ok in zip(names, finite) if not ok]
 
 
 class NonFiniteLossGuard(TrainerCallback):
-    """Stop training at a NaN or infinite loss before anything of the broken model is written.
-
-    `on_step_end`, `on_log` and `on_epoch_end` run before the Trainer saves a step. Checked there:
-    the weights (a NaN loss or gradient turns them NaN in the same step) on every step that logs,
-    evaluates or saves and on the last one (`every_step=True`: after every optimizer step, naming
-    the very step), and every logged training loss (the Trainer's `logging_nan_inf_filter`, which
-    would hide it, is turned off). A failure raises `NonFiniteLossError` on every process at the
-    same step, naming the step, what broke and the last good checkpoint to resume from, so no
-    checkpoint and no final model holds a NaN.
-    """
+    """Stop at a NaN or infinite loss before a checkpoint holds it (the Trainer only hides it from its
+    logs: `logging_nan_inf_filter`, turned off here). Checks each logged loss, and the weights at each
+    step that logs, evaluates or saves, and the last (`every_step`: all). Raises `NonFiniteLossError`
+    on every process at the same step, naming the step, what broke and the last good checkpoint."""
 
     def __init__(self, check_weights: bool = True, every_step: bool = False):
         self.check_weights = check_weights
         self.every_step = every_step
-        self._last_finite_step: int | None = None
+        self._last_finite_step = 0
 
     def on_init_end(self, args, state, control, **kwargs):
         args.logging_nan_inf_filter = False
@@ -93,57 +68,50 @@ class NonFiniteLossGuard(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_finite_step = state.global_step
 
-    def _fail(self, args, state, what: str, detail: str = "") -> None:
-        last, step = last_complete_checkpoint(args.output_dir) if args.output_dir else None, state.global_step
-        fix = "a lower --learning_rate or gradient clipping (--max_grad_norm)"
-        keep = (f"The last good checkpoint is {last} (nothing was saved for step {step}); resume from it with "
-                f"--resume_from_checkpoint {last}, e.g. with {fix}." if last else
-                f"No checkpoint was saved before step {step} (keep some with --save_strategy steps --save_steps N); try {fix}.")
-        message = (f"Training stopped at step {state.global_step} of {state.max_steps}: {what}"
-                   + (f" ({detail})" if detail else "") + f". {keep}")
-        logger.error(message)
+    def _fail(self, args, state, what: str) -> None:
+        last = last_complete_checkpoint(args.output_dir) if args.output_dir else None
+        keep = "No checkpoint was saved before it (keep some with --save_strategy steps --save_steps N)"
+        if last:
+            keep = f"The last good checkpoint is {last}: resume from it with --resume_from_checkpoint {last}"
+        message = (f"Training stopped at step {state.global_step} of {state.max_steps}: {what}. {keep}, e.g. "
+                   "with a lower --learning_rate or gradient clipping (--max_grad_norm).")
         raise NonFiniteLossError(message)
 
-    def _check_weights(self, args, state, model) -> None:
-        if not self.check_weights or model is None:
+    def _check_weights(self, args, state, control, model, due: bool = False) -> None:
+        due = due or control.should_log or control.should_evaluate or control.should_save
+        if not (self.check_weights and model is not None and due):
             return
-        if _all_finite(model):
+        bad = non_finite_parameters(model)
+        # shards differ between processes: every process must stop at the same step
+        if not reduce(torch.tensor(float(len(bad)), device=PartialState().device), "max").item():
             self._last_finite_step = state.global_step
             return
-        names = non_finite_parameters(model)
-        detail = ("e.g. " + ", ".join(names)) if names else "in another process's shard"
-        if self._last_finite_step is not None and self._last_finite_step < state.global_step - 1:
+        detail = f"e.g. {', '.join(bad[:5])}" if bad else "in another process's shard"
+        if self._last_finite_step < state.global_step - 1:
             detail += f"; they were finite at step {self._last_finite_step}"
         self._fail(args, state, "the weights are no longer finite after the optimizer step "
-                   "(a NaN or infinite loss or gradient)", detail)
+                   f"(a NaN or infinite loss or gradient) ({detail})")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         # DefaultFlowCallback (always first) has decided by now whether this step logs/evaluates/saves.
-        due = (control.should_log or control.should_evaluate or control.should_save
-               or control.should_training_stop or state.global_step >= state.max_steps)
-        if self.every_step or due:
-            self._check_weights(args, state, model)
+        last = control.should_training_stop or state.global_step >= state.max_steps
+        self._check_weights(args, state, control, model, self.every_step or last)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        if control.should_log or control.should_evaluate or control.should_save:
-            self._check_weights(args, state, model)
+        self._check_weights(args, state, control, model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "train_loss"):
             value = (logs or {}).get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
                 lr = logs.get("learning_rate")
-                self._fail(args, state, f"the training loss is {value}",
-                           f"learning rate {lr:g}" if isinstance(lr, (int, float)) else "")
-
-
-# ---- Checkpoints
+                lr = f" (learning rate {lr:g})" if isinstance(lr, (int, float)) else ""
+                self._fail(args, state, f"the training loss is {value}{lr}")
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
-    """Why the Trainer's checkpoint folder `path` cannot be resumed from, or None. Cheap: parses
-    trainer_state.json (the Trainer's last write, missing when a run died while saving), opens
-    each safetensors header (a truncated file fails) and each torch.save file's zip directory."""
+    """Why checkpoint folder `path` cannot be resumed from, or None. Cheap: reads trainer_state.json
+    (the Trainer's last write), each safetensors header and each torch.save file's zip directory."""
     folder = Path(path)
     try:
         json.loads((folder / TRAINER_STATE_NAME).read_text())
@@ -162,8 +130,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest checkpoint-N folder of `output_dir` without a `checkpoint_problem`, or None;
-    newer folders are skipped with a warning naming their problem."""
+    """The newest checkpoint-N of `output_dir` without a `checkpoint_problem` (newer: a warning), or None."""
     for path in reversed(sort_checkpoints(str(output_dir)) if Path(output_dir).is_dir() else []):
         problem = checkpoint_problem(path)
         if problem is None:
@@ -174,15 +141,16 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
 
 def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str | None:
     """--resume_from_checkpoint: 'true', 'last' or 'latest' is the newest complete checkpoint in
-    `output_dir` (`last_complete_checkpoint`), a path must be a complete checkpoint; None, '' or
-    'false' is None. FileNotFoundError when there is none, ValueError naming a damaged file."""
+    `output_dir`, a path must be a complete checkpoint; None, '' or 'false' is None.
+    FileNotFoundError when there is none, ValueError naming a damaged file."""
     if value is None or str(value).lower() in _NO:
         return None
-    if str(value).lower() in {"true", "last", "latest"}:
+    if str(value).lower() in _LAST:
         last = last_complete_checkpoint(output_dir) if output_dir else None
         if last is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no complete checkpoint-N folder in {output_dir}. "
-                                    "The recipes save checkpoints only when asked: --save_strategy steps --save_steps N.")
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no complete checkpoint-N folder in "
+                                    f"{output_dir}. The recipes save checkpoints only when asked: "
+                                    "--save_strategy steps --save_steps N.")
         return last
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder.")
@@ -193,12 +161,9 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str 
     return str(value)
 
 
-# ---- Output folders
-
-# What the recipes, the Trainer and convert write into an output folder. A folder holding any of
-# it (or a pickle, or a folder with adapter_config.json) is refused without --overwrite_output_dir.
-# With it, RUN_STATE goes before training (no old checkpoint is resumed, no old adapter or result
-# pushed) and MODEL_FILES are replaced as one set by the final save (`staged_save`).
+# What the recipes, the Trainer and convert write into an output folder: without --overwrite_output_dir
+# a folder holding any of it, a pickle or an adapter folder is refused; with it, RUN_STATE goes before
+# training (`remove_previous_run`) and MODEL_FILES are replaced as one set by the final save.
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                "adapter_config.json", *TOKENIZER_SAVE_FILES)
 RUN_STATE = ("checkpoint-*", "results.json", "responses*.json", TRAINER_STATE_NAME, "training_args.*",
@@ -218,32 +183,25 @@ def _entries(output_dir, patterns) -> list[Path]:
     return sorted(found)
 
 
-def output_dir_contents(output_dir: str | Path) -> list[str]:
-    """Names in `output_dir` that belong to a model, a tokenizer or a training run (sorted), [] if none."""
-    found = _entries(output_dir, (*MODEL_FILES, *RUN_STATE, *(f"*{suffix}" for suffix in PICKLE_SUFFIXES)))
-    return [p.name + "/" * p.is_dir() for p in found]
-
-
 def check_output_dir(output_dir: str | Path | None, overwrite: bool = False, resume: Any = None,
                      flag: str = "--overwrite_output_dir") -> None:
-    """Refuse, before any work, to write into `output_dir` when it holds a model, a tokenizer,
-    checkpoints or results (`output_dir_contents`), unless `overwrite` (the `flag`) or `resume`
-    continues the run that is there (--resume_from_checkpoint 'last' or one of its checkpoint-N
-    folders). Raises `OutputDirNotEmptyError` naming the folder, what is in it and the flags."""
-    found = output_dir_contents(output_dir) if output_dir else []
+    """`OutputDirNotEmptyError` (naming the folder, what is in it and the flags) when `output_dir` holds
+    a model, a tokenizer, checkpoints, results or a pickle, unless `overwrite` (the `flag`) or `resume`
+    continues the run there (--resume_from_checkpoint 'last' or one of its checkpoint-N folders)."""
+    patterns = (*MODEL_FILES, *RUN_STATE, *(f"*{suffix}" for suffix in PICKLE_SUFFIXES))
+    found = [p.name + "/" * p.is_dir() for p in _entries(output_dir, patterns)] if output_dir else []
     if not found:
         return
     if overwrite:
         logger.warning("%s: the run in %s (%s) is replaced: its checkpoints, adapters and results are removed "
                        "before training, its model by the final save.", flag, output_dir, ", ".join(found[:8]))
         return
-    resume = None if resume is None or str(resume).lower() in _NO else str(resume)
-    if resume is not None and (resume.lower() in {"true", "last", "latest"}
-                               or Path(resume).resolve().parent == Path(output_dir).resolve()):
+    resume = "" if resume is None or str(resume).lower() in _NO else str(resume)
+    if resume.lower() in _LAST or (resume and Path(resume).resolve().parent == Path(output_dir).resolve()):
         return
     shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
     hint = ""
-    if resume is not None:
+    if resume:
         hint = (f" --resume_from_checkpoint {resume} is not one of its checkpoints: the resumed run would be "
                 "written over it.")
     elif any(name.startswith("checkpoint-") for name in found):
@@ -254,15 +212,13 @@ def check_output_dir(output_dir: str | Path | None, overwrite: bool = False, res
     )
 
 
-def remove_previous_run(output_dir: str | Path) -> list[str]:
-    """Delete an earlier run's RUN_STATE from `output_dir` (checkpoints, adapters, results) and
-    return the names; its model files stay until the final save replaces them."""
+def remove_previous_run(output_dir: str | Path) -> None:
+    """Delete an earlier run's RUN_STATE from `output_dir`; its model stays until the final save."""
     removed = _entries(output_dir, RUN_STATE)
     for path in removed:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if removed:
         logger.warning("Removed the previous run's %s from %s.", ", ".join(p.name for p in removed), output_dir)
-    return [p.name for p in removed]
 
 
 STAGE = ".saving"
@@ -298,9 +254,6 @@ def save_pretrained_to(folder: str | Path, *objects) -> None:
             obj.save_pretrained(stage)
 
 
-# ---- Lengths
-
-
 class ExampleTooLongError(ValueError):
     """An example is longer than the model's context and the recipe refuses to truncate it."""
 
@@ -310,8 +263,6 @@ def check_sequence_lengths(lengths: Iterable[int], limit: int, *, source: str, p
     """The number of examples longer than `limit` tokens (`lengths[i]`: example i's); policy
     "truncate" logs one warning with the count, the first row and the longest (the caller
     truncates), "refuse" raises `ExampleTooLongError` naming `source`, the first row and the limit."""
-    if policy not in ("truncate", "refuse"):
-        raise ValueError(f"policy must be 'truncate' or 'refuse', got {policy!r}")
     too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
     if not too_long:
         return 0
@@ -327,57 +278,36 @@ def check_sequence_lengths(lengths: Iterable[int], limit: int, *, source: str, p
     return len(too_long)
 
 
-def report_truncated_texts(splits, tokenizer, limit: int, source: str, column: str = "text") -> dict[str, int]:
-    """Count (one warning per split of `splits`, a DatasetDict with a `column` of texts) the
-    classification texts longer than `limit` tokens, which are truncated (the book's choice: a
-    message's class is usually clear from its start). Returns {split: count}."""
-    counts = {}
-    for split, ds in splits.items():
-        ids = tokenizer(list(ds[column]), add_special_tokens=False, verbose=False)["input_ids"]
-        counts[split] = check_sequence_lengths(
-            (len(row) for row in ids), limit, source=f"{source} ({split} split)", what="text",
-            hint="Raise --max_seq_length (up to the model's context) to keep more of them.",
-        )
-    return counts
-
-
-def check_instruction_lengths(splits: dict, tokenizer, max_length: int, source: str,
-                              completions: tuple[str, ...] = ("completion",)) -> dict[str, int]:
-    """Instruction examples (TRL prompt/completion or prompt/chosen/rejected datasets: the
-    `completions` columns; None skipped), prompt + completion tokenized as one text, against the
-    `max_length` TRL truncates to: longer examples are truncated as the book's collator does (one
-    warning per split with the count); an example whose prompt alone fills `max_length` is an
-    `ExampleTooLongError` (no response token would be left to learn from; TRL's SFT and DPO trainers
-    would drop it silently). Returns {split: truncated}."""
+def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions: Sequence[str] = ()) -> None:
+    """One warning per split of `splits` (None skipped) counting the examples longer than `limit`
+    tokens, which are truncated as the book does: classification texts (column "text"), or with
+    `completions`, TRL prompt + completion (or chosen/rejected) as one text. A prompt that alone
+    fills `limit` is an `ExampleTooLongError` (no response token left; TRL would drop it silently)."""
     from trl.data_utils import common_prefix_length
 
-    counts = {}
     for split, ds in splits.items():
-        if ds is None:
-            continue
         where = f"{source} ({split} split)"
-        prompts = tokenizer(list(ds["prompt"]), verbose=False)["input_ids"]
-        full = {c: tokenizer([p + t for p, t in zip(ds["prompt"], ds[c])], verbose=False)["input_ids"] for c in completions}
-        counts[split] = check_sequence_lengths(
-            (max(len(full[c][i]) for c in completions) for i in range(len(prompts))), max_length, source=where,
-            what="entry", hint="The end of their responses is cut; raise --max_length (up to the model's context) to keep it.",
-        )
-        check_sequence_lengths(
-            (common_prefix_length(p, f) for p, f in zip(prompts, full[completions[0]])), max_length - 1, source=where,
-            policy="refuse", what="prompt",
-            hint="Each needs room for at least one response token: shorten those entries, drop them, or raise "
-            "--max_length (up to the model's context).",
-        )
-    return counts
-
-
-# ---- Tokens and pickles
+        if ds is not None and not completions:
+            ids = tokenizer(list(ds["text"]), add_special_tokens=False, verbose=False)["input_ids"]
+            hint = "Raise --max_seq_length (up to the model's context) to keep more of them."
+            check_sequence_lengths(map(len, ids), limit, source=where, what="text", hint=hint)
+        elif ds is not None:
+            prompts = tokenizer(list(ds["prompt"]), verbose=False)["input_ids"]
+            full = [tokenizer([p + t for p, t in zip(ds["prompt"], ds[c])], verbose=False)["input_ids"]
+                    for c in completions]
+            lengths = (max(len(ids[i]) for ids in full) for i in range(len(prompts)))
+            hint = ("The end of their responses is cut; raise --max_length (up to the model's context) to "
+                    "keep it.")
+            check_sequence_lengths(lengths, limit, source=where, what="entry", hint=hint)
+            hint = ("Each needs room for at least one response token: shorten those entries, drop them, or "
+                    "raise --max_length (up to the model's context).")
+            check_sequence_lengths((common_prefix_length(p, f) for p, f in zip(prompts, full[0])), limit - 1,
+                                   source=where, policy="refuse", what="prompt", hint=hint)
 
 
 def refuse_hub_token(training_args) -> None:
-    """Refuse `--hub_token`: the Trainer pickles its arguments into every checkpoint's
-    training_args.bin (and a flag sits in the shell history). Tokens come from `hf auth login` or
-    HF_TOKEN, which huggingface_hub reads itself."""
+    """Refuse `--hub_token`: the Trainer pickles its arguments into every checkpoint (and a flag sits
+    in the shell history); huggingface_hub reads `hf auth login`'s token or HF_TOKEN itself."""
     if getattr(training_args, "hub_token", None):
         raise ValueError(
             "--hub_token is not accepted: a token given as a flag ends up in logs and in the saved training "
@@ -385,43 +315,14 @@ def refuse_hub_token(training_args) -> None:
         )
 
 
-# The Trainer's own resume files inside checkpoint-N folders (torch.save pickles).
-TRAINER_CHECKPOINT_PICKLES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin)$")
+# The Trainer's resume files inside checkpoint-N folders (torch.save pickles; DeepSpeed's in global_stepN/).
+_TRAINER_PICKLES = re.compile(r"(.*/)?checkpoint-\d+/(.*/)?(optimizer\.pt|scheduler\.pt|scaler\.pt|"
+                              r"rng_state(_\d+)?\.pth|training_args\.bin|global_step[^/]*/.+)")
 
 
 def pickle_files(folder: str | Path, allow_trainer_checkpoints: bool = True) -> list[str]:
-    """Pickle-format files (by suffix) under `folder`, relative paths, sorted. With
-    `allow_trainer_checkpoints`, the Trainer's resume files inside checkpoint-N folders (and
-    DeepSpeed's states in checkpoint-N/global_stepN/) are left out."""
-    root, found = Path(folder), []
-    for path in root.rglob("*"):
-        if not path.is_file() or path.suffix not in PICKLE_SUFFIXES:
-            continue
-        rel = path.relative_to(root)
-        in_checkpoint = any(re.fullmatch(r"checkpoint-\d+", part) for part in rel.parts[:-1])
-        deepspeed_state = any(part.startswith("global_step") for part in rel.parts[:-1])
-        if allow_trainer_checkpoints and in_checkpoint and (TRAINER_CHECKPOINT_PICKLES.match(path.name) or deepspeed_state):
-            continue
-        found.append(str(rel))
-    return sorted(found)
-
-
-def replace_pickled_training_args(output_dir: str | Path, training_args) -> Path | None:
-    """Replace the Trainer's pickled training_args.bin in `output_dir` by training_args.json
-    (tokens redacted by `TrainingArguments.to_json_string`). Returns its path, or None."""
-    pickled = Path(output_dir) / "training_args.bin"
-    if not pickled.is_file():
-        return None
-    path = pickled.with_suffix(".json")
-    path.write_text(training_args.to_json_string())
-    pickled.unlink()
-    return path
-
-
-__all__ = [
-    "NonFiniteLossError", "NonFiniteLossGuard", "non_finite_parameters",
-    "checkpoint_problem", "last_complete_checkpoint", "resolve_resume_checkpoint",
-    "MODEL_FILES", "RUN_STATE", "OutputDirNotEmptyError", "output_dir_contents", "check_output_dir",
-    "remove_previous_run", "staged_save", "save_pretrained_to", "ExampleTooLongError", "check_sequence_lengths", "report_truncated_texts",
-    "check_instruction_lengths", "refuse_hub_token", "pickle_files", "replace_pickled_training_args",
-]
+    """Pickle-format files (by suffix) under `folder`, relative paths, sorted; with
+    `allow_trainer_checkpoints`, not the Trainer's resume files inside checkpoint-N folders."""
+    found = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")
+                   if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    return [f for f in found if not (allow_trainer_checkpoints and _TRAINER_PICKLES.fullmatch(f))]

@@ -1,7 +1,6 @@
-"""Tokenizers and models for the recipes, loaded strictly with an explicit `trust_remote_code`
-(unset, transformers asks "run the custom code? [y/N]" in a terminal); `train_model` from a
-checked checkpoint; `save_final_model`. Ours because transformers only logs a report for missing,
-unused or mis-shaped weights (initialised randomly) and its Trainer resumes non-strictly."""
+"""Tokenizers and models for the recipes, loaded strictly (transformers only logs missing, unused or
+mis-shaped weights and initialises them randomly; its Trainer resumes non-strictly) with an explicit
+`trust_remote_code`; `train_model` from a checked checkpoint; `save_final_model`."""
 
 from __future__ import annotations
 
@@ -9,21 +8,20 @@ import contextlib
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .arguments import ModelArguments, apply_config_overrides, parse_config_overrides
+from .arguments import ModelArguments, parse_config_overrides
 from ..configuration_gpt_scratch import GPTScratchConfig
-from .faults import STAGE, remove_previous_run, replace_pickled_training_args, resolve_resume_checkpoint, staged_save
+from .faults import STAGE, remove_previous_run, resolve_resume_checkpoint, staged_save
 from ..tokenization import GPT2_EOS_ID, TOKENIZER_FILES, has_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
-
-# ---- Tokenizers (the loader itself is core: `tokenization.load_tokenizer`)
 
 
 def tokenizer_source(model_args: ModelArguments) -> str | None:
@@ -55,31 +53,22 @@ def load_tokenizer_for(model_args: ModelArguments):
     return tokenizer
 
 
-# ---- Strict loading
-
-
 class CheckpointMismatchError(ValueError):
     """A checkpoint's weights do not match the model its config describes."""
 
 
 def _key_groups(keys: Iterable[str], limit: int = 12) -> str:
     """'model.trf_blocks.2.* (12 keys), model.final_norm.weight': a numbered block's keys collapse."""
-    groups: dict[str, int] = {}
-    for key in sorted(keys):
-        match = re.match(r"^(.*?\.\d+)\.", key)
-        name = f"{match.group(1)}.*" if match else key
-        groups[name] = groups.get(name, 0) + 1
+    groups = Counter(re.sub(r"^(.*?\.\d+)\..*", r"\1.*", key) for key in sorted(keys))
     items = [f"{name} ({n} keys)" if n > 1 else name for name, n in groups.items()]
     return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def check_loading_info(info: dict, source: str, allow_missing: Sequence[str] = (),
                        allow_unexpected: Sequence[str] = (), config=None) -> None:
-    """Raise `CheckpointMismatchError` when `info` (from `from_pretrained(...,
-    output_loading_info=True)`, or `check_checkpoint_fits`) lists weights missing from the
-    checkpoint, unused by the model, or of the wrong shape (`(key, checkpoint shape, model
-    shape)`). Keys starting with a prefix in `allow_missing` (a new head, "score.") may be missing
-    or reshaped; keys starting with one in `allow_unexpected` ("out_head.") may be unused."""
+    """Raise `CheckpointMismatchError` when `info` (`from_pretrained`'s loading info) lists weights
+    missing from the checkpoint, unused, or of the wrong shape, except keys starting with a prefix in
+    `allow_missing` (a new head, "score.": may be missing or reshaped) or `allow_unexpected`."""
     missing = [k for k in info.get("missing_keys", ()) if not k.startswith(tuple(allow_missing))]
     unexpected = [k for k in info.get("unexpected_keys", ()) if not k.startswith(tuple(allow_unexpected))]
     mismatched = [f"{k} (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in sorted(info.get("mismatched_keys", ()))
@@ -111,123 +100,80 @@ def from_pretrained_strict(model_class, path: str, allow_missing: Sequence[str] 
     return model
 
 
-# ---- Models
-
-
-def _rebuild_with_overrides(model, overrides: dict[str, Any], model_args: ModelArguments):
-    """A copy of `model` built from its config plus `overrides`, with the same weights."""
-    config = apply_config_overrides(model.config.__class__.from_dict(model.config.to_dict()), overrides)
-    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
-    new = type(model)._from_config(config, **kwargs)
-    try:
-        new.load_state_dict(model.state_dict(), strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"--config_overrides {overrides} do not fit the checkpoint's weights: {err}") from None
-    return new
-
-
-def torch_default_init(model) -> None:
-    """PyTorch's default initialisation (`reset_parameters`), the book's `GPTModel`'s: embeddings
-    N(0, 1), Linear layers uniform in +-1/sqrt(fan_in), norms 1 and 0. A tied embedding gets the
-    Linear init (the output head is reset last)."""
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)):
-            module.reset_parameters()
-
-
 def load_causal_lm(model_args: ModelArguments, tokenizer=None):
-    """The causal LM the recipe trains: `--model_name_or_path` loaded strictly (a stock GPT-2
-    checkpoint converted with `convert.gpt2_to_scratch`; `--config_overrides` must keep the
-    weights' shapes), else a new model of `--config_name` (default `GPTScratchConfig()`) plus
-    `--config_overrides`, sized and given pad/bos/eos ids by the tokenizer. A tokenizer larger
-    than a checkpoint's embedding grows it (as run_clm does, with a warning)."""
-    trust = bool(model_args.trust_remote_code)
-    attn_kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    """The causal LM a recipe trains: --model_name_or_path loaded strictly (stock GPT-2 converted by
+    `convert.gpt2_to_scratch`; --config_overrides must keep the weights' shapes), else a new model of
+    --config_name (default `GPTScratchConfig()`) plus --config_overrides, sized and given pad/bos/eos
+    ids by the tokenizer. A tokenizer larger than a checkpoint's embedding grows it (as run_clm does)."""
+    trust, path = bool(model_args.trust_remote_code), model_args.model_name_or_path
+    attn = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    if path and model_args.init_weights != "gpt2":
+        raise ValueError(
+            f"--init_weights {model_args.init_weights} only applies to a model trained from scratch, not to "
+            f"--model_name_or_path {model_args.model_name_or_path} (its weights are loaded)."
+        )
+    source = path or model_args.config_name
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust) if source else GPTScratchConfig()
+    if path and config.model_type == "gpt2":
+        from transformers import GPT2LMHeadModel
 
-    if model_args.model_name_or_path:
-        if model_args.init_weights != "gpt2":
-            raise ValueError(
-                f"--init_weights {model_args.init_weights} only applies to a model trained from scratch, not to "
-                f"--model_name_or_path {model_args.model_name_or_path} (its weights are loaded)."
-            )
-        path = model_args.model_name_or_path
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
-        if config.model_type == "gpt2":
-            from transformers import GPT2LMHeadModel
+        from ..convert import gpt2_to_scratch
 
-            from ..convert import gpt2_to_scratch
-
-            model = gpt2_to_scratch(from_pretrained_strict(GPT2LMHeadModel, path, trust_remote_code=trust))
-            # the overrides name GPTScratchConfig fields (drop_rate, ...), not GPT-2's
-            overrides = parse_config_overrides(model_args.config_overrides, model.config)
-            if overrides or attn_kwargs:
-                model = _rebuild_with_overrides(model, overrides, model_args)
-        else:
-            apply_config_overrides(config, parse_config_overrides(model_args.config_overrides, config))
-            model = from_pretrained_strict(AutoModelForCausalLM, path, config=config, trust_remote_code=trust, **attn_kwargs)
+        model = gpt2_to_scratch(from_pretrained_strict(GPT2LMHeadModel, path, trust_remote_code=trust))
+        # the overrides name GPTScratchConfig fields (drop_rate, ...): a model rebuilt with the same weights
+        overrides = parse_config_overrides(model_args.config_overrides, model.config)
+        if overrides or attn:
+            weights, config = model.state_dict(), type(model.config).from_dict(model.config.to_dict())
+            config.update(overrides)
+            model = type(model)._from_config(config, **attn)
+            try:
+                model.load_state_dict(weights, strict=True)
+            except RuntimeError as err:
+                message = f"--config_overrides {overrides} do not fit the checkpoint's weights: {err}"
+                raise ValueError(message) from None
+    elif path:
+        config.update(parse_config_overrides(model_args.config_overrides, config))
+        model = from_pretrained_strict(AutoModelForCausalLM, path, config=config, trust_remote_code=trust,
+                                       **attn)
     else:
-        if model_args.config_name:
-            config = AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=trust)
-        else:
-            config = GPTScratchConfig()
         overrides = parse_config_overrides(model_args.config_overrides, config)
-        if tokenizer is not None:
-            if "vocab_size" in overrides and overrides["vocab_size"] < len(tokenizer):
-                raise ValueError(
-                    f"config override vocab_size={overrides['vocab_size']} is smaller than the tokenizer ({len(tokenizer)} tokens)."
-                )
-            config.vocab_size = overrides.pop("vocab_size", len(tokenizer))
-            for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-                if name not in overrides:
-                    setattr(config, name, getattr(tokenizer, name, None))
-        apply_config_overrides(config, overrides)
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust, **attn_kwargs)
-        if model_args.init_weights == "torch":
-            torch_default_init(model)
+        if tokenizer is not None:  # the tokenizer's size and special ids, unless overridden
+            if overrides.get("vocab_size", len(tokenizer)) < len(tokenizer):
+                raise ValueError(f"config override vocab_size={overrides['vocab_size']} is smaller than the "
+                                 f"tokenizer ({len(tokenizer)} tokens).")
+            ids = {n: getattr(tokenizer, n, None) for n in ("pad_token_id", "bos_token_id", "eos_token_id")}
+            overrides = {"vocab_size": len(tokenizer), **ids, **overrides}
+        config.update(overrides)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust, **attn)
+        if model_args.init_weights == "torch":  # PyTorch's defaults (the book's GPTModel's): N(0, 1)
+            for module in model.modules():  # embeddings, Linear U(+-1/sqrt(fan_in)), norms 1 and 0
+                if isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)):
+                    module.reset_parameters()
 
     if tokenizer is not None:
-        embedding = model.get_input_embeddings()
-        # Under DeepSpeed ZeRO-3 the weight is partitioned at creation: its full shape is ds_shape.
-        rows = getattr(embedding.weight, "ds_shape", embedding.weight.shape)[0] if embedding is not None else None
-        if rows is not None and len(tokenizer) > rows:
+        weight = model.get_input_embeddings().weight
+        rows = getattr(weight, "ds_shape", weight.shape)[0]  # (ZeRO-3 partitions the weight at creation)
+        if len(tokenizer) > rows:
             logger.warning(
                 "Tokenizer has %d tokens but the model's embedding %d rows: resizing the embedding.", len(tokenizer), rows
             )
             model.resize_token_embeddings(len(tokenizer))
         for name in ("pad_token_id", "eos_token_id"):
-            if getattr(model.config, name, None) is None and getattr(tokenizer, name, None) is not None:
-                setattr(model.config, name, getattr(tokenizer, name))
+            value = getattr(tokenizer, name, None)
+            if getattr(model.config, name, None) is None and value is not None:
+                setattr(model.config, name, value)
                 if getattr(model, "generation_config", None) is not None:
-                    setattr(model.generation_config, name, getattr(tokenizer, name))
+                    setattr(model.generation_config, name, value)
     return model
 
 
-def count_parameters(model) -> int:
-    """Distinct parameters (`parameters()` yields a tied head once; ZeRO-3 partitions at creation)."""
-    return sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters())
-
-
-def weights_are_sharded(trainer) -> bool:
-    """True when each process holds only part of the weights (FSDP, DeepSpeed ZeRO-3): every
-    process must then take part in each forward pass, e.g. when sampling after training."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    deepspeed = getattr(trainer, "is_deepspeed_enabled", False) and is_deepspeed_zero3_enabled()
-    return bool(getattr(trainer, "is_fsdp_enabled", False) or deepspeed)
-
-
-# ---- Training from a checked checkpoint
-
-
 def check_checkpoint_fits(checkpoint: str | Path, model) -> None:
-    """`CheckpointMismatchError` when the weights in `checkpoint` (their safetensors headers) are
-    not `model`'s, e.g. another architecture or tokenizer (the Trainer loads them non-strictly: a
-    random layer, or a size-mismatch traceback); a warning for missing optimizer, scheduler or RNG
-    states (the Trainer starts them afresh without a word)."""
+    """`CheckpointMismatchError` when the weights in `checkpoint` (safetensors headers) are not
+    `model`'s (the Trainer loads them non-strictly); a warning for missing optimizer, scheduler or
+    RNG states (the Trainer starts them afresh without a word)."""
     folder = Path(checkpoint)
-    files = [*folder.glob("model*.safetensors"), *folder.glob("adapter_model.safetensors")]
     saved = {}
-    for file in files:
+    for file in [*folder.glob("model*.safetensors"), *folder.glob("adapter_model.safetensors")]:
         with safe_open(str(file), "pt") as f:
             saved.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
     if saved:
@@ -250,11 +196,9 @@ def check_checkpoint_fits(checkpoint: str | Path, model) -> None:
 
 
 def train_model(trainer):
-    """`trainer.train()`, resuming from the checked checkpoint of --resume_from_checkpoint
-    (`faults.resolve_resume_checkpoint`, `check_checkpoint_fits`; no second evaluation on start),
-    or with --overwrite_output_dir after removing the previous run's checkpoints, adapters and
-    results (`faults.remove_previous_run`), so none of them is resumed or pushed. TRL's trainers
-    write their own README.md at every checkpoint: turned off, the folder's card is ours (`hub.finish_run`)."""
+    """`trainer.train()` from the checked checkpoint of --resume_from_checkpoint (no second
+    evaluation on start), or with --overwrite_output_dir after `faults.remove_previous_run`. TRL's
+    own README.md at every checkpoint is turned off: the folder's card is ours (`hub.finish_run`)."""
     trainer.create_model_card = lambda *args, **kwargs: None
     args = trainer.args
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
@@ -268,9 +212,8 @@ def train_model(trainer):
 
 
 def save_final_model(trainer, output_dir: str | None = None) -> None:
-    """`trainer.save_model` (safetensors, config, tokenizer; training_args.json, not the pickle)
-    into `output_dir` (default --output_dir) through `faults.staged_save`; call it on every
-    process. FSDP's SHARDED_STATE_DICT would save no weights: switched to FULL_STATE_DICT first."""
+    """`trainer.save_model` into `output_dir` (default --output_dir) through `faults.staged_save`, on
+    every process. FSDP's SHARDED_STATE_DICT would save no weights: switched to FULL_STATE_DICT."""
     if getattr(trainer, "is_fsdp_enabled", False):
         plugin = trainer.accelerator.state.fsdp_plugin
         if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
@@ -281,8 +224,10 @@ def save_final_model(trainer, output_dir: str | None = None) -> None:
         trainer.accelerator.wait_for_everyone()  # the stage exists before any process writes into it
         trainer.save_model(str(stage))
         trainer.accelerator.wait_for_everyone()  # every process wrote before the files move
-        if main:
-            replace_pickled_training_args(stage, trainer.args)
+        pickled = stage / "training_args.bin"
+        if main and pickled.is_file():  # the arguments as JSON (tokens redacted), not pickled
+            pickled.with_suffix(".json").write_text(trainer.args.to_json_string())
+            pickled.unlink()
 
 
 @contextlib.contextmanager
@@ -302,11 +247,3 @@ def unsharded_loading(training_args):
         yield
     finally:
         set_hf_deepspeed_config(active)
-
-
-__all__ = [
-    "tokenizer_source", "load_tokenizer_for",
-    "CheckpointMismatchError", "check_loading_info", "from_pretrained_strict", "torch_default_init", "load_causal_lm",
-    "count_parameters", "weights_are_sharded", "check_checkpoint_fits", "train_model", "save_final_model",
-    "unsharded_loading",
-]
