@@ -81,6 +81,6 @@ def test_rouge_by_hand(offline):
 def test_load_metric_paths_and_errors():
     for name in AVAILABLE_METRICS:
         path = metric_path(name)
-        assert path.is_absolute() and (path / f"{name}.py").is_file()
+        assert path.is_absolute() and (path / f"{path.name}.py").is_file()
     with pytest.raises(ValueError, match="unknown metric 'bleu'; available: accuracy"):
         load_metric("bleu")

@@ -1,25 +1,21 @@
-"""Offline `evaluate` metrics: accuracy, precision, recall, f1 (scikit-learn) and rouge (rouge-score).
-
-`evaluate.load("accuracy")` fetches the metric script from the hub, which fails offline (and a folder
-named `accuracy` in the working directory silently shadows it). These modules ship with the package
-and load by absolute path: `load_metric("f1").compute(predictions=[0, 1], references=[1, 1])`.
-"""
+"""Offline `evaluate` metrics: accuracy, precision, recall, f1 (scikit-learn) and rouge (rouge-score),
+loaded by absolute path, since `evaluate.load("f1")` needs the hub (and a folder `f1` in the working
+directory shadows it): `load_metric("f1").compute(predictions=[0, 1], references=[1, 1])`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-METRICS_DIR = Path(__file__).resolve().parent
-AVAILABLE_METRICS = ("accuracy", "precision", "recall", "f1", "rouge")
-
-__all__ = ["AVAILABLE_METRICS", "METRICS_DIR", "load_metric", "metric_path"]
+_MODULES = {"accuracy": "sklearn_scores", "precision": "sklearn_scores", "recall": "sklearn_scores",
+            "f1": "sklearn_scores", "rouge": "rouge"}
+AVAILABLE_METRICS = tuple(_MODULES)
 
 
 def metric_path(name: str) -> Path:
-    """Absolute path of the folder of metric `name` (holding `<name>/<name>.py`); ValueError if unknown."""
-    if name not in AVAILABLE_METRICS:
+    """Absolute path of the folder of the module of metric `name` (`<folder>/<folder>.py`); ValueError if unknown."""
+    if name not in _MODULES:
         raise ValueError(f"unknown metric {name!r}; available: {', '.join(AVAILABLE_METRICS)}")
-    return METRICS_DIR / name
+    return Path(__file__).resolve().parent / _MODULES[name]
 
 
 def load_metric(name: str, **kwargs):
@@ -27,4 +23,4 @@ def load_metric(name: str, **kwargs):
     arguments go to `evaluate.load` (e.g. `experiment_id`)."""
     import evaluate
 
-    return evaluate.load(str(metric_path(name)), **kwargs)
+    return evaluate.load(str(metric_path(name)), config_name=name, **kwargs)

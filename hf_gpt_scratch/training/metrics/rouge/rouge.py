@@ -1,7 +1,6 @@
-"""ROUGE-1, ROUGE-2 and ROUGE-L F-measures with Google's `rouge-score` package, as the hub's `rouge`
-metric computes them, shipped here so it loads offline. With several references per prediction the
-best F-measure counts. With `use_aggregator=True` each score is the mean over examples: the hub
-metric reports the median of 1,000 random bootstrap means instead, which moves from run to run."""
+"""ROUGE F-measures with Google's `rouge-score`, as the hub's `rouge` metric computes them, shipped
+here so it loads offline. With several references the best F-measure counts. Aggregated scores are
+means over examples (the hub's metric: the median of random bootstrap means, which varies by run)."""
 
 import datasets
 import evaluate
@@ -36,10 +35,8 @@ class Rouge(evaluate.Metric):
     def _compute(self, predictions, references, rouge_types=None, use_aggregator=True, use_stemmer=False):
         rouge_types = list(rouge_types or ("rouge1", "rouge2", "rougeL"))
         scorer = rouge_scorer.RougeScorer(rouge_types, use_stemmer=use_stemmer)
-        scores = [
-            scorer.score(refs, pred) if isinstance(refs, str) else scorer.score_multi(refs, pred)
-            for refs, pred in zip(references, predictions)
-        ]
+        scores = [scorer.score_multi([refs] if isinstance(refs, str) else refs, pred)
+                  for refs, pred in zip(references, predictions)]
         per_type = {t: [s[t].fmeasure for s in scores] for t in rouge_types}
         if use_aggregator:
             return {t: float(np.mean(v)) if v else 0.0 for t, v in per_type.items()}

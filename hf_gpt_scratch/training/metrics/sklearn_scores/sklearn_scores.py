@@ -1,0 +1,34 @@
+"""Accuracy, precision, recall and F1 with scikit-learn, as the hub's metrics of those names compute
+them, shipped here so they load offline; the metric is the config name, as in the hub's `glue` module."""
+
+import datasets
+import evaluate
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+_SCORES = {"accuracy": accuracy_score, "precision": precision_score, "recall": recall_score, "f1": f1_score}
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions, references (list of int): predicted and true labels.
+    Other keywords go to scikit-learn's <config name>_score: accuracy takes normalize and sample_weight;
+    precision, recall and f1 take labels, pos_label (1), average ("binary", "micro", "macro",
+    "weighted", or None for one score per class), sample_weight and zero_division.
+Returns:
+    {config name: float}, or a list of floats (one per class) when average=None.
+"""
+
+
+class SklearnScore(evaluate.Metric):
+    def _info(self):
+        score = _SCORES[self.config_name]  # KeyError for a config name that is no score
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            reference_urls=[f"https://scikit-learn.org/stable/modules/generated/sklearn.metrics.{score.__name__}.html"],
+        )
+
+    def _compute(self, predictions, references, **kwargs):
+        score = _SCORES[self.config_name](references, predictions, **kwargs)
+        return {self.config_name: score.tolist() if getattr(score, "ndim", 0) else float(score)}
