@@ -49,21 +49,30 @@ class InstructDataArguments(DataArguments):
 
 
 @dataclass
-class InstructEvalArguments:
+class GenerationEvalArguments:
+    """The flags of the chapter-7 recipes' greedy test responses."""
+
     max_new_tokens: int = field(default=256, metadata={"help": "Longest generated response (the book: 256)."})
     response_header_in_prompt: bool = field(
         default=True,
         metadata={"help": "End the prompt with '### Response:' (false: the book's prompt, the model writes the "
                   "header itself)."},
     )
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
+
+
+@dataclass
+class InstructEvalArguments(GenerationEvalArguments):
     eval_before: bool = field(default=True, metadata={"help": "Evaluate the untuned model on the test split too."})
     generation_batch_size: int | None = field(
         default=None, metadata={"help": "Prompts per generate call (default: --per_device_eval_batch_size)."}
     )
 
     def __post_init__(self):
-        if self.max_new_tokens <= 0:
-            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
+        super().__post_init__()
         if self.generation_batch_size is not None and self.generation_batch_size <= 0:
             raise ValueError(f"--generation_batch_size must be positive, got {self.generation_batch_size}.")
 

@@ -1,13 +1,5 @@
-"""What a recipe reports: values and curves from the Trainer's log history, results.json, printed tables.
-
-- `logged`: the values of one key in `trainer.state.log_history`, in order.
-- `log_history_to_curves`: the series `plots.plot_losses` draws.
-- `write_results`: results.json as strict JSON (non-finite numbers left out with a warning).
-- `write_json`: any other JSON file of a run (responses.json).
-- `print_table`: an aligned two-column table.
-
-Both write and print on the main process only.
-"""
+"""What a recipe reports: values and curves from `trainer.state.log_history`, results.json and other
+JSON files, printed tables; files are written and tables printed on the main process only."""
 
 from __future__ import annotations
 
@@ -30,11 +22,9 @@ def logged(log_history: Iterable[dict[str, Any]], key: str) -> list:
 
 
 def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, dict[str, list]]:
-    """`trainer.state.log_history` as plottable series:
-    `{name: {"step": [...], "epoch": [...], "tokens_seen": [...], "value": [...]}}`, one per logged
-    number ("loss" is renamed "train_loss"); runtimes, speeds, counters and non-finite values are
-    skipped, and so is the end-of-training summary. `tokens_seen` holds None where the Trainer did
-    not count tokens."""
+    """`trainer.state.log_history` as the series `plots.plot_losses` draws: `{name: {"step", "epoch",
+    "tokens_seen" (None where not counted), "value"}: lists}`, one per logged number ("loss" renamed
+    "train_loss"), skipping runtimes, speeds, counters, non-finite values and the final summary."""
     curves: dict[str, dict[str, list]] = {}
     for entry in log_history:
         if "total_flos" in entry:
@@ -95,5 +85,3 @@ def print_table(values: dict[str, Any], title: str | None = None) -> str:
         print(text, flush=True)
     return text
 
-
-__all__ = ["logged", "log_history_to_curves", "write_results", "write_json", "print_table"]
