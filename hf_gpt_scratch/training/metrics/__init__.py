@@ -11,16 +11,11 @@ _MODULES = {"accuracy": "sklearn_scores", "precision": "sklearn_scores", "recall
 AVAILABLE_METRICS = tuple(_MODULES)
 
 
-def metric_path(name: str) -> Path:
-    """Absolute path of the folder of the module of metric `name` (`<folder>/<folder>.py`); ValueError if unknown."""
-    if name not in _MODULES:
-        raise ValueError(f"unknown metric {name!r}; available: {', '.join(AVAILABLE_METRICS)}")
-    return Path(__file__).resolve().parent / _MODULES[name]
-
-
 def load_metric(name: str, **kwargs):
-    """`evaluate.load` of the packaged metric `name` by absolute path (no hub access); keyword
-    arguments go to `evaluate.load` (e.g. `experiment_id`)."""
+    """`evaluate.load` of the packaged metric `name` (config `name` of the module in folder
+    `<module>/<module>.py`) by absolute path; keyword arguments go to `evaluate.load`. ValueError if unknown."""
     import evaluate
 
-    return evaluate.load(str(metric_path(name)), config_name=name, **kwargs)
+    if name not in _MODULES:
+        raise ValueError(f"unknown metric {name!r}; available: {', '.join(AVAILABLE_METRICS)}")
+    return evaluate.load(str(Path(__file__).resolve().parent / _MODULES[name]), config_name=name, **kwargs)

@@ -8,14 +8,10 @@ import numpy as np
 from rouge_score import rouge_scorer
 
 _KWARGS_DESCRIPTION = """
-Args:
-    predictions (list of str): generated texts.
-    references (list of str, or list of list of str): reference text(s) for each prediction.
-    rouge_types (list of str): e.g. "rouge1", "rouge2", "rougeL", "rougeLsum" (default: the first three).
-    use_aggregator (bool): return means (default) instead of one list of scores per type.
-    use_stemmer (bool): Porter-stem words longer than 3 characters (default False).
-Returns:
-    {"rouge1": float, "rouge2": float, "rougeL": float} (F-measures in [0, 1]).
+predictions (list of str), references (list of str, or of lists of str: several per prediction);
+rouge_types (default ["rouge1", "rouge2", "rougeL"]; "rougeLsum" too); use_aggregator (default True:
+means, else one list of scores per type); use_stemmer (default False: Porter-stem words over 3 letters).
+Returns {rouge type: F-measure in [0, 1]}.
 """
 
 

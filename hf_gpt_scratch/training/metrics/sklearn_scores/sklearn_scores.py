@@ -8,13 +8,9 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 _SCORES = {"accuracy": accuracy_score, "precision": precision_score, "recall": recall_score, "f1": f1_score}
 
 _KWARGS_DESCRIPTION = """
-Args:
-    predictions, references (list of int): predicted and true labels.
-    Other keywords go to scikit-learn's <config name>_score: accuracy takes normalize and sample_weight;
-    precision, recall and f1 take labels, pos_label (1), average ("binary", "micro", "macro",
-    "weighted", or None for one score per class), sample_weight and zero_division.
-Returns:
-    {config name: float}, or a list of floats (one per class) when average=None.
+predictions, references (lists of int); the other keywords go to scikit-learn's <config name>_score
+(precision, recall, f1: labels, pos_label 1, average "binary" / "micro" / "macro" / "weighted" / None).
+Returns {config name: float}, or a list of floats (one per class) with average=None.
 """
 
 
