@@ -36,8 +36,8 @@ def extract_response(generated: str, header_in_prompt: bool = True) -> str:
 
 
 def generate_responses(model, tokenizer, entries: Sequence[Mapping[str, Any]], max_new_tokens: int = 256,
-                       batch_size: int = 8, response_header: bool = True,
-                       stop_strings: Sequence[str] | None = STOP_STRINGS, progress: bool = False) -> list[dict[str, str]]:
+                       batch_size: int = 8, response_header: bool = True, progress: bool = False,
+                       stop_strings: Sequence[str] | None = STOP_STRINGS) -> list[dict[str, str]]:
     """Greedy responses to `entries`: `[{"generated": raw new text, "response": extracted}]`, in
     their order (`sampling.generate_batched`), stopping at the eos token or a stop string. A prompt
     that fills the context by itself is cut from the left, keeping room for min(max_new_tokens,
@@ -52,8 +52,9 @@ def generate_responses(model, tokenizer, entries: Sequence[Mapping[str, Any]], m
             logger.warning("Entry %d: its prompt has %d tokens, the model's context %d; generating from its last "
                            "%d tokens (the start of the prompt is cut).", i, len(ids), context, keep)
             encoded[i] = ids[-keep:]
+    stop_strings = list(stop_strings) if stop_strings else None
     texts = generate_batched(model, tokenizer, encoded, max_new_tokens, batch_size, progress, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, stop_strings=list(stop_strings) if stop_strings else None)
+                             eos_token_id=tokenizer.eos_token_id, stop_strings=stop_strings)
     return [{"generated": text, "response": extract_response(text, response_header)} for text in texts]
 
 
@@ -107,7 +108,8 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def evaluate_instruction_model(model, tokenizer, entries: Sequence[Mapping[str, Any]], batch_size: int = 8,
-                               max_length: int | None = None, progress: bool = False, **generate_kwargs) -> dict[str, Any]:
+                               max_length: int | None = None, progress: bool = False,
+                               **generate_kwargs) -> dict[str, Any]:
     """Response loss, greedy responses (`generate_responses` with `generate_kwargs`) and ROUGE-L of
     `model` on `entries`: `{"loss": mean loss per response token, "loss_tokens": their number,
     "rouge_l", "responses": [extracted response per entry], "generated": [raw new text per entry],

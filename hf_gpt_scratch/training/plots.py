@@ -84,9 +84,9 @@ def plot_confusion_matrix(
     if outside:
         raise ValueError(f"class ids {outside} are outside 0..{len(labels) - 1} (labels {list(labels)})")
     fig = Figure(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 2.0), dpi=100, layout="tight")
-    display = ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=list(ids), display_labels=[str(n) for n in labels], cmap="Blues", ax=fig.add_subplot()
-    )
+    names = [str(n) for n in labels]
+    display = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(ids), display_labels=names,
+                                                      cmap="Blues", ax=fig.add_subplot())
     if title:
         display.ax_.set_title(title)
     _save(fig, path)

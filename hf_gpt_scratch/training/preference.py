@@ -124,6 +124,6 @@ def preference_curves(log_history: Sequence[Mapping[str, Any]]) -> dict[str, dic
     metrics renamed for `plots.plot_losses` ("train_reward_margin", "eval_reward_accuracy", ...)."""
     rows = []
     for entry in log_history:
-        if "loss" in entry or "eval_loss" in entry:  # not evaluate_preferences' rows (also logged as "eval_*")
+        if "loss" in entry or "eval_loss" in entry:  # not evaluate_preferences' rows (logged as "eval_*" too)
             rows.append({_CURVE_NAMES.get(key, key): value for key, value in entry.items()})
     return log_history_to_curves(rows)

@@ -52,16 +52,15 @@ class SamplingArguments:
 
 
 def context_length_of(model) -> int | None:
-    """The longest sequence the model takes: `config.max_position_embeddings` (our context_length and
-    GPT-2's n_positions under their standard name)."""
+    """`config.max_position_embeddings` (our context_length, GPT-2's n_positions)."""
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def length_within_context(value: int | None, model, flag: str, fallback: int = 1024) -> int:
-    """A sequence-length flag's value: `value`, else the model's context (else `fallback`). ValueError
+def length_within_context(value: int | None, model, flag: str) -> int:
+    """A sequence-length flag's value: `value`, else the model's context (else 1024). ValueError
     naming `flag` when it exceeds the context (the model has no positions past it)."""
     context = context_length_of(model)
-    length = value or context or fallback
+    length = value or context or 1024
     if context is not None and length > context:
         raise ValueError(f"{flag} {length} exceeds the model's context_length {context}.")
     return length
@@ -70,12 +69,10 @@ def length_within_context(value: int | None, model, flag: str, fallback: int = 1
 @torch.no_grad()
 def generate_batched(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 1,
                      progress: bool = False, **gen_kwargs) -> list[str]:
-    """The new text (special tokens skipped) `model.generate` writes after each prompt (token ids,
-    shorter than the context), in the prompts' order; `gen_kwargs` go to `generate` (with the
-    tokenizer, for `stop_strings`). Prompts go in
-    batches of `batch_size` grouped by length, left-padded by the tokenizer (which needs a pad token).
-    At most context - (the batch's longest prompt) new tokens: the book's `generate` slides its
-    window instead, which `generate` with a KV cache cannot."""
+    """The new text (special tokens skipped) `model.generate(**gen_kwargs)` writes after each prompt
+    (token ids, shorter than the context), in order. Batches of `batch_size` prompts grouped by length,
+    left-padded by the tokenizer (it needs a pad token); at most context - (longest prompt) new tokens:
+    the book's `generate` slides its window instead, which `generate` with a KV cache cannot."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     context = context_length_of(model)
@@ -91,7 +88,8 @@ def generate_batched(model, tokenizer, prompts: Sequence[list[int]], max_new_tok
     try:
         for start in batches:
             index = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [prompts[i] for i in index]}, padding_side="left", return_tensors="pt")
+            batch = tokenizer.pad({"input_ids": [prompts[i] for i in index]}, padding_side="left",
+                                  return_tensors="pt")
             longest = batch["input_ids"].shape[1]
             new_tokens = max_new_tokens if context is None else min(max_new_tokens, context - longest)
             out = model.generate(**batch.to(model.device), max_new_tokens=new_tokens,
@@ -103,7 +101,7 @@ def generate_batched(model, tokenizer, prompts: Sequence[list[int]], max_new_tok
     return texts
 
 
-def generate_text(model, tokenizer, prompt: str, streamer=None, seed: int | None = None, max_new_tokens: int = 50,
+def generate_text(model, tokenizer, prompt: str, seed: int | None = None, max_new_tokens: int = 50,
                   **gen_kwargs) -> str:
     """Continue `prompt`; returns the new text only (`generate_batched`). A prompt that fills the
     context keeps its last half; max_new_tokens shrinks to what is left; both with a warning."""
@@ -113,14 +111,15 @@ def generate_text(model, tokenizer, prompt: str, streamer=None, seed: int | None
     context = context_length_of(model)
     if context is not None and len(ids) >= context:
         keep = max(1, context // 2)  # room left to generate
-        logger.warning("Prompt is %d tokens: keeping the last %d (the context is %d).", len(ids), keep, context)
+        logger.warning("Prompt is %d tokens: keeping the last %d (the context is %d).", len(ids), keep,
+                       context)
         ids = ids[-keep:]
     if context is not None and len(ids) + max_new_tokens > context:
         logger.warning("Generating %d tokens only: the prompt and the new tokens must fit the context of %d.",
                        context - len(ids), context)
     if seed is not None:
         transformers.set_seed(seed)
-    return generate_batched(model, tokenizer, [ids], max_new_tokens, streamer=streamer, **gen_kwargs)[0]
+    return generate_batched(model, tokenizer, [ids], max_new_tokens, **gen_kwargs)[0]
 
 
 def generate_samples(model, tokenizer, prompts: Sequence[str], seed: int | None = None, **gen_kwargs) -> list[dict[str, str]]:

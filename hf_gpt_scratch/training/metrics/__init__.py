@@ -12,8 +12,8 @@ AVAILABLE_METRICS = tuple(_MODULES)
 
 
 def load_metric(name: str, **kwargs):
-    """`evaluate.load` of the packaged metric `name` (config `name` of the module in folder
-    `<module>/<module>.py`) by absolute path; keyword arguments go to `evaluate.load`. ValueError if unknown."""
+    """`evaluate.load` of the packaged metric `name` (config `name` of the module `<folder>/<folder>.py`)
+    by absolute path; keyword arguments go to `evaluate.load`. ValueError if unknown."""
     import evaluate
 
     if name not in _MODULES:

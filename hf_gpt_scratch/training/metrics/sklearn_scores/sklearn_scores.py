@@ -17,12 +17,14 @@ Returns {config name: float}, or a list of floats (one per class) with average=N
 class SklearnScore(evaluate.Metric):
     def _info(self):
         score = _SCORES[self.config_name]  # KeyError for a config name that is no score
+        labels = datasets.Value("int64")
         return evaluate.MetricInfo(
             description=__doc__,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-            reference_urls=[f"https://scikit-learn.org/stable/modules/generated/sklearn.metrics.{score.__name__}.html"],
+            features=datasets.Features({"predictions": labels, "references": labels}),
+            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics."
+                            f"{score.__name__}.html"],
         )
 
     def _compute(self, predictions, references, **kwargs):
