@@ -37,9 +37,15 @@ class InstructDataArguments(DataArguments):
             raise ValueError("--block_size and --preprocessing_num_workers do not apply here: sequences are cut at "
                              "--max_length (TRL's flag).")
 
-    def book_splits(self, entries: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
-        """(train, validation, test): the book's 85/5/10 split (`data.split_instruction_data`), each cut
-        to its --max_*_samples. ValueError when no training entry is left."""
+    def load_entries(self) -> list[dict]:
+        """The checked entries of --train_file (default: the book's instruction-data.json)."""
+        return load_instruction_data(self.train_file, self.data_dir)
+
+    def load_splits(self) -> tuple[list[dict], list[dict], list[dict]]:
+        """(train, validation, test) of `load_entries` (a bad file fails before any model is loaded):
+        the book's split (`data.split_instruction_data`, 935 / 55 / 110 of 1,100), each cut to its
+        --max_*_samples. ValueError when no training entry is left."""
+        entries = self.load_entries()
         train, validation, test = split_instruction_data(entries)
         train, validation, test = (split[:limit] if limit is not None else split for split, limit in (
             (train, self.max_train_samples), (validation, self.max_eval_samples), (test, self.max_test_samples)))
@@ -75,12 +81,6 @@ class InstructEvalArguments(GenerationEvalArguments):
         super().__post_init__()
         if self.generation_batch_size is not None and self.generation_batch_size <= 0:
             raise ValueError(f"--generation_batch_size must be positive, got {self.generation_batch_size}.")
-
-
-def load_splits(data_args: InstructDataArguments) -> tuple[list[dict], list[dict], list[dict]]:
-    """(train, validation, test) entries, validated (a malformed file fails here, before any model
-    is loaded), split as the book and cut to the --max_*_samples."""
-    return data_args.book_splits(load_instruction_data(data_args.train_file, data_args.data_dir))
 
 
 def sft_dataset(entries: list[dict], eos_token: str) -> datasets.Dataset:

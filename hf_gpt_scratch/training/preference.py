@@ -42,6 +42,10 @@ class PreferenceDataArguments(InstructDataArguments):
         if self.identical_pairs is not None and self.identical_pairs not in IDENTICAL_PAIRS:
             raise ValueError(f"--identical_pairs must be one of {', '.join(IDENTICAL_PAIRS)}, got {self.identical_pairs!r}.")
 
+    def load_entries(self) -> list[dict]:
+        """The checked entries of --train_file (default: the book's file), `load_preference_data`."""
+        return load_preference_data(self.train_file, self.data_dir, self.identical_pairs)
+
 
 @dataclass
 class PreferenceEvalArguments(GenerationEvalArguments):
@@ -85,12 +89,6 @@ def load_preference_data(path: str | os.PathLike | None = None, data_dir: str | 
     if mode == "drop":
         entries = [e for i, e in enumerate(entries) if i not in set(same)]
     return entries
-
-
-def load_preference_splits(data_args: PreferenceDataArguments) -> tuple[list[dict], list[dict], list[dict]]:
-    """(train, validation, test) entries, checked before any model is loaded, split as the book
-    (`InstructDataArguments.book_splits`: 935 / 55 / 110 of the book's 1,100)."""
-    return data_args.book_splits(load_preference_data(data_args.train_file, data_args.data_dir, data_args.identical_pairs))
 
 
 def preference_dataset(entries: Sequence[Mapping[str, Any]]) -> datasets.Dataset:
