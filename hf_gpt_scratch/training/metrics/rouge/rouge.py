@@ -1,30 +1,23 @@
 """ROUGE F-measures with Google's `rouge-score`, as the hub's `rouge` metric computes them, shipped
-here so it loads offline. With several references the best F-measure counts. Aggregated scores are
-means over examples (the hub's metric: the median of random bootstrap means, which varies by run)."""
+here so it loads offline; aggregated scores are means over examples (the hub's: the median of random
+bootstrap means, which varies by run). Inputs: predictions (list of str), references (list of str, or
+of lists of str: the best F-measure counts); rouge_types (default rouge1, rouge2, rougeL);
+use_aggregator (default True, else a list of scores per type); use_stemmer (default False)."""
 
 import datasets
 import evaluate
 import numpy as np
 from rouge_score import rouge_scorer
 
-_KWARGS_DESCRIPTION = """
-predictions (list of str), references (list of str, or of lists of str: several per prediction);
-rouge_types (default ["rouge1", "rouge2", "rougeL"]; "rougeLsum" too); use_aggregator (default True:
-means, else one list of scores per type); use_stemmer (default False: Porter-stem words over 3 letters).
-Returns {rouge type: F-measure in [0, 1]}.
-"""
-
 
 class Rouge(evaluate.Metric):
     def _info(self):
+        text = datasets.Value("string")
         return evaluate.MetricInfo(
             description=__doc__,
             citation="Lin, Chin-Yew. ROUGE: a Package for Automatic Evaluation of Summaries. 2004.",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.List(datasets.Value("string"))}),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],
+            features=[datasets.Features({"predictions": text, "references": datasets.List(text)}),
+                      datasets.Features({"predictions": text, "references": text})],
             reference_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
         )
 

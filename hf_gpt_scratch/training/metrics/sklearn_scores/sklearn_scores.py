@@ -1,17 +1,13 @@
 """Accuracy, precision, recall and F1 with scikit-learn, as the hub's metrics of those names compute
-them, shipped here so they load offline; the metric is the config name, as in the hub's `glue` module."""
+them, shipped here so they load offline; the metric is the config name, as in the hub's `glue` module.
+Inputs: predictions, references (lists of int); other keywords go to scikit-learn's <name>_score.
+Returns {name: float}, or a list of floats (one per class) with average=None."""
 
 import datasets
 import evaluate
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 _SCORES = {"accuracy": accuracy_score, "precision": precision_score, "recall": recall_score, "f1": f1_score}
-
-_KWARGS_DESCRIPTION = """
-predictions, references (lists of int); the other keywords go to scikit-learn's <config name>_score
-(precision, recall, f1: labels, pos_label 1, average "binary" / "micro" / "macro" / "weighted" / None).
-Returns {config name: float}, or a list of floats (one per class) with average=None.
-"""
 
 
 class SklearnScore(evaluate.Metric):
@@ -21,7 +17,6 @@ class SklearnScore(evaluate.Metric):
         return evaluate.MetricInfo(
             description=__doc__,
             citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": labels, "references": labels}),
             reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics."
                             f"{score.__name__}.html"],
