@@ -64,7 +64,7 @@ from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
 from hf_gpt_scratch.training.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import evaluate_instruction_model
-from hf_gpt_scratch.training.instruction_setup import (
+from hf_gpt_scratch.training.instruction import (
     InstructDataArguments,
     InstructEvalArguments,
     response_records,

@@ -12,7 +12,7 @@ from typing import Any
 
 import datasets
 
-from .instruction_setup import GenerationEvalArguments, InstructDataArguments
+from .instruction import GenerationEvalArguments, InstructDataArguments
 from .data import RESPONSE_HEADER, format_alpaca_prompt, load_instruction_data
 from .reporting import log_history_to_curves
 
