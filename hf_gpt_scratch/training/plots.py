@@ -13,8 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 
 def _pretty(name: str) -> str:
-    """'train_loss' -> 'Training loss', 'eval_loss' -> 'Validation loss', 'eval_train_loss' ->
-    'Training loss (eval mode)', 'eval_validation_accuracy' -> 'Validation accuracy'."""
+    """'train_loss' -> 'Training loss', 'eval_loss' and 'eval_validation_loss' -> 'Validation loss'."""
     if name == "eval_train_loss":
         return "Training loss (eval mode)"
     name = name.removeprefix("eval_").removeprefix("validation_")

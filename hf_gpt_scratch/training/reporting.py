@@ -42,7 +42,7 @@ def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, di
     return curves
 
 
-def write_results(output_dir: str | os.PathLike, results: dict[str, Any], filename: str = "results.json") -> Path | None:
+def write_results(output_dir: str | os.PathLike, results: dict[str, Any]) -> Path | None:
     """Write `results` to output_dir/results.json on the main process; returns the path (None on
     other ranks). Top-level non-finite numbers (nan, inf) are left out with a warning naming them;
     any other value JSON cannot hold raises TypeError or ValueError."""
@@ -51,7 +51,7 @@ def write_results(output_dir: str | os.PathLike, results: dict[str, Any], filena
     dropped = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
     if dropped:
         logger.warning("results: left out non-finite values of %s", ", ".join(dropped))
-    path = Path(output_dir) / filename
+    path = Path(output_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({k: v for k, v in results.items() if k not in dropped}, indent=2, allow_nan=False)
     path.with_suffix(".tmp").write_text(text + "\n")

@@ -41,14 +41,11 @@ class SamplingArguments:
         """`generate` keyword arguments: greedy, or sampling at `temperature` (1 when 0 and --do_sample)
         with top_k 0 unless given (no hidden top-50 filter, generate's default)."""
         do_sample = self.temperature > 0 if self.do_sample is None else self.do_sample
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": do_sample}
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": do_sample,
+                  "repetition_penalty": self.repetition_penalty}
         if do_sample:
-            kwargs.update(temperature=self.temperature or 1.0, top_k=self.top_k or 0)
-            if self.top_p is not None:
-                kwargs["top_p"] = self.top_p
-        if self.repetition_penalty is not None:
-            kwargs["repetition_penalty"] = self.repetition_penalty
-        return kwargs
+            kwargs.update(temperature=self.temperature or 1.0, top_k=self.top_k or 0, top_p=self.top_p)
+        return {key: value for key, value in kwargs.items() if value is not None}
 
 
 def context_length_of(model) -> int | None:
