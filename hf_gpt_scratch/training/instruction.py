@@ -86,10 +86,10 @@ class GenerationEvalArguments:
 
 @dataclass
 class InstructEvalArguments(GenerationEvalArguments):
-    eval_before: bool = field(default=True, metadata={"help": "Evaluate the untuned model on the test split too."})
     generation_batch_size: int | None = field(
         default=None, metadata={"help": "Prompts per generate call (default: --per_device_eval_batch_size)."}
     )
+    eval_before: bool = field(default=True, metadata={"help": "Evaluate the untuned model on the test split too."})
 
     def __post_init__(self):
         super().__post_init__()
