@@ -64,10 +64,9 @@ from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
 from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import evaluate_instruction_model
-from hf_gpt_scratch.training.instruction_setup import (
+from hf_gpt_scratch.training.instruction import (
     InstructDataArguments,
     InstructEvalArguments,
-    load_splits,
     response_records,
     sft_dataset,
 )
@@ -126,7 +125,7 @@ def main(args: list[str] | None = None) -> dict:
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
 
-    train_entries, val_entries, test_entries = load_splits(data_args)  # fails fast on a bad file
+    train_entries, val_entries, test_entries = data_args.load_splits()  # fails fast on a bad file
 
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)

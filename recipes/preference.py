@@ -60,7 +60,6 @@ from hf_gpt_scratch.training.preference import (
     PreferenceDataArguments,
     PreferenceEvalArguments,
     evaluate_preferences,
-    load_preference_splits,
     preference_curves,
     preference_dataset,
 )
@@ -111,7 +110,7 @@ def main(args: list[str] | None = None) -> dict:
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
 
-    train_entries, val_entries, test_entries = load_preference_splits(data_args)  # fails fast on a bad file
+    train_entries, val_entries, test_entries = data_args.load_splits()  # fails fast on a bad file
 
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)

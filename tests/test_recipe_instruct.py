@@ -26,7 +26,7 @@ import hf_gpt_scratch  # noqa: F401
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
 from hf_gpt_scratch.training.arguments import TrlLoraArguments
 from hf_gpt_scratch.training.data import format_alpaca_prompt, load_instruction_data
-from hf_gpt_scratch.training.instruction_setup import sft_dataset
+from hf_gpt_scratch.training.instruction import sft_dataset
 from hf_gpt_scratch.training.instruction import (
     evaluate_instruction_model,
     extract_response,

@@ -21,7 +21,6 @@ from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM
 from hf_gpt_scratch.training.data import format_alpaca_prompt
 from hf_gpt_scratch.training.preference import (
     load_preference_data,
-    load_preference_splits,
     PreferenceDataArguments,
     preference_dataset,
 )
@@ -153,7 +152,7 @@ def test_book_file_split_and_format(data_dir):
     entries = load_preference_data()  # the book's file: 6 identical pairs kept, as the book does
     assert len(entries) == 1100
     assert [i for i, e in enumerate(entries) if e["chosen"] == e["rejected"]] == [122, 226, 400, 566, 628, 676]
-    train, validation, test = load_preference_splits(PreferenceDataArguments())
+    train, validation, test = PreferenceDataArguments().load_splits()
     assert (len(train), len(validation), len(test)) == (935, 55, 110)  # the notebook's
     assert test[0]["instruction"] == "Rewrite the sentence using a simile."  # the notebook's first test entry
     row = preference_dataset([entries[50]])[0]

@@ -1,35 +1,24 @@
-"""Evaluation of instruction-finetuned models (the book's chapter 7), used by `recipes/instruct.py`.
-
-- `extract_response`: the response cut out of what a model generated.
-- `generate_responses`: greedy responses, batched and left-padded, stopping at the tokenizer's eos
-  or at "### Instruction", at most `max_new_tokens` new tokens (256 in the book).
-- `response_loss`: the next-token loss over the response tokens only, summed over the tokens of all
-  entries (kept: no library weighs the book's response loss by tokens across batches, so it does
-  not depend on the batch size).
-- `rouge_l`: mean ROUGE-L F-measure of responses against the reference outputs (offline).
-- `evaluate_instruction_model`: all of the above for one model on one split, sharded over the
-  processes of a torchrun / accelerate launch with accelerate's `split_between_processes`.
-
-The book's LLM judge (Ollama) is `examples/judge.py`, run on the recipe's responses.json.
-"""
+"""The book's chapter 7 for `recipes/instruct.py`, partly shared with `preference.py`: the flags, the
+book's splits as TRL prompt/completion data, and the evaluation (greedy responses, the token-weighted
+response loss, ROUGE-L). The book's LLM judge is `examples/judge.py`, run on responses.json."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import torch
 
-from .data import ALPACA_HEADER, RESPONSE_HEADER, alpaca_prompt_completion, format_alpaca_prompt
-from .sampling import context_length_of
+from .arguments import DataArguments
+from .data import (ALPACA_HEADER, RESPONSE_HEADER, alpaca_prompt_completion, format_alpaca_prompt,
+                   load_instruction_data, split_instruction_data)
+from .sampling import context_length_of, generate_batched
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["STOP_STRINGS", "extract_response", "generate_responses", "response_loss", "rouge_l",
-           "evaluate_instruction_model"]
 
 RESPONSE_MARKER = RESPONSE_HEADER.strip()  # "### Response:"
 # Generation stops at these strings (and at the eos token); the response is cut before them.
@@ -37,16 +26,91 @@ STOP_STRINGS = ("### Instruction",)
 _CUT_AT = ("### Instruction", "### Input", RESPONSE_MARKER, ALPACA_HEADER.split(".")[0], "<|endoftext|>")
 
 
-def extract_response(generated: str, header_in_prompt: bool = True) -> str:
-    """The response in `generated` (the new text only, without the prompt).
+@dataclass
+class InstructDataArguments(DataArguments):
+    """Data flags of the chapter-7 recipes (instruct, preference): one Alpaca-format file, split as the book."""
 
-    A leading "### Response:" is dropped. With `header_in_prompt=False` (the book's prompt, which
-    ends before the header, so the model writes it) the response is the text after the first
-    "### Response:" wherever it is, as the book's `.replace("### Response:", "")` does. The
-    response is then cut before the next section the model starts ("### Instruction",
-    "### Input", another "### Response:", the Alpaca header or a literal "<|endoftext|>") and
-    stripped of surrounding whitespace.
-    """
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate (and generate) on at most this many test entries."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_test_samples is not None and self.max_test_samples <= 0:
+            raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
+        if self.dataset_name:
+            raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list or JSONL "
+                             "file of Alpaca-format entries).")
+        if self.validation_file:
+            raise ValueError("--validation_file is not supported: the splits come from --train_file "
+                             "(85% train / 10% test / 5% validation, as the book).")
+        if self.validation_split_percentage != 10.0:
+            raise ValueError("--validation_split_percentage does not apply: the splits are the book's (85% train / "
+                             "10% test / 5% validation); --max_train_samples / --max_eval_samples / --max_test_samples cut them.")
+        if self.block_size is not None or self.preprocessing_num_workers is not None:
+            raise ValueError("--block_size and --preprocessing_num_workers do not apply here: sequences are cut at "
+                             "--max_length (TRL's flag).")
+
+    def load_entries(self) -> list[dict]:
+        """The checked entries of --train_file (default: the book's instruction-data.json)."""
+        return load_instruction_data(self.train_file, self.data_dir)
+
+    def load_splits(self) -> tuple[list[dict], list[dict], list[dict]]:
+        """(train, validation, test) of `load_entries` (a bad file fails before any model is loaded):
+        the book's split (`data.split_instruction_data`, 935 / 55 / 110 of 1,100), each cut to its
+        --max_*_samples. ValueError when no training entry is left."""
+        entries = self.load_entries()
+        train, validation, test = split_instruction_data(entries)
+        train, validation, test = (split[:limit] if limit is not None else split for split, limit in (
+            (train, self.max_train_samples), (validation, self.max_eval_samples), (test, self.max_test_samples)))
+        if not train:
+            raise ValueError(f"No training entries: {len(entries)} entries give an empty 85% train split.")
+        return train, validation, test
+
+
+@dataclass
+class GenerationEvalArguments:
+    """The flags of the chapter-7 recipes' greedy test responses."""
+
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest generated response (the book: 256)."})
+    response_header_in_prompt: bool = field(
+        default=True,
+        metadata={"help": "End the prompt with '### Response:' (false: the book's prompt, the model writes the "
+                  "header itself)."},
+    )
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
+
+
+@dataclass
+class InstructEvalArguments(GenerationEvalArguments):
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "Prompts per generate call (default: --per_device_eval_batch_size)."}
+    )
+    eval_before: bool = field(default=True, metadata={"help": "Evaluate the untuned model on the test split too."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.generation_batch_size is not None and self.generation_batch_size <= 0:
+            raise ValueError(f"--generation_batch_size must be positive, got {self.generation_batch_size}.")
+
+
+def sft_dataset(entries: list[dict], eos_token: str) -> datasets.Dataset:
+    """The entries as a TRL prompt/completion Dataset (`alpaca_prompt_completion`)."""
+    return datasets.Dataset.from_list([alpaca_prompt_completion(entry, eos_token) for entry in entries])
+
+
+def response_records(entries: list[dict], responses: list[str]) -> list[dict]:
+    """The entries with their "model_response", the book's responses.json (what `examples/judge.py` scores)."""
+    return [dict(entry, model_response=response) for entry, response in zip(entries, responses)]
+
+
+def extract_response(generated: str, header_in_prompt: bool = True) -> str:
+    """The response in `generated` (the new text only): what follows a leading "### Response:" (with
+    `header_in_prompt=False`, the book's prompt, the first one anywhere, as the book's `.replace` does),
+    cut before the next section the model starts (`_CUT_AT`) and stripped of surrounding whitespace."""
     text = generated.lstrip()
     if text.startswith(RESPONSE_MARKER):
         text = text[len(RESPONSE_MARKER):]
@@ -56,31 +120,15 @@ def extract_response(generated: str, header_in_prompt: bool = True) -> str:
     return text[:cut].strip()
 
 
-@torch.no_grad()
-def generate_responses(
-    model,
-    tokenizer,
-    entries: Sequence[Mapping[str, Any]],
-    max_new_tokens: int = 256,
-    batch_size: int = 8,
-    response_header: bool = True,
-    stop_strings: Sequence[str] | None = STOP_STRINGS,
-    progress: bool = False,
-) -> list[dict[str, str]]:
+def generate_responses(model, tokenizer, entries: Sequence[Mapping[str, Any]], max_new_tokens: int = 256,
+                       batch_size: int = 8, response_header: bool = True, progress: bool = False,
+                       stop_strings: Sequence[str] | None = STOP_STRINGS) -> list[dict[str, str]]:
     """Greedy responses to `entries`: `[{"generated": raw new text, "response": extracted}]`, in
-    the order of `entries`.
-
-    Prompts are grouped by length and left-padded (`tokenizer.pad`, which needs a pad token) in
-    batches of `batch_size`. Prompts are kept whole and generation stops where the context is
-    full: at most context - (longest prompt of the batch) new tokens (the book's `generate` slides
-    its window instead, which `generate` with a KV cache cannot). A prompt that fills the context
-    by itself is cut from the left, keeping room for min(max_new_tokens, context // 4) new tokens,
-    with a warning naming the entry.
-    """
+    their order (`sampling.generate_batched`), stopping at the eos token or a stop string. A prompt
+    that fills the context by itself is cut from the left, keeping room for min(max_new_tokens,
+    context // 4) new tokens, with a warning naming the entry."""
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     context = context_length_of(model)
     encoded = [tokenizer(format_alpaca_prompt(entry, response_header))["input_ids"] for entry in entries]
     for i, ids in enumerate(encoded):
@@ -89,45 +137,19 @@ def generate_responses(
             logger.warning("Entry %d: its prompt has %d tokens, the model's context %d; generating from its last "
                            "%d tokens (the start of the prompt is cut).", i, len(ids), context, keep)
             encoded[i] = ids[-keep:]
-    order = sorted(range(len(entries)), key=lambda i: len(encoded[i]))
-    stop = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}
-    results: list[dict[str, str] | None] = [None] * len(entries)
-    batches = range(0, len(order), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="Generating responses", unit="batch")
-    was_training = model.training
-    model.eval()
-    try:
-        for start in batches:
-            index = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, padding_side="left", return_tensors="pt")
-            longest = batch["input_ids"].shape[1]
-            new_tokens = max_new_tokens if context is None else min(max_new_tokens, context - longest)
-            out = model.generate(
-                **batch.to(model.device), max_new_tokens=new_tokens, do_sample=False,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **stop,
-            )
-            texts = tokenizer.batch_decode(out[:, longest:], skip_special_tokens=True)
-            for i, text in zip(index, texts):
-                results[i] = {"generated": text, "response": extract_response(text, header_in_prompt=response_header)}
-    finally:
-        model.train(was_training)
-    return results  # type: ignore[return-value]
+    stop_strings = list(stop_strings) if stop_strings else None
+    texts = generate_batched(model, tokenizer, encoded, max_new_tokens, batch_size, progress, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, stop_strings=stop_strings)
+    return [{"generated": text, "response": extract_response(text, response_header)} for text in texts]
 
 
 @torch.no_grad()
-def response_loss(
-    model, tokenizer, entries: Sequence[Mapping[str, Any]], batch_size: int = 8, max_length: int | None = None
-) -> tuple[float, int]:
-    """(summed loss, number of target tokens) over the response tokens of `entries`.
-
-    Each entry is tokenized as `SFTTrainer` tokenizes `alpaca_prompt_completion` (prompt + "\\n\\n###
-    Response:\\n" + output + end-of-text, the prompt tokens masked whatever the training used),
-    cut to `max_length` (default: the model's context) and padded by TRL's collator. Divide the two
-    numbers for the mean loss per response token.
-    """
+def response_loss(model, tokenizer, entries: Sequence[Mapping[str, Any]], batch_size: int = 8,
+                  max_length: int | None = None) -> tuple[float, int]:
+    """(summed loss, number of target tokens) over the response tokens of `entries`, tokenized as
+    `SFTTrainer` tokenizes `alpaca_prompt_completion` (the prompt masked whatever the training used),
+    cut to `max_length` (default: the model's context), padded by TRL's collator. Kept: no library
+    weighs the book's response loss by tokens across batches (so it does not depend on batch size)."""
     from trl.data_utils import common_prefix_length
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -157,39 +179,27 @@ def response_loss(
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (0..1) of `predictions` against `references` (offline metric
-    `hf_gpt_scratch.training.metrics`, rouge_score's tokenization without stemming). NaN for no pairs."""
+    """Mean ROUGE-L F-measure (0..1) of `predictions` against `references` (our offline `rouge`
+    metric, no stemming). NaN for no pairs; ValueError when the counts differ."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:
         return float("nan")
     from .metrics import load_metric
 
-    scores = load_metric("rouge").compute(
-        predictions=list(predictions), references=list(references), rouge_types=["rougeL"]
-    )
-    return float(scores["rougeL"])
+    scores = load_metric("rouge").compute(predictions=list(predictions), references=list(references),
+                                          rouge_types=["rougeL"])
+    return scores["rougeL"]
 
 
-def evaluate_instruction_model(
-    model,
-    tokenizer,
-    entries: Sequence[Mapping[str, Any]],
-    max_new_tokens: int = 256,
-    batch_size: int = 8,
-    response_header: bool = True,
-    max_length: int | None = None,
-    generate: bool = True,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Response loss, greedy responses and ROUGE-L of `model` on `entries`.
-
-    Returns `{"loss": mean loss per response token, "loss_tokens": their number, "rouge_l",
-    "responses": [extracted response per entry], "generated": [raw new text per entry],
-    "runtime": seconds}` (responses/rouge_l only with `generate`). Under several processes every
-    rank must call this: each handles a contiguous share of the entries
-    (`PartialState.split_between_processes`) and all ranks get the full result (`gather_object`).
-    """
+def evaluate_instruction_model(model, tokenizer, entries: Sequence[Mapping[str, Any]], batch_size: int = 8,
+                               max_length: int | None = None, progress: bool = False,
+                               **generate_kwargs) -> dict[str, Any]:
+    """Response loss, greedy responses (`generate_responses` with `generate_kwargs`) and ROUGE-L of
+    `model` on `entries`: `{"loss": mean loss per response token, "loss_tokens": their number,
+    "rouge_l", "responses": [extracted response per entry], "generated": [raw new text per entry],
+    "runtime": seconds}`. Under several processes every rank must call this: each handles a contiguous
+    share of the entries (`PartialState.split_between_processes`); all get the full result."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
@@ -197,20 +207,15 @@ def evaluate_instruction_model(
     state = PartialState()
     with state.split_between_processes(list(entries)) as local:
         total, count = response_loss(model, tokenizer, local, batch_size=batch_size, max_length=max_length)
-        generated = (
-            generate_responses(model, tokenizer, local, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               response_header=response_header, progress=progress and state.is_main_process)
-            if generate and local else []
-        )
+        generated = generate_responses(model, tokenizer, local, batch_size=batch_size,
+                                       progress=progress and state.is_main_process, **generate_kwargs)
     sums = gather_object([(total, count)])  # one pair per process, in rank order
     total, count = sum(t for t, _ in sums), sum(c for _, c in sums)
-    result: dict[str, Any] = {"loss": total / count if count else float("nan"), "loss_tokens": count}
-    if generate:
-        generated = gather_object(generated)  # the shares concatenated in rank order: the entries' order
-        result["responses"] = [item["response"] for item in generated]
-        result["generated"] = [item["generated"] for item in generated]
-        result["rouge_l"] = rouge_l(result["responses"], [entry["output"] for entry in entries])
-    result["runtime"] = time.perf_counter() - start
-    if not math.isfinite(result["loss"]):
+    if not count:
         logger.warning("No response tokens to compute a loss on (%d entries).", len(entries))
-    return result
+    generated = gather_object(generated)  # the shares concatenated in rank order: the entries' order
+    responses = [item["response"] for item in generated]
+    return {"loss": total / count if count else float("nan"), "loss_tokens": count, "responses": responses,
+            "generated": [item["generated"] for item in generated],
+            "rouge_l": rouge_l(responses, [entry["output"] for entry in entries]),
+            "runtime": time.perf_counter() - start}

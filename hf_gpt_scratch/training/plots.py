@@ -1,15 +1,5 @@
-"""Figures of the recipes, saved as PNG with matplotlib's Agg canvas (no display needed, and the
-global pyplot backend is left alone).
-
-- `plot_losses(curves, path)`: training and validation loss against tokens seen, with epochs on
-  a second x axis: the book's figure 5.12 (chapter 5) and its accuracy twin in chapter 6
-  (`plot_losses(curves, path, metric="accuracy")`).
-- `plot_confusion_matrix(y_true, y_pred, labels, path)`: counts per true/predicted class
-  (scikit-learn's `ConfusionMatrixDisplay`).
-
-`curves` is what `hf_gpt_scratch.training.reporting.log_history_to_curves` returns:
-`{name: {"step": [...], "epoch": [...], "tokens_seen": [...], "value": [...]}}`.
-"""
+"""The recipes' figures as PNG files, drawn on matplotlib `Figure`s (no display needed, pyplot's global
+backend left alone): the book's loss curves (figure 5.12, chapter 6's accuracy twin) and confusion matrix."""
 
 from __future__ import annotations
 
@@ -18,14 +8,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
 def _pretty(name: str) -> str:
-    """'train_loss' -> 'Training loss', 'eval_loss' -> 'Validation loss', 'eval_train_loss' ->
-    'Training loss (eval mode)', 'eval_validation_accuracy' -> 'Validation accuracy'."""
+    """'train_loss' -> 'Training loss', 'eval_loss' and 'eval_validation_loss' -> 'Validation loss'."""
     if name == "eval_train_loss":
         return "Training loss (eval mode)"
     name = name.removeprefix("eval_").removeprefix("validation_")
@@ -34,16 +22,9 @@ def _pretty(name: str) -> str:
     return "Validation " + name.replace("_", " ")
 
 
-def _new_figure(size=(6.0, 4.0)) -> Figure:
-    fig = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(path, format="png")
     return path
 
@@ -51,18 +32,17 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 def plot_losses(
     curves: dict[str, dict[str, list]], path: str | os.PathLike, metric: str = "loss", title: str | None = None
 ) -> Path:
-    """Plot every series named `<metric>` or `*_<metric>` of `curves` (from `log_history_to_curves`:
-    training loss, validation loss, ...; metric="accuracy" for the accuracies) against tokens seen
-    (steps when the Trainer counted no tokens), with epochs on a top axis: the book's figure 5.12.
-    Training series are solid lines, evaluation series dash-dotted with markers. Saves a PNG at
-    `path` and returns it. Raises ValueError when there is nothing to plot."""
+    """Plot every series named `<metric>` or `*_<metric>` of `curves` (`reporting.log_history_to_curves`)
+    against tokens seen (steps when the Trainer counted no tokens), with epochs on a top axis: the
+    book's figure 5.12. Training series are solid lines, evaluation series dash-dotted with markers.
+    Saves a PNG at `path` and returns it. Raises ValueError when there is nothing to plot."""
     names = sorted((n for n in curves if n == metric or n.endswith("_" + metric)), key=lambda n: (n.startswith("eval"), n))
     if not names:
         raise ValueError(f"no '{metric}' series to plot (have {sorted(curves)})")
     x = "tokens_seen" if any(v is not None for n in names for v in curves[n]["tokens_seen"]) else "step"
-    fig = _new_figure()
+    fig = Figure(figsize=(6.0, 4.0), dpi=100, layout="tight")
     ax = fig.add_subplot(1, 1, 1)
-    pairs = set()  # (x, epoch) of every point: places the epoch ticks on the top axis
+    pairs = set()  # (x, epoch) of every point: where the epochs of the top axis fall
     for name in names:
         points = [(xv, yv, ev) for xv, yv, ev in zip(curves[name][x], curves[name]["value"], curves[name]["epoch"]) if xv is not None]
         style = dict(linestyle="-.", marker="o", markersize=3) if name.startswith("eval") else dict(linestyle="-")
@@ -102,15 +82,11 @@ def plot_confusion_matrix(
     outside = sorted({int(v) for v in (*y_true, *y_pred)} - set(ids))
     if outside:
         raise ValueError(f"class ids {outside} are outside 0..{len(labels) - 1} (labels {list(labels)})")
-    fig = _new_figure(size=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 2.0))
-    ax = fig.add_subplot(1, 1, 1)
-    display = ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=list(ids), display_labels=[str(n) for n in labels], cmap="Blues", ax=ax
-    )
+    fig = Figure(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 2.0), dpi=100, layout="tight")
+    names = [str(n) for n in labels]
+    display = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(ids), display_labels=names,
+                                                      cmap="Blues", ax=fig.add_subplot())
     if title:
-        ax.set_title(title)
+        display.ax_.set_title(title)
     _save(fig, path)
     return display.confusion_matrix
-
-
-__all__ = ["plot_losses", "plot_confusion_matrix"]

@@ -1,13 +1,5 @@
-"""What a recipe reports: values and curves from the Trainer's log history, results.json, printed tables.
-
-- `logged`: the values of one key in `trainer.state.log_history`, in order.
-- `log_history_to_curves`: the series `plots.plot_losses` draws.
-- `write_results`: results.json as strict JSON (non-finite numbers left out with a warning).
-- `write_json`: any other JSON file of a run (responses.json).
-- `print_table`: an aligned two-column table.
-
-Both write and print on the main process only.
-"""
+"""What a recipe reports: values and curves from `trainer.state.log_history`, results.json and other
+JSON files, printed tables; files are written and tables printed on the main process only."""
 
 from __future__ import annotations
 
@@ -30,11 +22,9 @@ def logged(log_history: Iterable[dict[str, Any]], key: str) -> list:
 
 
 def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, dict[str, list]]:
-    """`trainer.state.log_history` as plottable series:
-    `{name: {"step": [...], "epoch": [...], "tokens_seen": [...], "value": [...]}}`, one per logged
-    number ("loss" is renamed "train_loss"); runtimes, speeds, counters and non-finite values are
-    skipped, and so is the end-of-training summary. `tokens_seen` holds None where the Trainer did
-    not count tokens."""
+    """`trainer.state.log_history` as the series `plots.plot_losses` draws: `{name: {"step", "epoch",
+    "tokens_seen" (None where not counted), "value"}: lists}`, one per logged number ("loss" renamed
+    "train_loss"), skipping runtimes, speeds, counters, non-finite values and the final summary."""
     curves: dict[str, dict[str, list]] = {}
     for entry in log_history:
         if "total_flos" in entry:
@@ -52,7 +42,7 @@ def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, di
     return curves
 
 
-def write_results(output_dir: str | os.PathLike, results: dict[str, Any], filename: str = "results.json") -> Path | None:
+def write_results(output_dir: str | os.PathLike, results: dict[str, Any]) -> Path | None:
     """Write `results` to output_dir/results.json on the main process; returns the path (None on
     other ranks). Top-level non-finite numbers (nan, inf) are left out with a warning naming them;
     any other value JSON cannot hold raises TypeError or ValueError."""
@@ -61,7 +51,7 @@ def write_results(output_dir: str | os.PathLike, results: dict[str, Any], filena
     dropped = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
     if dropped:
         logger.warning("results: left out non-finite values of %s", ", ".join(dropped))
-    path = Path(output_dir) / filename
+    path = Path(output_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({k: v for k, v in results.items() if k not in dropped}, indent=2, allow_nan=False)
     path.with_suffix(".tmp").write_text(text + "\n")
@@ -95,5 +85,3 @@ def print_table(values: dict[str, Any], title: str | None = None) -> str:
         print(text, flush=True)
     return text
 
-
-__all__ = ["logged", "log_history_to_curves", "write_results", "write_json", "print_table"]

@@ -1,7 +1,5 @@
-"""Sampling for reports and the generate recipe, with the book's conventions (temperature 0 =
-greedy, top-k): `SamplingArguments` (and its `generation_kwargs`), `generate_text`,
-`generate_samples`, and `context_length_of` (prompt and new tokens must fit the model's context).
-"""
+"""Text generation for the reports and the generate recipe, with the book's conventions (temperature
+0 = greedy, top-k); prompt and new tokens must fit the model's context."""
 
 from __future__ import annotations
 
@@ -43,73 +41,82 @@ class SamplingArguments:
         """`generate` keyword arguments: greedy, or sampling at `temperature` (1 when 0 and --do_sample)
         with top_k 0 unless given (no hidden top-50 filter, generate's default)."""
         do_sample = self.temperature > 0 if self.do_sample is None else self.do_sample
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": do_sample}
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": do_sample,
+                  "repetition_penalty": self.repetition_penalty}
         if do_sample:
-            kwargs.update(temperature=self.temperature or 1.0, top_k=self.top_k or 0)
-            if self.top_p is not None:
-                kwargs["top_p"] = self.top_p
-        if self.repetition_penalty is not None:
-            kwargs["repetition_penalty"] = self.repetition_penalty
-        return kwargs
+            kwargs.update(temperature=self.temperature or 1.0, top_k=self.top_k or 0, top_p=self.top_p)
+        return {key: value for key, value in kwargs.items() if value is not None}
 
 
 def context_length_of(model) -> int | None:
-    """The longest sequence the model takes: `config.max_position_embeddings` (our context_length and
-    GPT-2's n_positions under their standard name)."""
+    """`config.max_position_embeddings` (our context_length, GPT-2's n_positions)."""
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def length_within_context(value: int | None, model, flag: str, fallback: int = 1024) -> int:
-    """A sequence-length flag's value: `value`, else the model's context (else `fallback`). ValueError
+def length_within_context(value: int | None, model, flag: str) -> int:
+    """A sequence-length flag's value: `value`, else the model's context (else 1024). ValueError
     naming `flag` when it exceeds the context (the model has no positions past it)."""
     context = context_length_of(model)
-    length = value or context or fallback
+    length = value or context or 1024
     if context is not None and length > context:
         raise ValueError(f"{flag} {length} exceeds the model's context_length {context}.")
     return length
 
 
 @torch.no_grad()
-def generate_text(model, tokenizer, prompt: str, streamer=None, seed: int | None = None, **gen_kwargs) -> str:
-    """Continue `prompt`; returns the new text only.
-
-    Prompt and new tokens must fit the model's context (the book's `generate` slides a window
-    instead): a prompt that fills the context keeps its last half, then max_new_tokens shrinks to
-    what is left, with a warning."""
-    gen_kwargs = dict(gen_kwargs)
-    max_new = int(gen_kwargs.get("max_new_tokens", 50))
+def generate_batched(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 1,
+                     progress: bool = False, **gen_kwargs) -> list[str]:
+    """The new text (special tokens skipped) `model.generate(**gen_kwargs)` writes after each prompt
+    (token ids, shorter than the context), in order. Batches of `batch_size` prompts grouped by length,
+    left-padded by the tokenizer (it needs a pad token); at most context - (longest prompt) new tokens:
+    the book's `generate` slides its window instead, which `generate` with a KV cache cannot."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     context = context_length_of(model)
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    if ids.shape[1] == 0:
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        ids = torch.tensor([[bos]])
-    if context is not None:
-        if ids.shape[1] >= context:
-            keep = max(1, context // 2)  # room left to generate
-            logger.warning("Prompt is %d tokens: keeping the last %d (the context is %d).", ids.shape[1], keep, context)
-            ids = ids[:, -keep:]
-        if ids.shape[1] + max_new > context:
-            max_new = context - ids.shape[1]
-            logger.warning("Generating %d tokens only: the prompt and the new tokens must fit the context of %d.",
-                           max_new, context)
-            gen_kwargs["max_new_tokens"] = max_new
-    device = next(model.parameters()).device
-    ids = ids.to(device)
-    if seed is not None:
-        transformers.set_seed(seed)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts = [""] * len(prompts)
+    batches = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="Generating", unit="batch")
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            streamer=streamer,
-            **gen_kwargs,
-        )
+        for start in batches:
+            index = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [prompts[i] for i in index]}, padding_side="left",
+                                  return_tensors="pt")
+            longest = batch["input_ids"].shape[1]
+            new_tokens = max_new_tokens if context is None else min(max_new_tokens, context - longest)
+            out = model.generate(**batch.to(model.device), max_new_tokens=new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, tokenizer=tokenizer, **gen_kwargs)
+            for i, text in zip(index, tokenizer.batch_decode(out[:, longest:], skip_special_tokens=True)):
+                texts[i] = text
     finally:
         model.train(was_training)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return texts
+
+
+def generate_text(model, tokenizer, prompt: str, seed: int | None = None, max_new_tokens: int = 50,
+                  **gen_kwargs) -> str:
+    """Continue `prompt`; returns the new text only (`generate_batched`). A prompt that fills the
+    context keeps its last half; max_new_tokens shrinks to what is left; both with a warning."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
+        ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    context = context_length_of(model)
+    if context is not None and len(ids) >= context:
+        keep = max(1, context // 2)  # room left to generate
+        logger.warning("Prompt is %d tokens: keeping the last %d (the context is %d).", len(ids), keep,
+                       context)
+        ids = ids[-keep:]
+    if context is not None and len(ids) + max_new_tokens > context:
+        logger.warning("Generating %d tokens only: the prompt and the new tokens must fit the context of %d.",
+                       context - len(ids), context)
+    if seed is not None:
+        transformers.set_seed(seed)
+    return generate_batched(model, tokenizer, [ids], max_new_tokens, **gen_kwargs)[0]
 
 
 def generate_samples(model, tokenizer, prompts: Sequence[str], seed: int | None = None, **gen_kwargs) -> list[dict[str, str]]:
@@ -120,10 +127,3 @@ def generate_samples(model, tokenizer, prompts: Sequence[str], seed: int | None 
         samples.append({"prompt": prompt, "completion": text})
     return samples
 
-
-__all__ = [
-    "SamplingArguments",
-    "context_length_of",
-    "generate_text",
-    "generate_samples",
-]

@@ -1,45 +1,31 @@
-"""ROUGE-1, ROUGE-2 and ROUGE-L F-measures with Google's `rouge-score` package, as the hub's `rouge`
-metric computes them, shipped here so it loads offline. With several references per prediction the
-best F-measure counts. With `use_aggregator=True` each score is the mean over examples: the hub
-metric reports the median of 1,000 random bootstrap means instead, which moves from run to run."""
+"""ROUGE F-measures with Google's `rouge-score`, as the hub's `rouge` metric computes them, shipped
+here so it loads offline; aggregated scores are means over examples (the hub's: the median of random
+bootstrap means, which varies by run). Inputs: predictions (list of str), references (list of str, or
+of lists of str: the best F-measure counts); rouge_types (default rouge1, rouge2, rougeL);
+use_aggregator (default True, else a list of scores per type); use_stemmer (default False)."""
 
 import datasets
 import evaluate
 import numpy as np
 from rouge_score import rouge_scorer
 
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (list of str): generated texts.
-    references (list of str, or list of list of str): reference text(s) for each prediction.
-    rouge_types (list of str): e.g. "rouge1", "rouge2", "rougeL", "rougeLsum" (default: the first three).
-    use_aggregator (bool): return means (default) instead of one list of scores per type.
-    use_stemmer (bool): Porter-stem words longer than 3 characters (default False).
-Returns:
-    {"rouge1": float, "rouge2": float, "rougeL": float} (F-measures in [0, 1]).
-"""
-
 
 class Rouge(evaluate.Metric):
     def _info(self):
+        text = datasets.Value("string")
         return evaluate.MetricInfo(
             description=__doc__,
             citation="Lin, Chin-Yew. ROUGE: a Package for Automatic Evaluation of Summaries. 2004.",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.List(datasets.Value("string"))}),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],
+            features=[datasets.Features({"predictions": text, "references": datasets.List(text)}),
+                      datasets.Features({"predictions": text, "references": text})],
             reference_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
         )
 
     def _compute(self, predictions, references, rouge_types=None, use_aggregator=True, use_stemmer=False):
         rouge_types = list(rouge_types or ("rouge1", "rouge2", "rougeL"))
         scorer = rouge_scorer.RougeScorer(rouge_types, use_stemmer=use_stemmer)
-        scores = [
-            scorer.score(refs, pred) if isinstance(refs, str) else scorer.score_multi(refs, pred)
-            for refs, pred in zip(references, predictions)
-        ]
+        scores = [scorer.score_multi([refs] if isinstance(refs, str) else refs, pred)
+                  for refs, pred in zip(references, predictions)]
         per_type = {t: [s[t].fmeasure for s in scores] for t in rouge_types}
         if use_aggregator:
             return {t: float(np.mean(v)) if v else 0.0 for t, v in per_type.items()}
