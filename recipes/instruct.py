@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import transformers
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import SFTConfig, SFTTrainer
 
-from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging
+from hf_gpt_scratch.training.arguments import (
+    ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging,
+)
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
 from hf_gpt_scratch.training.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
@@ -52,12 +55,13 @@ RECIPE_DEFAULTS = {  # per-device batch 8 and no warmup are SFTConfig's defaults
     "bf16": False,  # the book trains in float32 (TRL's default is bf16)
     "activation_checkpointing": False,  # the book (TRL turns it on; its old name gradient_checkpointing warns)
 }
+PRESETS = Path(__file__).parent / "presets" / "instruct"
 
 
 def parse_args(args: list[str] | None = None) -> tuple:
     types = (ModelArguments, InstructDataArguments, TrlLoraArguments, InstructEvalArguments, SFTConfig)
-    return parse_lora_recipe_args(types, Path(__file__).parent / "presets" / "instruct", RECIPE_DEFAULTS, args,
-                                  (LORA_LEARNING_RATE, FULL_LEARNING_RATE), description=__doc__.split("\n")[0])
+    return parse_lora_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, (LORA_LEARNING_RATE, FULL_LEARNING_RATE),
+                                  description=__doc__.split("\n")[0])
 
 
 def main(args: list[str] | None = None) -> dict:
@@ -131,8 +135,6 @@ def main(args: list[str] | None = None) -> dict:
     trainer.accelerator.wait_for_everyone()
     with unsharded_loading(training_args):
         if lora_args.use_lora:
-            from peft import PeftModel
-
             base = load_causal_lm(model_args, tokenizer)
             tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
         else:
@@ -180,8 +182,8 @@ def main(args: list[str] | None = None) -> dict:
         "world_size": training_args.world_size,
     }
     if lora_args.use_lora:
-        results.update(lora_r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
-                       lora_target_modules=lora_args.target_modules(),
+        results.update(lora_r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha,
+                       lora_dropout=lora_args.lora_dropout, lora_target_modules=lora_args.target_modules(),
                        lora_modules_to_save=lora_args.lora_modules_to_save)
     results["runtime"] = time.perf_counter() - started
     results = {k: v for k, v in results.items() if v is not None}
@@ -202,7 +204,8 @@ def main(args: list[str] | None = None) -> dict:
     print_table(results, title="results")
     if after:
         for entry, response in list(zip(test_entries, after["responses"]))[:3]:
-            print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n  model:     {response!r}", flush=True)
+            print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n"
+                  f"  model:     {response!r}", flush=True)
     finish_run(output_dir, results, "instruct", training_args, model_args, data_args, hub_target)
     return results
 

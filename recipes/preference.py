@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import transformers
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
@@ -21,7 +22,9 @@ from hf_gpt_scratch.training.callbacks import default_callbacks
 from hf_gpt_scratch.training.faults import check_instruction_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import generate_responses
-from hf_gpt_scratch.training.loading import count_parameters, load_causal_lm, load_tokenizer_for, save_final_model, train_model
+from hf_gpt_scratch.training.loading import (
+    count_parameters, load_causal_lm, load_tokenizer_for, save_final_model, train_model,
+)
 from hf_gpt_scratch.training.preference import (
     PreferenceDataArguments, PreferenceEvalArguments, evaluate_preferences, load_preference_splits,
     preference_curves, preference_dataset,
@@ -49,13 +52,14 @@ RECIPE_DEFAULTS = {  # per-device batch 8 and no warmup are DPOConfig's defaults
     "max_length": None,  # resolved to the model's context_length
     "save_strategy": "no",
 }
+PRESETS = Path(__file__).parent / "presets" / "preference"
 METRICS = (("loss", "DPO loss"), ("reward_margin", "reward margin"), ("reward_accuracy", "reward accuracy"))
 
 
 def parse_args(args: list[str] | None = None) -> tuple:
     types = (ModelArguments, PreferenceDataArguments, TrlLoraArguments, PreferenceEvalArguments, DPOConfig)
-    return parse_lora_recipe_args(types, Path(__file__).parent / "presets" / "preference", RECIPE_DEFAULTS, args,
-                                  (LORA_LEARNING_RATE, FULL_LEARNING_RATE), description=__doc__.split("\n")[0])
+    return parse_lora_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, (LORA_LEARNING_RATE, FULL_LEARNING_RATE),
+                                  description=__doc__.split("\n")[0])
 
 
 def main(args: list[str] | None = None) -> dict:
@@ -75,8 +79,7 @@ def main(args: list[str] | None = None) -> dict:
     train_ds = preference_dataset(train_entries)
     val_ds = preference_dataset(val_entries) if val_entries else None
     test_ds = preference_dataset(test_entries) if test_entries else None
-    # over-long pairs: truncated with a counted warning; a prompt that fills --max_length: refused
-    # (TRL would drop it silently, and an emptied split would fail after the model is loaded)
+    # over-long pairs: truncated with a counted warning; a prompt filling --max_length: refused (TRL drops it)
     check_instruction_lengths({"train": train_ds, "validation": val_ds, "test": test_ds}, tokenizer,
                               training_args.max_length, data_args.train_file or "instruction-data-with-preference.json",
                               completions=("chosen", "rejected"))
@@ -127,8 +130,6 @@ def main(args: list[str] | None = None) -> dict:
     save_final_model(trainer, str(output_dir / "adapter") if lora_args.use_lora else None)
     trainer.accelerator.wait_for_everyone()
     if lora_args.use_lora:  # the merged model at the top of output_dir (loads without peft)
-        from peft import PeftModel
-
         base = load_causal_lm(model_args, tokenizer)
         tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
         if trainer.is_world_process_zero():
