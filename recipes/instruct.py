@@ -1,44 +1,8 @@
 #!/usr/bin/env python
-"""Instruction finetuning of the book's GPT with TRL's SFTTrainer and PEFT LoRA (chapter 7).
+"""Instruction finetuning of the book's GPT with TRL's SFTTrainer and PEFT LoRA (chapter 7): docs/instruct.md.
 
-Data: the book's instruction-data.json (1,100 entries) or --train_file (a JSON list or JSONL file
-of {"instruction", "input", "output"}), split as the book does: 85% train, 10% test, 5% validation
-(935 / 110 / 55), in TRL's prompt/completion format: prompt = the Alpaca instruction (and input),
-completion = "\\n\\n### Response:\\n" + output + <|endoftext|>, tokenized as one text (the book's
-tokens). --completion_only_loss leaves the prompt tokens out of the loss (the book's exercise 7.2);
-the default, false, is the book's full-sequence loss. The flags are SFTConfig's (--max_length,
-default the model's context; --packing; ...).
-
-Model: --model_name_or_path (ours, any causal LM, or a stock GPT-2 folder converted on the fly).
-LoRA adapters on the attention and feed-forward Linear layers by default (--lora_r 16,
---lora_alpha 16, --lora_target_modules; "all-linear" works too); --use_lora false finetunes all
-weights as the book does. Learning rate: 5e-5 for full finetuning (the book), 5e-4 with LoRA (a
-LoRA update starts at zero and is low-rank: at the book's rate it barely moves in 2 epochs). The
-output head takes no adapter: SFTTrainer computes the loss from its weight directly.
-
-Evaluation on the test split, before and after tuning: the response loss (mean next-token loss
-over the response tokens, prompt always masked, so it compares whatever --completion_only_loss was) and the
-ROUGE-L of greedy responses (at most --max_new_tokens; stops at <|endoftext|> or "### Instruction").
-The book's LLM judge scores responses.json afterwards: `python examples/judge.py`.
-
-Outputs in --output_dir: the merged model and tokenizer (AutoModelForCausalLM), the LoRA adapter
-in adapter/, responses.json (the test entries with "model_response", the book's format),
-responses_before.json, results.json and loss.png.
-
-Examples:
-
-    # LoRA on a checkpoint of ours (or a stock GPT-2 folder)
     python recipes/instruct.py --model_name_or_path runs/pretrain --output_dir runs/instruct
-
-    # the book's chapter 7: full finetuning of GPT-2 medium (355M), as in the book
-    python recipes/instruct.py --preset book_ch7 --model_name_or_path path/to/gpt2-medium
-
-    # quick look: few entries, short responses
-    python recipes/instruct.py --model_name_or_path runs/pretrain --max_train_samples 200 \\
-        --max_test_samples 20 --max_new_tokens 64 --num_train_epochs 1
-
-    # several processes (CPU: gloo is chosen automatically); evaluation is sharded over them
-    torchrun --nproc_per_node 2 recipes/instruct.py --model_name_or_path runs/pretrain ...
+    python recipes/instruct.py --preset book_ch7 --model_name_or_path path/to/gpt2-medium  # the book's run
 """
 
 from __future__ import annotations
@@ -49,51 +13,35 @@ import time
 from pathlib import Path
 
 import transformers
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import SFTConfig, SFTTrainer
 
-import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import (
-    ModelArguments,
-    TrlLoraArguments,
-    parse_lora_recipe_args,
-    setup_logging,
+    ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging,
 )
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
 from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
-from hf_gpt_scratch.training.instruction import evaluate_instruction_model
 from hf_gpt_scratch.training.instruction import (
-    InstructDataArguments,
-    InstructEvalArguments,
-    response_records,
-    sft_dataset,
+    InstructDataArguments, InstructEvalArguments, evaluate_instruction_model, response_records, sft_dataset,
 )
 from hf_gpt_scratch.training.loading import (
-    load_causal_lm,
-    load_tokenizer_for,
-    save_final_model,
-    train_model,
-    unsharded_loading,
+    load_causal_lm, load_tokenizer_for, save_final_model, train_model, unsharded_loading,
 )
 from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_json, write_results
 from hf_gpt_scratch.training.sampling import context_length_of, length_within_context
 
 logger = logging.getLogger(__name__)
 
-LORA_LEARNING_RATE = 5e-4
+LORA_LEARNING_RATE = 5e-4  # a LoRA update starts at zero and is low-rank: at the book's rate it barely moves
 FULL_LEARNING_RATE = 5e-5  # the book's
-
-
-RECIPE_DEFAULTS = {
+RECIPE_DEFAULTS = {  # per-device batch 8 and no warmup are SFTConfig's defaults and the book's
     "output_dir": "runs/instruct",
     "num_train_epochs": 2,  # the book
-    "per_device_train_batch_size": 8,  # the book
-    "per_device_eval_batch_size": 8,
     "weight_decay": 0.1,  # the book
-    "lr_scheduler_type": "constant",  # the book: no schedule, no warmup
-    "warmup_steps": 0,
+    "lr_scheduler_type": "constant",  # the book: no schedule
     "seed": 123,  # the book
     "eval_strategy": "steps",
     "eval_steps": 20,
@@ -101,18 +49,15 @@ RECIPE_DEFAULTS = {
     "logging_steps": 5,  # the book's eval_freq
     "include_num_input_tokens_seen": True,
     "save_strategy": "no",
-    "report_to": "none",
     "max_length": None,  # the model's context
     "completion_only_loss": False,  # the book's full-sequence loss (TRL's default masks the prompt)
     "bf16": False,  # the book trains in float32 (TRL's default is bf16)
     "activation_checkpointing": False,  # the book (TRL turns it on; its old name gradient_checkpointing warns)
 }
-
 PRESETS = Path(__file__).parent / "presets" / "instruct"
 
 
 def parse_args(args: list[str] | None = None) -> tuple:
-    """The recipe's arguments; the default learning rate follows --use_lora (`parse_lora_recipe_args`)."""
     types = (ModelArguments, InstructDataArguments, TrlLoraArguments, InstructEvalArguments, SFTConfig)
     return parse_lora_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, (LORA_LEARNING_RATE, FULL_LEARNING_RATE),
                                   description=__doc__.split("\n")[0])
@@ -124,19 +69,16 @@ def main(args: list[str] | None = None) -> dict:
     setup_logging(training_args)
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
-
     train_entries, val_entries, test_entries = data_args.load_splits()  # fails fast on a bad file
 
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
-    context = context_length_of(model)
     max_length = training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
     total_parameters = transformers.trainer_pt_utils.get_model_param_count(model)
     device = training_args.device
     model.to(device)
-    world = training_args.world_size
-    gen_batch = eval_args.generation_batch_size or training_args.per_device_eval_batch_size
-    eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, batch_size=gen_batch, max_length=max_length,
+    eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, max_length=max_length,
+                       batch_size=eval_args.generation_batch_size or training_args.per_device_eval_batch_size,
                        response_header=eval_args.response_header_in_prompt, progress=not training_args.disable_tqdm)
 
     train_ds = sft_dataset(train_entries, tokenizer.eos_token)
@@ -145,27 +87,23 @@ def main(args: list[str] | None = None) -> dict:
     source = data_args.train_file or "instruction-data.json"
     check_lengths({"train": train_ds, "validation": val_ds}, tokenizer, max_length, source, ("completion",))
     peft_config = lora_args.checked_peft_config(model) if lora_args.use_lora else None
+    print_table({
+        "preset": preset or "-",
+        "model": model_args.model_name_or_path or "from scratch",
+        "parameters": total_parameters,
+        "context_length": context_length_of(model),
+        "finetuning": "LoRA" if lora_args.use_lora else "full",
+        "completion_only_loss": training_args.completion_only_loss,
+        "packing": training_args.packing,
+        "learning_rate": training_args.learning_rate,
+        "epochs": training_args.num_train_epochs,
+        "train / validation / test": f"{len(train_entries)} / {len(val_entries)} / {len(test_entries)}",
+        "max_new_tokens": eval_args.max_new_tokens,
+        "processes": training_args.world_size,
+        "device": str(device),
+    }, title="instruct")
 
-    print_table(
-        {
-            "preset": preset or "-",
-            "model": model_args.model_name_or_path or "from scratch",
-            "parameters": total_parameters,
-            "context_length": context,
-            "finetuning": "LoRA" if lora_args.use_lora else "full",
-            "completion_only_loss": training_args.completion_only_loss,
-            "packing": training_args.packing,
-            "learning_rate": training_args.learning_rate,
-            "epochs": training_args.num_train_epochs,
-            "train / validation / test": f"{len(train_entries)} / {len(val_entries)} / {len(test_entries)}",
-            "max_new_tokens": eval_args.max_new_tokens,
-            "processes": world,
-            "device": str(device),
-        },
-        title="instruct",
-    )
-
-    before = None
+    before = after = None
     if eval_args.eval_before and test_entries:
         logger.info("Evaluating the untuned model on %d test entries.", len(test_entries))
         untuned = model
@@ -184,22 +122,18 @@ def main(args: list[str] | None = None) -> dict:
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=default_callbacks())
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    # resuming: no second evaluation at the resumed step; the last step's evaluation is reused
     train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
-    val_metrics = evaluate_once(trainer) if val_ds is not None else {}
+    val_metrics = evaluate_once(trainer) if val_ds is not None else {}  # reuses the last step's, if logged
     trainer.save_state()  # trainer_state.json (log history) in output_dir, main process only
 
+    # The Trainer saves what it trained (gathered under FSDP or ZeRO-3); every process then evaluates
+    # a full copy reloaded from it, generating for its own share of the test entries.
     output_dir = Path(training_args.output_dir)
-    # The Trainer saves what it trained (under FSDP or ZeRO-3 it gathers the shards first); then
-    # every process reloads a full, unsharded copy for the evaluation below, in which each process
-    # generates for its own share of the test entries.
     trainer.model.config.use_cache = True  # the Trainer turns the cache off for training
     save_final_model(trainer, str(output_dir / "adapter") if lora_args.use_lora else None)
     trainer.accelerator.wait_for_everyone()
     with unsharded_loading(training_args):
         if lora_args.use_lora:
-            from peft import PeftModel
-
             base = load_causal_lm(model_args, tokenizer)
             tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
         else:
@@ -207,8 +141,6 @@ def main(args: list[str] | None = None) -> dict:
     tuned.to(device).eval()
     if lora_args.use_lora and trainer.is_world_process_zero():  # the merged model at the top of output_dir
         save_pretrained_to(output_dir, tuned, tokenizer)
-
-    after = None
     if test_entries:
         logger.info("Evaluating the tuned model on %d test entries.", len(test_entries))
         after = evaluate_instruction_model(tuned, tokenizer, test_entries, **eval_kwargs)
@@ -246,36 +178,34 @@ def main(args: list[str] | None = None) -> dict:
         "n_test": len(test_entries),
         "max_new_tokens": eval_args.max_new_tokens,
         "response_header_in_prompt": eval_args.response_header_in_prompt,
-        "world_size": world,
+        "world_size": training_args.world_size,
     }
     if lora_args.use_lora:
-        results.update(
-            lora_r=lora_args.lora_r,
-            lora_alpha=lora_args.lora_alpha,
-            lora_dropout=lora_args.lora_dropout,
-            lora_target_modules=lora_args.target_modules(),
-            lora_modules_to_save=lora_args.lora_modules_to_save,
-        )
-
+        results.update(lora_r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha,
+                       lora_dropout=lora_args.lora_dropout, lora_target_modules=lora_args.target_modules(),
+                       lora_modules_to_save=lora_args.lora_modules_to_save)
     results["runtime"] = time.perf_counter() - started
     results = {k: v for k, v in results.items() if v is not None}
-    if trainer.is_world_process_zero():
-        if after:
-            write_json(output_dir / "responses.json", response_records(test_entries, after["responses"]))
-        if before:
-            write_json(output_dir / "responses_before.json", response_records(test_entries, before["responses"]))
-        from hf_gpt_scratch.training.plots import plot_losses
+    if not trainer.is_world_process_zero():
+        return results
 
-        try:
-            plot_losses(log_history_to_curves(history), output_dir / "loss.png", title=f"Instruction finetuning ({results['finetuning']})")
-        except ValueError as err:  # nothing logged (e.g. fewer steps than logging_steps and no eval)
-            logger.warning("No loss plot: %s", err)
-        write_results(output_dir, results)
-        print_table(results, title="results")
-        if after:
-            for entry, response in list(zip(test_entries, after["responses"]))[:3]:
-                print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n  model:     {response!r}", flush=True)
-        finish_run(output_dir, results, "instruct", training_args, model_args, data_args, hub_target)
+    from hf_gpt_scratch.training.plots import plot_losses
+
+    for name, evaluated in (("responses.json", after), ("responses_before.json", before)):
+        if evaluated:
+            write_json(output_dir / name, response_records(test_entries, evaluated["responses"]))
+    try:
+        plot_losses(log_history_to_curves(history), output_dir / "loss.png",
+                    title=f"Instruction finetuning ({results['finetuning']})")
+    except ValueError as err:  # nothing logged (e.g. fewer steps than logging_steps and no eval)
+        logger.warning("No loss plot: %s", err)
+    write_results(output_dir, results)
+    print_table(results, title="results")
+    if after:
+        for entry, response in list(zip(test_entries, after["responses"]))[:3]:
+            print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n"
+                  f"  model:     {response!r}", flush=True)
+    finish_run(output_dir, results, "instruct", training_args, model_args, data_args, hub_target)
     return results
 
 

@@ -1,36 +1,8 @@
 #!/usr/bin/env python
-"""Preference tuning (DPO) of an instruction-finetuned GPT with TRL's DPOTrainer (the book's chapter 7 bonus).
+"""Preference tuning (DPO) of an instruct model with TRL's DPOTrainer (chapter 7's bonus): docs/preference.md.
 
-Data: the book's instruction-data-with-preference.json (1,100 entries) or --train_file (a JSON list
-or JSONL file of {"instruction", "input", "chosen", "rejected"}), split as chapter 7: 85% train, 10%
-test, 5% validation (935 / 110 / 55). Prompt: the book's Alpaca prompt; chosen and rejected
-completions: "\\n\\n### Response:\\n" + text (TRL appends <|endoftext|>).
-
-Model: --model_name_or_path, an instruct checkpoint (ours, a merged LoRA run of recipes/instruct.py,
-or a stock GPT-2 folder converted on the fly). The reference model is that checkpoint, frozen: with
-LoRA (default) the same weights with the adapter disabled, with --use_lora false a second copy.
-TRL's flags: --beta 0.1, --loss_type sigmoid (the DPO paper: summed response log-probabilities;
-sigmoid_norm averages them per token, as the book's `compute_logprobs` does), --max_length (default
-the model's context). Learning rate: 5e-6 for full tuning (the book), 5e-5 with LoRA.
-
-Reported on validation and test, before and after tuning: TRL's DPO loss, reward margin (chosen -
-rejected reward, reward = beta * log-probability ratio to the reference) and reward accuracy (share
-of pairs whose chosen reward is higher); greedy responses of the reference and the tuned model to
-the first --num_samples test prompts, side by side.
-
-Outputs in --output_dir: the tuned model and tokenizer (merged when LoRA; the adapter in adapter/),
-results.json, responses.json, loss.png and reward_margins.png (training and validation), the model card.
-
-Examples:
-
-    # LoRA on an instruct run of ours
     python recipes/preference.py --model_name_or_path runs/instruct --output_dir runs/preference
-
-    # the book's notebook: full tuning, beta 0.1, lr 5e-6, 1 epoch, batch 8, evaluation every 5 steps
-    python recipes/preference.py --preset book_dpo --model_name_or_path path/to/gpt2-medium-sft
-
-    # several processes (CPU: gloo is chosen automatically)
-    torchrun --nproc_per_node 2 recipes/preference.py --model_name_or_path runs/instruct ...
+    python recipes/preference.py --preset book_dpo --model_name_or_path path/to/gpt2-medium-sft  # the book's
 """
 
 from __future__ import annotations
@@ -41,27 +13,20 @@ import time
 from pathlib import Path
 
 import transformers
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks
 from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.instruction import generate_responses
 from hf_gpt_scratch.training.loading import (
-    load_causal_lm,
-    load_tokenizer_for,
-    save_final_model,
-    train_model,
+    load_causal_lm, load_tokenizer_for, save_final_model, train_model,
 )
 from hf_gpt_scratch.training.preference import (
-    PreferenceDataArguments,
-    PreferenceEvalArguments,
-    evaluate_preferences,
-    preference_curves,
-    preference_dataset,
+    PreferenceDataArguments, PreferenceEvalArguments, evaluate_preferences, preference_curves, preference_dataset,
 )
 from hf_gpt_scratch.training.reporting import logged, print_table, write_json, write_results
 from hf_gpt_scratch.training.sampling import context_length_of, length_within_context
@@ -70,15 +35,11 @@ logger = logging.getLogger(__name__)
 
 LORA_LEARNING_RATE = 5e-5
 FULL_LEARNING_RATE = 5e-6  # the book's
-
-RECIPE_DEFAULTS = {
+RECIPE_DEFAULTS = {  # per-device batch 8 and no warmup are DPOConfig's defaults and the book's
     "output_dir": "runs/preference",
     "num_train_epochs": 1,  # the book: DPO collapses when trained longer
-    "per_device_train_batch_size": 8,  # the book
-    "per_device_eval_batch_size": 8,
     "weight_decay": 0.01,  # the book
-    "lr_scheduler_type": "constant",  # the book: no schedule, no warmup
-    "warmup_steps": 0,
+    "lr_scheduler_type": "constant",  # the book: no schedule
     "seed": 123,  # the book
     "eval_strategy": "steps",
     "eval_steps": 5,  # the book's eval_freq
@@ -89,15 +50,12 @@ RECIPE_DEFAULTS = {
     "gradient_checkpointing": False,  # TRL's default; small models do not need it
     "max_length": None,  # resolved to the model's context_length
     "save_strategy": "no",
-    "report_to": "none",
 }
-
 PRESETS = Path(__file__).parent / "presets" / "preference"
 METRICS = (("loss", "DPO loss"), ("reward_margin", "reward margin"), ("reward_accuracy", "reward accuracy"))
 
 
 def parse_args(args: list[str] | None = None) -> tuple:
-    """The recipe's arguments; the default learning rate follows --use_lora (`parse_lora_recipe_args`)."""
     types = (ModelArguments, PreferenceDataArguments, TrlLoraArguments, PreferenceEvalArguments, DPOConfig)
     return parse_lora_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, (LORA_LEARNING_RATE, FULL_LEARNING_RATE),
                                   description=__doc__.split("\n")[0])
@@ -109,12 +67,10 @@ def main(args: list[str] | None = None) -> dict:
     setup_logging(training_args)
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
     transformers.set_seed(training_args.seed)
-
     train_entries, val_entries, test_entries = data_args.load_splits()  # fails fast on a bad file
 
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
-    context = context_length_of(model)
     training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
     total_parameters = transformers.trainer_pt_utils.get_model_param_count(model)
     device = training_args.device
@@ -122,55 +78,44 @@ def main(args: list[str] | None = None) -> dict:
     train_ds = preference_dataset(train_entries)
     val_ds = preference_dataset(val_entries) if val_entries else None
     test_ds = preference_dataset(test_entries) if test_entries else None
-    # over-long pairs: truncated with a counted warning; a prompt that fills --max_length: refused
-    # (TRL would drop it silently, and an emptied split would fail after the model is loaded)
+    # over-long pairs: truncated with a counted warning; a prompt filling --max_length: refused (TRL drops it)
     check_lengths({"train": train_ds, "validation": val_ds, "test": test_ds}, tokenizer,
                   training_args.max_length, data_args.train_file or "instruction-data-with-preference.json",
                   completions=("chosen", "rejected"))
     samples = test_entries[: eval_args.num_samples]
     gen_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, batch_size=training_args.per_device_eval_batch_size,
                       response_header=eval_args.response_header_in_prompt)
-    # The reference model answers before training (it is the starting model, frozen).
+    # the reference model is the starting model, frozen: it answers before training
     reference_responses = [r["response"] for r in generate_responses(model, tokenizer, samples, **gen_kwargs)]
 
     peft_config = ref_model = None
     if lora_args.use_lora:  # TRL wraps the model; the reference is the base with the adapter disabled
-        peft_config = lora_args.checked_peft_config(model)
+        peft_config = lora_args.checked_peft_config(model)  # refuses the output head before TRL would
     else:  # a frozen copy, loaded as the policy was (TRL's own copy would reload config._name_or_path)
         ref_model = load_causal_lm(model_args, tokenizer).to(device).eval().requires_grad_(False)
-
     if val_ds is None:
         logger.warning("No validation entries: training without evaluation.")
         training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
         training_args.eval_on_start = False
         training_args.do_eval = False
+    print_table({
+        "preset": preset or "-",
+        "model": model_args.model_name_or_path or "from scratch",
+        "parameters": total_parameters,
+        "context_length": context_length_of(model),
+        "tuning": "LoRA" if lora_args.use_lora else "full",
+        "beta": training_args.beta,
+        "loss_type": ", ".join(training_args.loss_type),
+        "learning_rate": training_args.learning_rate,
+        "epochs": training_args.num_train_epochs,
+        "train / validation / test": f"{len(train_entries)} / {len(val_entries)} / {len(test_entries)}",
+        "processes": training_args.world_size,
+        "device": str(device),
+    }, title="preference (DPO)")
 
-    print_table(
-        {
-            "preset": preset or "-",
-            "model": model_args.model_name_or_path or "from scratch",
-            "parameters": total_parameters,
-            "context_length": context,
-            "tuning": "LoRA" if lora_args.use_lora else "full",
-            "beta": training_args.beta,
-            "loss_type": ", ".join(training_args.loss_type),
-            "learning_rate": training_args.learning_rate,
-            "epochs": training_args.num_train_epochs,
-            "train / validation / test": f"{len(train_entries)} / {len(val_entries)} / {len(test_entries)}",
-            "processes": training_args.world_size,
-            "device": str(device),
-        },
-        title="preference (DPO)",
-    )
-
-    try:
-        trainer = DPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=train_ds,
-                             eval_dataset=val_ds, processing_class=tokenizer, peft_config=peft_config,
-                             callbacks=default_callbacks())
-    except ValueError as err:
-        if lora_args.use_lora and "lm_head" in str(err):  # TRL: an adapter on the output head is never trained
-            raise ValueError(f"--lora_target_modules {lora_args.lora_target_modules!r}: {err}") from None
-        raise
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=train_ds,
+                         eval_dataset=val_ds, processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=default_callbacks())
     trainable, _ = (trainer.model.get_nb_trainable_parameters() if lora_args.use_lora
                     else (trainer.model.num_parameters(only_trainable=True), None))
     splits = {"validation": val_ds, "test": test_ds}
@@ -184,8 +129,6 @@ def main(args: list[str] | None = None) -> dict:
     save_final_model(trainer, str(output_dir / "adapter") if lora_args.use_lora else None)
     trainer.accelerator.wait_for_everyone()
     if lora_args.use_lora:  # the merged model at the top of output_dir (loads without peft)
-        from peft import PeftModel
-
         base = load_causal_lm(model_args, tokenizer)
         tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
         if trainer.is_world_process_zero():
