@@ -140,22 +140,20 @@ def main(args: list[str] | None = None) -> dict:
         save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
 
     results.update(
-        {
-            "train_loss": train_result.metrics.get("train_loss"),
-            "train_runtime": train_result.metrics.get("train_runtime"),
-            "train_steps": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "tokens_per_second": (logged(trainer.state.log_history, "train_tokens_per_second") or [None])[-1],
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-            "max_seq_length": max_seq_length,
-            "train_examples": len(encoded["train"]),
-            "validation_examples": len(validation) if validation is not None else 0,
-            "test_examples": len(test) if test is not None else 0,
-            "label_names": list(label_names),
-            "seed": training_args.seed,
-            "world_size": training_args.world_size,
-        }
+        train_loss=train_result.metrics.get("train_loss"),
+        train_runtime=train_result.metrics.get("train_runtime"),
+        train_steps=trainer.state.global_step,
+        epochs=trainer.state.epoch,
+        tokens_per_second=(logged(trainer.state.log_history, "train_tokens_per_second") or [None])[-1],
+        trainable_parameters=trainable,
+        total_parameters=total,
+        max_seq_length=max_seq_length,
+        train_examples=len(encoded["train"]),
+        validation_examples=len(validation) if validation is not None else 0,
+        test_examples=len(test) if test is not None else 0,
+        label_names=list(label_names),
+        seed=training_args.seed,
+        world_size=training_args.world_size,
     )
     if not trainer.is_world_process_zero():
         return results

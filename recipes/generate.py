@@ -39,7 +39,7 @@ class GenerateArguments(SamplingArguments):
     )
     seed: int | None = field(default=None, metadata={"help": "Random seed for sampling."})
     stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated."})
-    device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,22 +63,16 @@ def load_for_generation(model_args: ModelArguments, base_model_name_or_path: str
     return PeftModel.from_pretrained(load_causal_lm(base_args, tokenizer), path), tokenizer
 
 
-def _prompts(gen_args: GenerateArguments):
-    """--prompt, or else the non-empty lines of stdin until EOF (with a "> " prompt in a terminal)."""
-    if gen_args.prompt:
-        yield from gen_args.prompt
-        return
-    interactive = sys.stdin.isatty()
-    if interactive:
+def _stdin_prompts():
+    """The non-empty lines of stdin until EOF (an interactive session in a terminal)."""
+    prompt = "> " if sys.stdin.isatty() else ""
+    if prompt:
         print("Type a prompt and press Enter (Ctrl-D to quit).", file=sys.stderr)
-    while True:
-        if interactive:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            break
+    print(prompt, end="", file=sys.stderr, flush=True)
+    for line in iter(sys.stdin.readline, ""):
         if line.strip():
             yield line.rstrip("\n")
+        print(prompt, end="", file=sys.stderr, flush=True)
 
 
 def main(args: list[str] | None = None) -> list[str]:
@@ -93,7 +87,7 @@ def main(args: list[str] | None = None) -> list[str]:
     model.to(gen_args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     kwargs = gen_args.generation_kwargs()
     outputs = []
-    for i, text in enumerate(_prompts(gen_args)):
+    for i, text in enumerate(gen_args.prompt or _stdin_prompts()):
         entry = {"instruction": text, "input": gen_args.input or ""}
         prompt = format_alpaca_prompt(entry, response_header=True) if gen_args.alpaca else text
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if gen_args.stream else None
