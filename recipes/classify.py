@@ -1,35 +1,10 @@
 #!/usr/bin/env python
 """Spam classification with the book's GPT and the transformers Trainer (chapter 6).
 
-A pretrained causal-LM checkpoint (--model_name_or_path: ours, a converted OpenAI GPT-2, or a stock
-GPT-2 folder converted on the fly) gets a new classification head (`GPTScratchForSequenceClassification`:
-the last real token's hidden state -> Linear(emb_dim, num_labels)). By default the book's choice trains:
-the last transformer block, the final norm and the head (--trainable last_block; or head, all, lora).
-Data: the UCI SMS Spam Collection, ham undersampled to 747/747 and split 70/10/20 with seed 123
-(1045/149/300 messages), or your own --train_file/--validation_file/--test_file (CSV/TSV/JSON/JSONL
-with --text_column/--label_column) or --dataset_name. Reported: accuracy, precision, recall and F1 on
-validation and test, side by side with a TF-IDF + logistic-regression baseline fit on the same training
-texts; confusion_matrix.png (test), loss.png, accuracy.png, results.json and the classifier with its
-tokenizer in --output_dir.
-
-Examples:
-
-    # the book's setup on a GPT-2-vocabulary checkpoint (ours or OpenAI's, converted)
     python recipes/classify.py --model_name_or_path runs/pretrain --output_dir runs/classify
-
-    # LoRA instead of the last block; all layers
     python recipes/classify.py --model_name_or_path runs/pretrain --trainable lora --learning_rate 1e-3
-    python recipes/classify.py --model_name_or_path runs/pretrain --trainable all
 
-    # your own data
-    python recipes/classify.py --model_name_or_path runs/pretrain --train_file reviews.csv \\
-        --text_column review --label_column sentiment --class_names negative positive
-
-    # the CPU demo: a small GPT pretrained on the training messages, then classified (see PRESETS)
-    python recipes/classify.py --preset demo --model_name_or_path runs/sms_pretrain --output_dir runs/classify
-
-    # several processes (CPU: gloo is chosen automatically); only rank 0 writes
-    torchrun --nproc_per_node 2 recipes/classify.py ...
+Data, what trains, outputs and more examples: docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -43,13 +18,7 @@ import transformers
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.training.arguments import (
-    LoraArguments,
-    ModelArguments,
-    is_main_process,
-    parse_recipe_args,
-    setup_logging,
-)
+from hf_gpt_scratch.training.arguments import LoraArguments, ModelArguments, parse_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks
 from hf_gpt_scratch.training.classification import (
     ClassificationArguments,
@@ -69,10 +38,8 @@ from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
 
-# The book's chapter-6 training (`train_classifier_simple`): AdamW(lr=5e-5, weight_decay=0.1),
-# 5 epochs, batch 8, no schedule, seed 123, evaluation after each epoch. (The book also drops the
-# last incomplete training batch; the Trainer's dataloader_drop_last would drop evaluation
-# examples too, so it stays off.)
+# The book's `train_classifier_simple`. (It also drops the last incomplete training batch; the
+# Trainer's dataloader_drop_last would drop evaluation examples too, so it stays off.)
 RECIPE_DEFAULTS = {
     "output_dir": "runs/classify",
     "learning_rate": 5e-5,
@@ -97,10 +64,7 @@ def main(args: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model_args, data_args, cls_args, lora_args, training_args, preset = parse_recipe_args(
         (ModelArguments, ClassifyDataArguments, ClassificationArguments, LoraArguments, TrainingArguments),
-        presets=PRESETS,
-        defaults=RECIPE_DEFAULTS,
-        args=args,
-        description=__doc__.split("\n")[0],
+        presets=PRESETS, defaults=RECIPE_DEFAULTS, args=args, description=__doc__.split("\n")[0],
     )
     setup_logging(training_args)
     if cls_args.trainable != "lora" and lora_args != LoraArguments():
@@ -151,14 +115,9 @@ def main(args: list[str] | None = None) -> dict:
     )
 
     trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=encoded["train"],
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=build_compute_metrics(len(label_names)),
-        callbacks=default_callbacks(),
+        model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=eval_dataset,
+        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=build_compute_metrics(len(label_names)), callbacks=default_callbacks(),
     )
     train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
 
@@ -172,33 +131,31 @@ def main(args: list[str] | None = None) -> dict:
     out_dir = Path(training_args.output_dir)
     if cls_args.trainable == "lora":
         # The adapter on its own, then the merged classifier (loads without peft).
-        if is_main_process():
+        if trainer.is_world_process_zero():
             save_pretrained_to(out_dir / "adapter", trainer.model)
         merged = trainer.model.merge_and_unload()
-        if is_main_process():
+        if trainer.is_world_process_zero():
             save_pretrained_to(out_dir, merged, tokenizer)
     else:
         save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
 
     results.update(
-        {
-            "train_loss": train_result.metrics.get("train_loss"),
-            "train_runtime": train_result.metrics.get("train_runtime"),
-            "train_steps": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "tokens_per_second": (logged(trainer.state.log_history, "train_tokens_per_second") or [None])[-1],
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-            "max_seq_length": max_seq_length,
-            "train_examples": len(encoded["train"]),
-            "validation_examples": len(validation) if validation is not None else 0,
-            "test_examples": len(test) if test is not None else 0,
-            "label_names": list(label_names),
-            "seed": training_args.seed,
-            "world_size": training_args.world_size,
-        }
+        train_loss=train_result.metrics.get("train_loss"),
+        train_runtime=train_result.metrics.get("train_runtime"),
+        train_steps=trainer.state.global_step,
+        epochs=trainer.state.epoch,
+        tokens_per_second=(logged(trainer.state.log_history, "train_tokens_per_second") or [None])[-1],
+        trainable_parameters=trainable,
+        total_parameters=total,
+        max_seq_length=max_seq_length,
+        train_examples=len(encoded["train"]),
+        validation_examples=len(validation) if validation is not None else 0,
+        test_examples=len(test) if test is not None else 0,
+        label_names=list(label_names),
+        seed=training_args.seed,
+        world_size=training_args.world_size,
     )
-    if not is_main_process():
+    if not trainer.is_world_process_zero():
         return results
 
     from hf_gpt_scratch.training.plots import plot_confusion_matrix, plot_losses

@@ -1,21 +1,10 @@
 #!/usr/bin/env python
 """Generate text with a trained GPT, streaming tokens as they come.
 
-The checkpoint can be one of ours (pretrain/instruct output), a stock GPT-2 folder (converted on
-the fly), or a PEFT LoRA adapter folder (adapter_config.json: loaded over its base model, which
---base_model_name_or_path can point elsewhere). Prompts come from --prompt (one or more:
---prompt "A" "B") or, without it, from stdin: one prompt per line until EOF (an interactive
-session in a terminal; each line is answered on its own, the models keep no chat history).
-
-Decoding follows the book: greedy by default; --temperature > 0 samples (with --top_k / --top_p);
---do_sample forces sampling (temperature 1 unless given).
-
-Examples:
-
     python recipes/generate.py --model_name_or_path runs/book_ch5 --prompt "Every effort moves you"
-    python recipes/generate.py --model_name_or_path runs/instruct --alpaca \\
-        --prompt "Rewrite the sentence using a simile." --input "The car is very fast."
-    python recipes/generate.py --model_name_or_path runs/book_ch5 --temperature 1.4 --top_k 25   # chat
+    python recipes/generate.py --model_name_or_path runs/instruct --alpaca --prompt "Name a color."
+
+Checkpoints, decoding and chat from stdin: docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -35,21 +24,18 @@ from hf_gpt_scratch.training.loading import load_causal_lm, load_tokenizer_for
 from hf_gpt_scratch.training.sampling import SamplingArguments, generate_text
 from hf_gpt_scratch.tokenization import has_tokenizer
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass
 class GenerateArguments(SamplingArguments):
     prompt: list[str] | None = field(
-        default=None, metadata={"help": "Prompt(s) to continue: --prompt \"A\" \"B\". Without it, prompts are read from stdin, one per line."}
+        default=None, metadata={"help": "Prompt(s) to continue: --prompt \"A\" \"B\" (default: stdin lines)."}
     )
     alpaca: bool = field(
-        default=False,
-        metadata={"help": "Wrap each prompt as the book's Alpaca instruction (chapter 7) and print only the response."},
+        default=False, metadata={"help": "Wrap prompts in the book's Alpaca format; print only the response."}
     )
-    input: str | None = field(default=None, metadata={"help": "With --alpaca: the entry's optional input text."})
+    input: str | None = field(default=None, metadata={"help": "With --alpaca: the entry's input text."})
     base_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "For a LoRA adapter: its base model (default: the one in adapter_config.json)."}
+        default=None, metadata={"help": "A LoRA adapter's base model (default: adapter_config.json's)."}
     )
     seed: int | None = field(default=None, metadata={"help": "Random seed for sampling."})
     stream: bool = field(default=True, metadata={"help": "Print tokens as they are generated."})
@@ -61,55 +47,32 @@ class GenerateArguments(SamplingArguments):
             raise ValueError("--input only applies with --alpaca.")
 
 
-def load_for_generation(model_args: ModelArguments, gen_args: GenerateArguments):
-    """(model, tokenizer) for any supported checkpoint folder or hub id, in eval mode."""
+def load_for_generation(model_args: ModelArguments, base_model_name_or_path: str | None = None):
+    """(model, tokenizer); a PEFT LoRA adapter folder is loaded over its base model."""
     path = model_args.model_name_or_path
-    adapter_config = Path(path) / "adapter_config.json" if path else None
-    if adapter_config is not None and adapter_config.is_file():
-        from peft import PeftConfig, PeftModel
-
-        peft_config = PeftConfig.from_pretrained(path)
-        base_path = gen_args.base_model_name_or_path or peft_config.base_model_name_or_path
-        if base_path and not Path(base_path).exists() and (Path(path) / base_path).exists():
-            base_path = str(Path(path) / base_path)
-        base_args = replace(model_args, model_name_or_path=base_path)
-        if not has_tokenizer(path):  # the adapter folder has no tokenizer: the base's
-            tokenizer = load_tokenizer_for(base_args)
-        else:
-            tokenizer = load_tokenizer_for(model_args)
-        base = load_causal_lm(base_args, tokenizer)
-        model = PeftModel.from_pretrained(base, path)
-    else:
+    if not (Path(path) / "adapter_config.json").is_file():
         tokenizer = load_tokenizer_for(model_args)
-        model = load_causal_lm(model_args, tokenizer)
-    device = gen_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    return model, tokenizer
+        return load_causal_lm(model_args, tokenizer), tokenizer
+    from peft import PeftConfig, PeftModel
+
+    base_path = base_model_name_or_path or PeftConfig.from_pretrained(path).base_model_name_or_path
+    if base_path and not Path(base_path).exists() and (Path(path) / base_path).exists():
+        base_path = str(Path(path) / base_path)  # a base saved beside the adapter, named relative to it
+    base_args = replace(model_args, model_name_or_path=base_path)
+    tokenizer = load_tokenizer_for(model_args if has_tokenizer(path) else base_args)  # else the base's
+    return PeftModel.from_pretrained(load_causal_lm(base_args, tokenizer), path), tokenizer
 
 
-def build_prompt(text: str, gen_args: GenerateArguments) -> str:
-    if not gen_args.alpaca:
-        return text
-    entry = {"instruction": text, "input": gen_args.input or ""}
-    return format_alpaca_prompt(entry, response_header=True)
-
-
-def _prompts(gen_args: GenerateArguments):
-    if gen_args.prompt:
-        yield from gen_args.prompt
-        return
-    interactive = sys.stdin.isatty()
-    if interactive:
+def _stdin_prompts():
+    """The non-empty lines of stdin until EOF (an interactive session in a terminal)."""
+    prompt = "> " if sys.stdin.isatty() else ""
+    if prompt:
         print("Type a prompt and press Enter (Ctrl-D to quit).", file=sys.stderr)
-    while True:
-        if interactive:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            break
-        line = line.rstrip("\n")
+    print(prompt, end="", file=sys.stderr, flush=True)
+    for line in iter(sys.stdin.readline, ""):
         if line.strip():
-            yield line
+            yield line.rstrip("\n")
+        print(prompt, end="", file=sys.stderr, flush=True)
 
 
 def main(args: list[str] | None = None) -> list[str]:
@@ -120,13 +83,15 @@ def main(args: list[str] | None = None) -> list[str]:
         parser.error("--model_name_or_path is required")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
-    model, tokenizer = load_for_generation(model_args, gen_args)
+    model, tokenizer = load_for_generation(model_args, gen_args.base_model_name_or_path)
+    model.to(gen_args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     kwargs = gen_args.generation_kwargs()
     outputs = []
-    for i, text in enumerate(_prompts(gen_args)):
-        prompt = build_prompt(text, gen_args)
+    for i, text in enumerate(gen_args.prompt or _stdin_prompts()):
+        entry = {"instruction": text, "input": gen_args.input or ""}
+        prompt = format_alpaca_prompt(entry, response_header=True) if gen_args.alpaca else text
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if gen_args.stream else None
-        if not gen_args.alpaca and gen_args.prompt:
+        if gen_args.prompt and not gen_args.alpaca:
             print(text, end="", flush=True)  # a continuation reads best after its prompt
         seed = None if gen_args.seed is None else gen_args.seed + i
         completion = generate_text(model, tokenizer, prompt, streamer=streamer, seed=seed, **kwargs)

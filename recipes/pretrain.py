@@ -1,29 +1,11 @@
 #!/usr/bin/env python
 """Next-token pretraining of the book's GPT with the transformers Trainer (chapter 5).
 
-From scratch (a `GPTScratchConfig`, shaped with --config_overrides) or continued from a checkpoint
-(--model_name_or_path: ours, any causal LM, or a stock OpenAI GPT-2 folder converted on the fly).
-Text comes from --train_file (.txt, or .json/.jsonl with a text column), --dataset_name (a hub
-dataset), or by default the book's the-verdict.txt. It is tokenized, packed into --block_size
-blocks (or the book's sliding windows with --stride), trained, evaluated (loss, perplexity), and
-reported: loss curves against tokens seen (loss.png), a few sampled continuations, results.json,
-and the model with its tokenizer (safetensors) in --output_dir.
-
-Examples:
-
-    # the book's chapter-5 run (GPT-2 124M shape, context 256, 10 epochs on the-verdict.txt)
-    # (the values are in recipes/presets/pretrain/book_ch5.yaml; that path works as the first argument too)
     python recipes/pretrain.py --preset book_ch5 --output_dir runs/book_ch5
-
-    # a tiny model for a quick look
     python recipes/pretrain.py --config_overrides n_layers=2,emb_dim=64,n_heads=2,context_length=128 \\
-        --block_size 128 --max_steps 50 --output_dir runs/tiny
+        --max_steps 50 --output_dir runs/tiny
 
-    # continue from OpenAI's GPT-2 (a folder saved by GPT2LMHeadModel.save_pretrained)
-    python recipes/pretrain.py --model_name_or_path path/to/gpt2 --train_file my.txt --output_dir runs/ft
-
-    # several processes (CPU: gloo is chosen automatically)
-    torchrun --nproc_per_node 2 recipes/pretrain.py ...
+Data, outputs and more examples: docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -41,12 +23,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import get_model_param_count
 
 import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
-from hf_gpt_scratch.training.arguments import (
-    DataArguments,
-    ModelArguments,
-    parse_recipe_args,
-    setup_logging,
-)
+from hf_gpt_scratch.training.arguments import DataArguments, ModelArguments, parse_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
 from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
@@ -57,9 +34,6 @@ from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_o
 logger = logging.getLogger(__name__)
 
 PRESETS = Path(__file__).parent / "presets" / "pretrain"
-# Rows of a .txt file are cut at line ends into pieces of about this many characters, so that
-# tokenization can run in several processes; a short text stays one piece (the book's exact ids).
-TEXT_PIECE_CHARS = 1 << 16
 
 
 @dataclass
@@ -69,18 +43,11 @@ class PretrainDataArguments(DataArguments):
     )
     stride: int | None = field(
         default=None,
-        metadata={
-            "help": "Use the book's sliding windows (GPTDatasetV1): windows of --block_size tokens every --stride "
-            "tokens, each with its --block_size next-token targets. Default: run_clm packing into "
-            "non-overlapping blocks (block_size - 1 targets each). Keeps all token ids in memory."
-        },
+        metadata={"help": "The book's sliding windows (GPTDatasetV1): --block_size tokens every --stride "
+                  "tokens, each with --block_size targets (all ids in memory). Default: run_clm's blocks."},
     )
     eval_train_samples: int = field(
-        default=0,
-        metadata={
-            "help": "Also evaluate on this many training blocks at each evaluation (model in eval mode, as the "
-            "book's train loss); logged as eval_train_loss."
-        },
+        default=0, metadata={"help": "Also evaluate on this many training blocks (the book's train loss)."}
     )
 
     def __post_init__(self):
@@ -115,8 +82,9 @@ RECIPE_DEFAULTS = {
 }
 
 
-def _pieces(text: str, size: int = TEXT_PIECE_CHARS) -> list[str]:
-    """`text` cut after line ends into pieces of about `size` characters (one piece if short)."""
+def _pieces(text: str, size: int = 1 << 16) -> list[str]:
+    """`text` cut after line ends into pieces of about `size` characters, so that tokenization can run
+    in several processes (a short text stays one piece: the book's exact ids)."""
     pieces, start = [], 0
     while start < len(text):
         end = text.find("\n", start + size)
@@ -127,7 +95,7 @@ def _pieces(text: str, size: int = TEXT_PIECE_CHARS) -> list[str]:
 
 
 def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
-    """Train (and validation) text as a DatasetDict with the column --text_column_name."""
+    """Train (and validation) text in the column --text_column_name."""
     col, percent = data_args.text_column_name, data_args.validation_split_percentage
     suffix = Path(data_args.train_file).suffix.lower() if data_args.train_file else ".txt"
     if data_args.dataset_name:
@@ -136,10 +104,10 @@ def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
             raise ValueError(f"dataset {data_args.dataset_name} has no train split (splits: {list(raw)}).")
     elif suffix in (".json", ".jsonl"):
         files = {"train": data_args.train_file, "validation": data_args.validation_file}
-        files = {name: path for name, path in files.items() if path}
-        for path in files.values():  # clear errors (file, line/row, field) before datasets parses them
-            load_text_records(path, col)
-        raw = datasets.load_dataset("json", data_files=files)
+        raw = {}
+        for name, path in files.items():
+            if path:  # read by our loader: its errors name the file, line or row and field
+                raw[name] = datasets.Dataset.from_dict({col: load_text_records(path, col)})
     elif suffix in (".txt", ".text", ".md"):
         text = load_text(data_args.train_file or fetch_book_file("the-verdict.txt", data_args.data_dir))
         if data_args.validation_file:
@@ -196,10 +164,7 @@ def build_datasets(raw: datasets.DatasetDict, tokenizer, data_args: PretrainData
 def main(args: list[str] | None = None) -> dict:
     model_args, data_args, report_args, training_args, preset = parse_recipe_args(
         (ModelArguments, PretrainDataArguments, ReportArguments, TrainingArguments),
-        presets=PRESETS,
-        defaults=RECIPE_DEFAULTS,
-        args=args,
-        description=__doc__.split("\n")[0],
+        presets=PRESETS, defaults=RECIPE_DEFAULTS, args=args, description=__doc__.split("\n")[0],
     )
     setup_logging(training_args)
     hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
@@ -207,9 +172,7 @@ def main(args: list[str] | None = None) -> dict:
 
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
-    context = context_length_of(model)
     block_size = length_within_context(data_args.block_size, model, "--block_size")
-
     splits = build_datasets(load_raw_splits(data_args), tokenizer, data_args, block_size, training_args)
     (train_ds, train_text_tokens), (eval_ds, val_text_tokens) = splits["train"], splits.get("validation", (None, 0))
     if "shift_labels" in train_ds.column_names:
@@ -238,7 +201,7 @@ def main(args: list[str] | None = None) -> dict:
         {
             "preset": preset or "-",
             "model": model_args.model_name_or_path or "from scratch",
-            "context_length": context,
+            "context_length": context_length_of(model),
             "train_tokens_in_text": train_text_tokens,
             "val_tokens_in_text": val_text_tokens,
             **sizes,
@@ -249,21 +212,15 @@ def main(args: list[str] | None = None) -> dict:
         title="pretrain",
     )
 
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=default_data_collator,
-        callbacks=default_callbacks(),
-    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_dataset,
+                      processing_class=tokenizer, data_collator=default_data_collator,
+                      callbacks=default_callbacks())
     train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
     save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
     trainer.save_state()
 
     metrics = evaluate_once(trainer) if eval_ds is not None else {}
-    history, step = trainer.state.log_history, trainer.state.global_step
+    history = trainer.state.log_history
     eval_name = "eval_validation_loss" if isinstance(eval_dataset, dict) else "eval_loss"
     results = {
         "preset": preset,
@@ -275,17 +232,17 @@ def main(args: list[str] | None = None) -> dict:
         "tokens_per_second": (logged(history, "train_tokens_per_second") or [None])[-1],
         "train_runtime": train_result.metrics["train_runtime"],
         "train_steps_per_second": train_result.metrics.get("train_steps_per_second"),
-        "train_steps": step,
+        "train_steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         **sizes,
     }
     if eval_ds is not None:
-        eval_loss = metrics[eval_name]
         try:
-            perplexity = math.exp(eval_loss)
+            perplexity = math.exp(metrics[eval_name])
         except OverflowError:
             perplexity = math.inf
-        results.update(eval_loss=eval_loss, perplexity=perplexity, initial_eval_loss=logged(history, eval_name)[0])
+        results.update(eval_loss=metrics[eval_name], perplexity=perplexity,
+                       initial_eval_loss=logged(history, eval_name)[0])
     results = {k: v for k, v in results.items() if v is not None}
 
     # Sharded weights (DeepSpeed ZeRO-3, FSDP): every process takes part in each forward pass.
