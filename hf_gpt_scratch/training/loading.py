@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .arguments import ModelArguments, apply_config_overrides, parse_config_overrides
+from .arguments import ModelArguments, parse_config_overrides
 from ..configuration_gpt_scratch import GPTScratchConfig
 from .faults import STAGE, remove_previous_run, replace_pickled_training_args, resolve_resume_checkpoint, staged_save
 from ..tokenization import GPT2_EOS_ID, TOKENIZER_FILES, has_tokenizer, load_tokenizer
@@ -116,7 +116,7 @@ def from_pretrained_strict(model_class, path: str, allow_missing: Sequence[str] 
 
 def _rebuild_with_overrides(model, overrides: dict[str, Any], model_args: ModelArguments):
     """A copy of `model` built from its config plus `overrides`, with the same weights."""
-    config = apply_config_overrides(model.config.__class__.from_dict(model.config.to_dict()), overrides)
+    config = model.config.__class__.from_dict(model.config.to_dict(), **overrides)
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     new = type(model)._from_config(config, **kwargs)
     try:
@@ -163,7 +163,7 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
             if overrides or attn_kwargs:
                 model = _rebuild_with_overrides(model, overrides, model_args)
         else:
-            apply_config_overrides(config, parse_config_overrides(model_args.config_overrides, config))
+            config.update(parse_config_overrides(model_args.config_overrides, config))
             model = from_pretrained_strict(AutoModelForCausalLM, path, config=config, trust_remote_code=trust, **attn_kwargs)
     else:
         if model_args.config_name:
@@ -180,7 +180,7 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
             for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
                 if name not in overrides:
                     setattr(config, name, getattr(tokenizer, name, None))
-        apply_config_overrides(config, overrides)
+        config.update(overrides)
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust, **attn_kwargs)
         if model_args.init_weights == "torch":
             torch_default_init(model)
