@@ -39,7 +39,8 @@ class ModelArguments:
         "Config fields to set, e.g. 'n_layers=2,emb_dim=64' (a checkpoint's weights must still fit).")})
     tokenizer_name: str | None = field(default=None, metadata={"help": (
         "'gpt2' (offline GPT-2 BPE), a folder or a hub id; default: the checkpoint's own, else 'gpt2'.")})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with a checkpoint."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped with a checkpoint (only one you trust)."})
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention backend: 'eager', 'sdpa', ...; default: the model's."})
     init_weights: str = field(default="gpt2", metadata={"help": (
@@ -158,11 +159,8 @@ class TrlLoraArguments(LoraArguments):
                 raise ValueError(f"--lora_target_modules {','.join(missing)}: no such module (module names: {leaves}).")
             on_head = [t for t in targets if found(t, head_names)]
             if on_head:
-                raise ValueError(
-                    f"--lora_target_modules {','.join(on_head)}: that is the output head, which TRL's trainers cannot "
-                    "train an adapter on (they compute the loss from the head's weight directly); drop it, or "
-                    "finetune every weight with --use_lora false."
-                )
+                raise ValueError(f"--lora_target_modules {','.join(on_head)}: that is the output head, "
+                                 "which TRL cannot train an adapter on; drop it, or use --use_lora false.")
         tied = head is not None and embedding is not None and head.weight is embedding.weight
         if tied and any(found(m, head_names) for m in self.lora_modules_to_save or []):
             raise ValueError("--lora_modules_to_save: the output head is tied to the token embedding; a trained copy "
@@ -222,8 +220,7 @@ def parse_recipe_args(dataclass_types: Sequence[type], presets: str | os.PathLik
     # one flag, and its value fills each of them (HfArgumentParser's own split gives it to the first only)
     parser = HfArgumentParser(dataclass_types, description=description, conflict_handler="resolve")
     parser.add_argument("--preset", choices=names, help=f"Named preset file in {presets} (explicit flags still win).")
-    has_training_args = any(issubclass(t, transformers.TrainingArguments) for t in dataclass_types)
-    if has_training_args:
+    if any(issubclass(t, transformers.TrainingArguments) for t in dataclass_types):
         parser.add_argument(
             "--overwrite_output_dir", type=string_to_bool, nargs="?", const=True, default=False,
             help="Train into an --output_dir holding a model, checkpoints or results (files are replaced as "
