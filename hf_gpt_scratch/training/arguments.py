@@ -102,8 +102,7 @@ class LoraArguments:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2"],
         metadata={"help": "Linear layers to adapt (name suffixes, space- or comma-separated), or "
-                  "'all-linear' (every Linear but the output head)."},
-    )
+                  "'all-linear' (every Linear but the output head)."})
     lora_modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained in full beside the adapters (modules_to_save)."})
 
@@ -140,10 +139,9 @@ class TrlLoraArguments(LoraArguments):
     use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (PEFT); false: finetune all weights."})
 
     def checked_peft_config(self, model):
-        """`peft_config` for a TRL trainer's `peft_config=`, checked against `model` first: each target
-        names a module and not the output head (TRL computes the loss from the head's weight: an
-        adapter there never trains), and a head tied to the embedding is not trained in full (the
-        merged model would untie them). Raises ValueError naming the flag."""
+        """`peft_config` for a TRL trainer, checked against `model`: each target names a module and not
+        the output head (TRL computes the loss from its weight: an adapter there never trains), and a
+        tied head is not trained in full (it would untie). Raises ValueError naming the flag."""
         names = [name for name, _ in model.named_modules() if name]
         head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
         head_names = [name for name, module in model.named_modules() if module is head]
@@ -207,13 +205,12 @@ def parse_recipe_args(dataclass_types: Sequence[type], presets: str | os.PathLik
                       defaults: dict[str, Any] | None = None, args: Sequence[str] | None = None,
                       description: str | None = None, check_output: bool = True) -> tuple[Any, ...]:
     """Parse a recipe's command line: one instance per dataclass type, then the preset's name or None.
-
-    Precedence, lowest first: the dataclass defaults, `defaults`, `cpu_distributed_defaults()`, a
-    preset file (`<presets>/NAME.yaml` for `--preset NAME`, or a .yaml/.yml/.json file given first),
-    the flags; a flag's `--config_overrides` is appended to the file's (later keys win). With
-    TrainingArguments: `check_training_args`, `--overwrite_output_dir` (gone from transformers 5),
-    `faults.check_output_dir` (unless not `check_output`) and `faults.refuse_hub_token`.
-    Raises ValueError for a file key or flag that is no argument, SystemExit for an unknown preset."""
+    Precedence, lowest first: dataclass defaults, `defaults`, `cpu_distributed_defaults()`, a preset
+    file (`<presets>/NAME.yaml` for `--preset NAME`, or a .yaml/.yml/.json file given first), the flags
+    (a flag's `--config_overrides` is appended to the file's). With TrainingArguments: `check_training_args`,
+    `--overwrite_output_dir` (gone from transformers 5), `faults.check_output_dir` (if `check_output`),
+    `faults.refuse_hub_token`. Raises ValueError for a key or flag that is no argument, SystemExit (argparse)
+    for an unknown preset."""
     argv = list(sys.argv[1:] if args is None else args)
     names = sorted(p.stem for p in Path(presets).glob("*.yaml")) if presets else []
     # "resolve": a flag several dataclasses declare (SFTConfig's and ModelArguments' --trust_remote_code) is
@@ -267,10 +264,9 @@ _BASE_FIELDS = {f.name for f in dataclasses.fields(PretrainedConfig)}
 
 
 def parse_config_overrides(overrides: str | None, config: PretrainedConfig) -> dict[str, Any]:
-    """'n_layers=2,emb_dim=64' as typed values for `config`: `PretrainedConfig.update_from_string` on a
-    copy (values take the type of the field's current value). Only the config class's own fields and
-    their aliases (`hidden_size`, ...): not `dtype`, `model_type` and the fields every PretrainedConfig
-    has. Raises ValueError naming the item. `config.update(...)` applies the result."""
+    """'n_layers=2,emb_dim=64' as typed values for `config` (`PretrainedConfig.update_from_string` on a
+    copy), for `config.update`. Only the class's own fields and aliases (`hidden_size`, ...), not `dtype`,
+    `model_type` and the other fields every PretrainedConfig has. Raises ValueError naming the item."""
     items = [item.strip() for item in (overrides or "").split(",") if item.strip()]
     if not items:
         return {}

@@ -188,28 +188,23 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
     return path
 
 
-def code_files(output_dir: str | Path) -> list[str]:
-    """The `.py` files the folder's `auto_map` needs, with the sibling modules they import, as
-    transformers' remote code loads them."""
-    from transformers.dynamic_module_utils import get_relative_import_files
-
-    out = Path(output_dir)
-    refs = [ref for value in (_read_json(out / "config.json").get("auto_map") or {}).values()
-            for ref in (value if isinstance(value, list) else [value]) if ref]
-    found: set[str] = set()
-    for path in {out / (ref.split("--")[-1].split(".")[0] + ".py") for ref in refs}:
-        if path.is_file():
-            found |= {path.name, *(Path(p).name for p in get_relative_import_files(path))}
-    return sorted(found)
-
-
 def pushed_files(output_dir: str | Path) -> list[str]:
     """What a push sends, relative to `output_dir`: card, config, safetensors weights, the model's code,
     tokenizer, PNG plots, results.json/responses.json, and `adapter/` over a Hub base. Raises
     FileNotFoundError without README.md, config.json or safetensors weights; ValueError: a pickled adapter."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
     out = Path(output_dir)
     names = [name for name in TOP_FILES if (out / name).is_file()]
-    names += sorted(p.name for p in [*out.glob("model-*-of-*.safetensors"), *out.glob("*.png")]) + code_files(out)
+    names += sorted(p.name for p in [*out.glob("model-*-of-*.safetensors"), *out.glob("*.png")])
+    # the model's code: the modules of config.json's auto_map and the sibling modules they import
+    refs = [ref for value in (_read_json(out / "config.json").get("auto_map") or {}).values()
+            for ref in (value if isinstance(value, list) else [value]) if ref]
+    code: set[str] = set()
+    for path in {out / (ref.split("--")[-1].split(".")[0] + ".py") for ref in refs}:
+        if path.is_file():
+            code |= {path.name, *(Path(p).name for p in get_relative_import_files(path))}
+    names += sorted(code)
     missing = [name for name in ("README.md", "config.json") if name not in names]
     missing += [] if any(name.endswith(".safetensors") for name in names) else ["model.safetensors"]
     if missing:
@@ -282,7 +277,6 @@ def finish_run(output_dir: str | Path, results: Mapping[str, Any], task: str, tr
         if repo_id is not None:
             raise
         logger.warning("No model card written (%s: %s).", type(err).__name__, err)
-        return None
     if repo_id is None:
         return None
     info = push_run(output_dir, repo_id, training_args.hub_private_repo, training_args.hub_revision)
