@@ -531,7 +531,7 @@ def test_prepare_push_takes_over_from_the_trainer(tmp_path, monkeypatch):
                              hub_strategy="checkpoint")
     target = hub.prepare_push(args)
     assert args.push_to_hub is False  # the Trainer pushes nothing, checkpoints included
-    assert target.repo_id == f"{hub_recorder.DEFAULT_USER}/my-run"  # the output folder's name, login's namespace
+    assert target == f"{hub_recorder.DEFAULT_USER}/my-run"  # the output folder's name, login's namespace
     assert [c["call"] for c in _calls(tmp_path / "cache")] == ["create_repo"]  # created before training
     with pytest.raises(ValueError, match="hf auth login"):
         hub.prepare_push(TrainingArguments(output_dir=str(tmp_path / "o"), push_to_hub=True, hub_token="hf_secret",

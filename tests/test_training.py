@@ -19,7 +19,6 @@ from hf_gpt_scratch.training.arguments import (
     DataArguments,
     LoraArguments,
     ModelArguments,
-    apply_config_overrides,
     cpu_distributed_defaults,
     parse_config_overrides,
     parse_recipe_args,
@@ -82,7 +81,7 @@ def test_config_overrides_errors_name_the_key():
             parse_config_overrides(key, config)
     # values that parse but make no sense together are rejected by the config, which stays as it was
     with pytest.raises(ValueError, match="divisible"):
-        apply_config_overrides(config, parse_config_overrides("emb_dim=30,n_heads=4", config))
+        config.update(parse_config_overrides("emb_dim=30,n_heads=4", config))
     assert (config.emb_dim, config.n_heads) == (768, 12)
 
 

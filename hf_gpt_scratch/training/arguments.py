@@ -1,17 +1,7 @@
-"""Recipe arguments and run setup, shared by `recipes/*.py`.
-
-- `ModelArguments`, `DataArguments`: `HfArgumentParser` dataclasses with the flag names of
-  transformers' example scripts (`--model_name_or_path`, `--config_overrides`, `--block_size`, ...);
-  `LoraArguments`: the LoRA flags of every recipe that trains adapters.
-- `parse_recipe_args`: parses them on top of a preset file (`--preset NAME` reads the recipe's
-  `presets/NAME.yaml`; a `.yaml`/`.json` file can also come first on the command line), refuses
-  nonsense training flags (`check_training_args`) and, before any work, an --output_dir holding a
-  finished run or a --hub_token (see `hf_gpt_scratch.training.faults`).
-- `parse_config_overrides`, `apply_config_overrides`: `--config_overrides "n_layers=2,emb_dim=64"`
-  through `PretrainedConfig.update_from_string`, limited to the config's own fields.
-- `is_main_process`, `setup_logging`: every recipe runs unchanged under `python`, `torchrun` and
-  `accelerate launch`, on GPUs or (over gloo) on CPUs; only the main process writes files and prints.
-"""
+"""Recipe arguments: `HfArgumentParser` dataclasses with the flag names of transformers' example
+scripts, `parse_recipe_args` (preset files; nonsense flags, a finished --output_dir and --hub_token
+refused before any work), `--config_overrides` through `PretrainedConfig.update_from_string`, and
+the logging of a run under python, torchrun or accelerate launch (only the main process writes)."""
 
 from __future__ import annotations
 
@@ -36,101 +26,56 @@ from transformers.hf_argparser import string_to_bool
 from .data import DATA_ENV
 from .faults import check_output_dir, refuse_hub_token
 
-logger = logging.getLogger(__name__)
-
-
-INIT_SCHEMES = ("gpt2", "torch")
-
 
 @dataclass
 class ModelArguments:
     """Which model to train or load; the flags of transformers' `run_clm.py`."""
 
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Checkpoint to start from: a folder or hub id of any causal LM (ours, a stock GPT-2 "
-            "folder, which is converted to GPTScratchForCausalLM). Leave unset to train from scratch."
-        },
-    )
-    config_name: str | None = field(
-        default=None,
-        metadata={"help": "Config (folder, file's folder or hub id) for a model trained from scratch; "
-                  "default: GPTScratchConfig() (the book's GPT-2 124M)."},
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Comma-separated config fields to override, e.g. 'n_layers=2,emb_dim=64,drop_rate=0.0'. "
-            "With --model_name_or_path the weights must still fit (use it for drop_rate and the like)."
-        },
-    )
-    tokenizer_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Tokenizer: 'gpt2' (offline GPT-2 BPE), a folder or a hub id. Default: the checkpoint's own "
-            "tokenizer if --model_name_or_path has one, else 'gpt2'."
-        },
-    )
+    model_name_or_path: str | None = field(default=None, metadata={"help": (
+        "Checkpoint to start from: a folder or hub id (a stock GPT-2 is converted). Unset: from scratch.")})
+    config_name: str | None = field(default=None, metadata={"help": (
+        "Config (folder or hub id) of a model trained from scratch; default: GPTScratchConfig().")})
+    config_overrides: str | None = field(default=None, metadata={"help": (
+        "Config fields to set, e.g. 'n_layers=2,emb_dim=64' (a checkpoint's weights must still fit).")})
+    tokenizer_name: str | None = field(default=None, metadata={"help": (
+        "'gpt2' (offline GPT-2 BPE), a folder or a hub id; default: the checkpoint's own, else 'gpt2'.")})
     trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Allow code shipped with a checkpoint to run (only pass it for checkpoints you trust)."},
-    )
+        default=False, metadata={"help": "Run code shipped with a checkpoint (only one you trust)."})
     attn_implementation: str | None = field(
-        default=None,
-        metadata={"help": "Attention backend: 'eager', 'sdpa', ... Default: the model's (sdpa)."},
-    )
-    init_weights: str = field(
-        default="gpt2",
-        metadata={
-            "help": "Initialisation of a model trained from scratch: 'gpt2' (transformers' convention: normal "
-            "std 0.02, residual projections scaled by 1/sqrt(2 n_layers)) or 'torch' (PyTorch's defaults, what "
-            "the book's GPTModel gets: embeddings N(0, 1), Linear layers uniform +-1/sqrt(fan_in))."
-        },
-    )
+        default=None, metadata={"help": "Attention backend: 'eager', 'sdpa', ...; default: the model's."})
+    init_weights: str = field(default="gpt2", metadata={"help": (
+        "From scratch: 'gpt2' (normal std 0.02, residual projections scaled by 1/sqrt(2 n_layers)) or "
+        "'torch' (PyTorch's defaults, the book's GPTModel's: embeddings N(0, 1), Linear +-1/sqrt(fan_in)).")})
 
     def __post_init__(self):
-        if self.init_weights not in INIT_SCHEMES:
-            raise ValueError(f"--init_weights must be one of {', '.join(INIT_SCHEMES)}, got {self.init_weights!r}.")
+        if self.init_weights not in ("gpt2", "torch"):
+            raise ValueError(f"--init_weights must be one of gpt2, torch, got {self.init_weights!r}.")
 
 
 @dataclass
 class DataArguments:
     """Data flags shared by the recipes (each recipe subclasses this and adds its own)."""
 
-    data_dir: str | None = field(
-        default=None,
-        metadata={"help": f"Folder with the book's data files (default: ${DATA_ENV}, else downloaded)."},
-    )
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "A dataset on the hub (or a local dataset script/folder)."}
-    )
+    data_dir: str | None = field(default=None, metadata={"help": (
+        f"Folder with the book's data files (default: ${DATA_ENV}, else downloaded).")})
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the hub, or a local one."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
     train_file: str | None = field(default=None, metadata={"help": "Training data file (txt, json or jsonl)."})
     validation_file: str | None = field(
-        default=None, metadata={"help": "Validation data file; default: hold out part of the training data."}
-    )
+        default=None, metadata={"help": "Validation data file; default: hold out part of the training data."})
     block_size: int | None = field(
-        default=None,
-        metadata={"help": "Tokens per training sequence; default: the model's context_length."},
-    )
+        default=None, metadata={"help": "Tokens per training sequence; default: the model's context_length."})
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep at most this many training examples (for quick runs)."}
-    )
+        default=None, metadata={"help": "Keep at most this many training examples (for quick runs)."})
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep at most this many validation examples (for quick runs)."}
-    )
+        default=None, metadata={"help": "Keep at most this many validation examples (for quick runs)."})
     validation_split_percentage: float = field(
-        default=10.0,
-        metadata={"help": "Percent of the training data held out for validation when there is no validation file."},
-    )
+        default=10.0, metadata={"help": "Percent of the training data held out without a validation file."})
     preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
-    )
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."})
 
     def __post_init__(self):
-        if self.data_dir is not None:
-            # The book-data helpers (`hf_gpt_scratch.training.data`) read this variable.
+        if self.data_dir is not None:  # the book-data helpers (`hf_gpt_scratch.training.data`) read it
             os.environ[DATA_ENV] = str(Path(self.data_dir).expanduser().resolve())
         if not 0.0 <= self.validation_split_percentage < 100.0:
             raise ValueError(
@@ -146,10 +91,6 @@ class DataArguments:
                 raise FileNotFoundError(f"--{name} {value}: no such file.")
 
 
-# Linear leaves of every block of GPTScratchModel: attention projections and both feed-forward layers.
-LORA_TARGET_MODULES = ("W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2")
-
-
 @dataclass
 class LoraArguments:
     """PEFT LoRA settings (`peft.LoraConfig`), shared by the recipes that train adapters."""
@@ -157,15 +98,13 @@ class LoraArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (update = alpha / r * B A)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    # the Linear leaves of every block of GPTScratchModel: attention projections and both feed-forward layers
     lora_target_modules: list[str] = field(
-        default_factory=lambda: list(LORA_TARGET_MODULES),
-        metadata={"help": "Names (suffixes) of the Linear layers to adapt, space- or comma-separated, or "
-                  "'all-linear' (every Linear but the output head)."},
-    )
+        default_factory=lambda: ["W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2"],
+        metadata={"help": "Linear layers to adapt (name suffixes, space- or comma-separated), or "
+                  "'all-linear' (every Linear but the output head)."})
     lora_modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Modules trained in full beside the adapters (PEFT's modules_to_save), e.g. out_head."},
-    )
+        default=None, metadata={"help": "Modules trained in full beside the adapters (modules_to_save)."})
 
     def __post_init__(self):
         if self.lora_r <= 0:
@@ -200,11 +139,9 @@ class TrlLoraArguments(LoraArguments):
     use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (PEFT); false: finetune all weights."})
 
     def checked_peft_config(self, model):
-        """`peft_config` for a TRL trainer's `peft_config=`, its target names checked against `model`
-        first (ValueError naming --lora_target_modules): each must name a module, and not the output
-        head. TRL computes the loss from the head's weight directly, so an adapter there would never
-        train (its trainers refuse it); on a head tied to the token embedding a merged update would
-        also change the input embedding."""
+        """`peft_config` for a TRL trainer, checked against `model`: each target names a module and not
+        the output head (TRL computes the loss from its weight: an adapter there never trains), and a
+        tied head is not trained in full (it would untie). Raises ValueError naming the flag."""
         names = [name for name, _ in model.named_modules() if name]
         head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
         head_names = [name for name, module in model.named_modules() if module is head]
@@ -220,11 +157,8 @@ class TrlLoraArguments(LoraArguments):
                 raise ValueError(f"--lora_target_modules {','.join(missing)}: no such module (module names: {leaves}).")
             on_head = [t for t in targets if found(t, head_names)]
             if on_head:
-                raise ValueError(
-                    f"--lora_target_modules {','.join(on_head)}: that is the output head, which TRL's trainers cannot "
-                    "train an adapter on (they compute the loss from the head's weight directly); drop it, or "
-                    "finetune every weight with --use_lora false."
-                )
+                raise ValueError(f"--lora_target_modules {','.join(on_head)}: that is the output head, "
+                                 "which TRL cannot train an adapter on; drop it, or use --use_lora false.")
         tied = head is not None and embedding is not None and head.weight is embedding.weight
         if tied and any(found(m, head_names) for m in self.lora_modules_to_save or []):
             raise ValueError("--lora_modules_to_save: the output head is tied to the token embedding; a trained copy "
@@ -233,26 +167,19 @@ class TrlLoraArguments(LoraArguments):
 
 
 def cpu_distributed_defaults() -> dict[str, Any]:
-    """TrainingArguments defaults that make multi-process runs work without a GPU.
-
-    Several processes (torchrun / accelerate launch set WORLD_SIZE) on a machine without CUDA
-    need the gloo backend; pinned memory only makes sense with CUDA. Returned as parser defaults,
-    so explicit flags still win.
-    """
-    defaults: dict[str, Any] = {}
-    if not torch.cuda.is_available():
-        defaults["dataloader_pin_memory"] = False
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            defaults["ddp_backend"] = "gloo"
-            defaults["use_cpu"] = True
+    """Parser defaults without CUDA (explicit flags still win): no pinned memory and, for several
+    processes (WORLD_SIZE > 1: torchrun, accelerate launch), the CPU over gloo."""
+    if torch.cuda.is_available():
+        return {}
+    defaults: dict[str, Any] = {"dataloader_pin_memory": False}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        defaults.update(ddp_backend="gloo", use_cpu=True)
     return defaults
 
 
 def check_training_args(args: transformers.TrainingArguments) -> None:
-    """Refuse TrainingArguments values the Trainer would misread or crash on long after parsing:
-    `--max_steps 0` (would run one step), `--num_train_epochs 0` (an untrained "finished" model),
-    `--gradient_accumulation_steps 0` (ZeroDivisionError), batch sizes below 1, a negative or
-    non-finite learning rate, seeds outside [0, 2**32) (numpy's range). Raises ValueError naming the flag."""
+    """Refuse values the Trainer would misread or crash on long after parsing (`--max_steps 0` runs
+    one step, `--gradient_accumulation_steps 0` divides by zero, ...). Raises ValueError naming the flag."""
     seeds = {"seed": args.seed, "data_seed": args.data_seed}
     rules = [
         ("max_steps", args.max_steps > 0 or args.max_steps == -1, "a positive number of steps, or -1 (use --num_train_epochs)"),
@@ -274,45 +201,27 @@ RENAMED_FLAGS = {"--mask_prompt": "--completion_only_loss true (TRL's SFTConfig)
                  "--max_seq_length": "--max_length (TRL's SFTConfig / DPOConfig)"}
 
 
-def parse_recipe_args(
-    dataclass_types: Sequence[type],
-    presets: str | os.PathLike | None = None,
-    defaults: dict[str, Any] | None = None,
-    args: Sequence[str] | None = None,
-    description: str | None = None,
-    check_output: bool = True,
-) -> tuple[Any, ...]:
-    """Parse a recipe's command line into its dataclasses.
-
-    Precedence, lowest first: the dataclass defaults, `defaults` (the recipe's own, e.g. logging
-    every 10 steps), `cpu_distributed_defaults()`, a preset file, then the flags given on the
-    command line. The preset file is `<presets>/NAME.yaml` for `--preset NAME`, or a `.yaml`,
-    `.yml` or `.json` file given as the first argument (`python recipes/pretrain.py my.yaml
-    --max_steps 5`). An explicit `--config_overrides` is appended to the file's (later keys win),
-    so `--preset X --config_overrides n_layers=2` keeps the rest of the preset's architecture.
-
-    With a `TrainingArguments` among the types: `check_training_args` runs; `--overwrite_output_dir`
-    (ours: transformers 5 removed it) is added, and with `check_output` an --output_dir holding a
-    model, checkpoints or results is refused unless that flag or `--resume_from_checkpoint` is
-    given (`faults.check_output_dir`); the value is kept as `training_args.overwrite_output_dir`.
-    A `--hub_token` is refused (`faults.refuse_hub_token`): tokens come from `hf auth login` or HF_TOKEN.
-
-    Returns one instance per dataclass type, then the preset's name (the file's stem) or None.
-    Raises ValueError for a file key that is no flag, SystemExit (argparse) for an unknown preset.
-    """
+def parse_recipe_args(dataclass_types: Sequence[type], presets: str | os.PathLike | None = None,
+                      defaults: dict[str, Any] | None = None, args: Sequence[str] | None = None,
+                      description: str | None = None, check_output: bool = True) -> tuple[Any, ...]:
+    """Parse a recipe's command line: one instance per dataclass type, then the preset's name or None.
+    Precedence, lowest first: dataclass defaults, `defaults`, `cpu_distributed_defaults()`, a preset
+    file (`<presets>/NAME.yaml` for `--preset NAME`, or a .yaml/.yml/.json file given first), the flags
+    (a flag's `--config_overrides` is appended to the file's). With TrainingArguments: `check_training_args`,
+    `--overwrite_output_dir` (gone from transformers 5), `faults.check_output_dir` (if `check_output`),
+    `faults.refuse_hub_token`. Raises ValueError for a key or flag that is no argument, SystemExit (argparse)
+    for an unknown preset."""
     argv = list(sys.argv[1:] if args is None else args)
     names = sorted(p.stem for p in Path(presets).glob("*.yaml")) if presets else []
     # "resolve": a flag several dataclasses declare (SFTConfig's and ModelArguments' --trust_remote_code) is
     # one flag, and its value fills each of them (HfArgumentParser's own split gives it to the first only)
     parser = HfArgumentParser(dataclass_types, description=description, conflict_handler="resolve")
     parser.add_argument("--preset", choices=names, help=f"Named preset file in {presets} (explicit flags still win).")
-    has_training_args = any(issubclass(t, transformers.TrainingArguments) for t in dataclass_types)
-    add_overwrite = has_training_args and "overwrite_output_dir" not in {a.dest for a in parser._actions}
-    if add_overwrite:
+    if any(issubclass(t, transformers.TrainingArguments) for t in dataclass_types):
         parser.add_argument(
             "--overwrite_output_dir", type=string_to_bool, nargs="?", const=True, default=False,
-            help="Train into a non-empty --output_dir that holds a model, checkpoints or results (files are replaced "
-            "as they are written). Without it a recipe refuses before any work, unless --resume_from_checkpoint is given.",
+            help="Train into an --output_dir holding a model, checkpoints or results (files are replaced as "
+            "they are written). Without it (or --resume_from_checkpoint) a recipe refuses before any work.",
         )
 
     file = Path(argv.pop(0)) if argv and argv[0].endswith((".yaml", ".yml", ".json")) else None
@@ -342,15 +251,10 @@ def parse_recipe_args(
             obj.config_overrides = f"{values['config_overrides']},{given}"  # adds to the file's overrides
         if isinstance(obj, transformers.TrainingArguments):
             check_training_args(obj)
-            if add_overwrite:
-                obj.overwrite_output_dir = bool(namespace["overwrite_output_dir"])
+            obj.overwrite_output_dir = bool(namespace["overwrite_output_dir"])
             refuse_hub_token(obj)
             if check_output:
-                check_output_dir(
-                    obj.output_dir,
-                    overwrite=bool(getattr(obj, "overwrite_output_dir", False)),
-                    resume=obj.resume_from_checkpoint,
-                )
+                check_output_dir(obj.output_dir, obj.overwrite_output_dir, obj.resume_from_checkpoint)
     return (*outputs, file.stem if file else None)
 
 
@@ -360,11 +264,9 @@ _BASE_FIELDS = {f.name for f in dataclasses.fields(PretrainedConfig)}
 
 
 def parse_config_overrides(overrides: str | None, config: PretrainedConfig) -> dict[str, Any]:
-    """'n_layers=2,emb_dim=64,drop_rate=0.0' as typed values for `config`, read by
-    `PretrainedConfig.update_from_string` on a copy (each value takes the type of the field's
-    current value; bools accept true/false/1/0/yes/no). Only the fields the config class declares
-    (or their aliases: `hidden_size`, `num_hidden_layers`, ...) can be set: not `dtype`,
-    `model_type` and the fields every PretrainedConfig has. Raises ValueError naming the key."""
+    """'n_layers=2,emb_dim=64' as typed values for `config` (`PretrainedConfig.update_from_string` on a
+    copy), for `config.update`. Only the class's own fields and aliases (`hidden_size`, ...), not `dtype`,
+    `model_type` and the other fields every PretrainedConfig has. Raises ValueError naming the item."""
     items = [item.strip() for item in (overrides or "").split(",") if item.strip()]
     if not items:
         return {}
@@ -376,23 +278,16 @@ def parse_config_overrides(overrides: str | None, config: PretrainedConfig) -> d
             raise ValueError(f"--config_overrides {item!r}: expected key=value with a field of "
                              f"{type(config).__name__} ({', '.join(sorted(own))}).")
     trial = copy.deepcopy(config)
-    try:  # the base method: the rules across fields are checked once applied (`apply_config_overrides`)
+    try:  # the base method: GPTScratchConfig.update checks the rules across fields once applied
         PretrainedConfig.update_from_string(trial, ",".join(items))
     except (ValueError, TypeError) as err:
         raise ValueError(f"--config_overrides {overrides!r}: {err}") from None
     return {key: getattr(trial, key) for key in keys}
 
 
-def apply_config_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
-    """`config.update(overrides)` (GPTScratchConfig checks every rule then, changing nothing on error)."""
-    config.update(overrides)
-    return config
-
-
 def parse_lora_recipe_args(dataclass_types, presets, defaults, args, learning_rates: tuple[float, float], description=None):
-    """`parse_recipe_args` for the recipes with a `TrlLoraArguments`, whose default learning rate
-    follows --use_lora (given as a flag, in a preset or in a file): `learning_rates` is (LoRA, full).
-    The arguments are parsed once without checks to read --use_lora, then for real."""
+    """`parse_recipe_args` whose default learning rate follows --use_lora (flag, preset or file):
+    `learning_rates` is (LoRA, full). A first parse, without checks, reads --use_lora."""
     probe = [a for a in (sys.argv[1:] if args is None else args) if a not in ("-h", "--help")]  # help: 2nd parse
     first = parse_recipe_args(dataclass_types, presets, defaults, probe, check_output=False)
     lora = next(obj for obj in first if isinstance(obj, TrlLoraArguments)).use_lora
@@ -406,8 +301,8 @@ def is_main_process() -> bool:
 
 
 def setup_logging(training_args) -> None:
-    """run_clm-style logging: the main process logs at INFO, the others only warnings. The level is
-    set on the package's logger, so every module of hf_gpt_scratch (loading, hub, ...) follows it."""
+    """run_clm-style logging: the main process logs at INFO, the others only warnings, on the
+    package's logger too (every module of hf_gpt_scratch follows it)."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%H:%M:%S",
@@ -420,19 +315,3 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
-
-
-__all__ = [
-    "INIT_SCHEMES",
-    "ModelArguments",
-    "DataArguments",
-    "LORA_TARGET_MODULES",
-    "LoraArguments",
-    "cpu_distributed_defaults",
-    "check_training_args",
-    "parse_recipe_args",
-    "parse_config_overrides",
-    "apply_config_overrides",
-    "is_main_process",
-    "setup_logging",
-]

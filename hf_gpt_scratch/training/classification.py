@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig
 
 from ..modeling_gpt_scratch import GPTScratchForSequenceClassification as Classifier
-from .arguments import DataArguments, LoraArguments, ModelArguments, apply_config_overrides, parse_config_overrides
+from .arguments import DataArguments, LoraArguments, ModelArguments, parse_config_overrides
 from .data import SPAM_LABELS, balanced_split, labelled_dataset, load_sms_spam, load_text_classification_file
 from .loading import from_pretrained_strict, load_causal_lm
 from .metrics import load_metric
@@ -225,7 +225,7 @@ def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names:
         )
     if config is not None and any("SequenceClassification" in a for a in config.architectures or []):
         old_labels = [config.id2label[i] for i in sorted(config.id2label)]
-        apply_config_overrides(config, parse_config_overrides(model_args.config_overrides, config))
+        config.update(parse_config_overrides(model_args.config_overrides, config))
         config.update(labels)
         model = from_pretrained_strict(Classifier, path, allow_missing=("score.",), config=config, trust_remote_code=trust, **attn)
         if old_labels != list(labels["id2label"].values()):
