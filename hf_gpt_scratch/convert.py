@@ -142,13 +142,15 @@ def _rename_gpt2(src: dict, sd: dict, n_layers: int, tied: bool, to_gpt2: bool, 
     for i in range(n_layers):
         for ours, gpt2, transposed in _GPT2_BLOCK_NAMES:
             modules.append((f"model.trf_blocks.{i}.{ours}", f"transformer.h.{i}.{gpt2}", transposed))
-    names = [("model.tok_emb.weight", "transformer.wte.weight", False)]
-    names.append(("model.pos_emb.weight", "transformer.wpe.weight", False))
+    names = [
+        ("model.tok_emb.weight", "transformer.wte.weight", False),
+        ("model.pos_emb.weight", "transformer.wpe.weight", False),
+    ]
     for ours, gpt2, transposed in modules:
         names.append((f"{ours}.weight", f"{gpt2}.weight", transposed))
         names.append((f"{ours}.bias", f"{gpt2}.bias", False))
     if tied:  # one tensor with the embedding, rebuilt by tie_weights
-        src.pop("lm_head.weight" if not to_gpt2 else "out_head.weight", None)
+        src.pop("out_head.weight" if to_gpt2 else "lm_head.weight", None)
     else:
         names.append(("out_head.weight", "lm_head.weight", False))
     for ours, gpt2, transposed in names:
