@@ -1,15 +1,9 @@
 """hf_gpt_scratch: the GPT of "Build a Large Language Model (From Scratch)" as a transformers model.
-
-Importing the package registers the model type "gpt_scratch" with the Auto classes, and marks the
-classes so that `save_pretrained` ships their code (`auto_map`) for `trust_remote_code=True`.
+Importing it registers the model type "gpt_scratch" with the Auto classes, and has `save_pretrained`
+ship the classes' code (`auto_map`) for `trust_remote_code=True`.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from .configuration_gpt_scratch import GPTScratchConfig
 from .modeling_gpt_scratch import (

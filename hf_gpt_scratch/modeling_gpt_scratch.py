@@ -1,14 +1,7 @@
-"""The GPT of "Build a Large Language Model (From Scratch)" (chapter 4) as a transformers model.
-
-The math reads like the book: token + learned position embeddings, pre-LayerNorm transformer blocks
-(multi-head causal attention, then a 4x feed-forward with tanh-GELU), a final norm and an output
-head. The Hugging Face glue (attention backends, KV cache, masks, output classes) stays thin.
-
-Shapes in comments: B batch, T new tokens, S all tokens seen (cache + new), E emb_dim, H heads,
-D head_dim = E / H, V vocab_size.
-
-This file and `configuration_gpt_scratch.py` are copied next to saved weights for
-`trust_remote_code=True`: keep imports to transformers, torch and that sibling file.
+"""The GPT of "Build a Large Language Model (From Scratch)" (chapter 4) as a transformers model: token +
+learned position embeddings, pre-LayerNorm blocks (causal attention, 4x tanh-GELU feed-forward), final norm.
+Shapes: B batch, T new tokens, S all tokens seen (cache + new), E emb_dim, H heads, D = E / H, V vocab_size.
+Copied beside saved weights for `trust_remote_code=True`: import only transformers, torch and sibling files.
 """
 
 from collections.abc import Callable
@@ -37,12 +30,9 @@ from .loss_gpt_scratch import linear_cross_entropy
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """The book's attention, written out: softmax(Q K^T / sqrt(D) + mask) V.
-
-    query [B, H, T, D], key/value [B, H, S, D], attention_mask additive [B, 1, T, S] (0 or a large
-    negative number; it carries both the causal triangle and the padding). Returns the context
-    vectors as [B, T, H, D] and the attention weights [B, H, T, S].
-    """
+    """The book's attention: softmax(Q K^T / sqrt(D) + mask) V. query [B, H, T, D], key/value [B, H, S, D],
+    attention_mask additive [B, 1, T, S] (causal triangle and padding). Returns the context [B, T, H, D]
+    and the attention weights [B, H, T, S]."""
     attn_scores = query @ key.transpose(2, 3) * scaling  # [B, H, T, S]
     if attention_mask is not None:
         attn_scores = attn_scores + attention_mask
@@ -145,6 +135,17 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
         "attentions": OutputRecorder(MultiHeadAttention, index=1),
     }
 
+    @staticmethod
+    def _head_output(output_class, outputs: BaseModelOutputWithPast, logits, loss):
+        """`output_class` with a head's logits and loss, and the body's cache, hidden states, attentions."""
+        return output_class(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
     def _init_weights(self, module):
         """Normal(0, 0.02) weights, zero biases, unit norms; residual projections (attention output
         and second feed-forward layer) scaled by 1/sqrt(2 * n_layers) as in GPT-2."""
@@ -155,9 +156,8 @@ class GPTScratchPreTrainedModel(PreTrainedModel):
 
 
 def _check_shapes(config: GPTScratchConfig, input_ids, inputs_embeds, attention_mask, position_ids, past_len):
-    """ValueErrors naming the argument and its shape for inputs the model cannot run, raised before any
-    work (instead of a shape error deep in torch, or a silently wrong result). `past_len`: the cache
-    length, an int or a 0-d tensor (a filled StaticCache) that is not read."""
+    """ValueErrors naming the argument and its shape for inputs the model cannot run, before any work.
+    `past_len`: the cache length, an int or a 0-d tensor (a filled StaticCache) that is not read."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
     if input_ids is not None and input_ids.ndim != 2:
@@ -199,14 +199,10 @@ def _reads_are_free(tensor) -> bool:
 
 
 def _check_ids_and_positions(config: GPTScratchConfig, input_ids, position_ids, past_len, seq_len: int):
-    """ValueErrors for token ids outside the vocabulary and positions outside the position table.
-
-    The length rule is about positions, not the row's width: explicit `position_ids` (packed rows
-    restart at 0) may make a row longer than `context_length`. Values can only be checked by reading
-    them, a device-to-host sync on an accelerator: they are read on the CPU and on every call that
-    is not a cached decode step of one token per row (training, evaluation, a prefill), so `generate`
-    syncs once per call, not per token; the ids and positions it feeds back grow from checked ones.
-    """
+    """ValueErrors for token ids outside the vocabulary and positions outside the position table
+    (explicit `position_ids`, e.g. packed rows, may make a row longer than `context_length`). Values
+    are read (a device sync) on the CPU and on every call but a cached one-token decode step, so
+    `generate` syncs once per call; the ids and positions it feeds back grow from checked ones."""
     known_past = isinstance(past_len, int)  # else a StaticCache's tensor: not read
     too_long = known_past and past_len + seq_len > config.context_length
     if position_ids is None and too_long:  # the positions would run on after the cache, past the table
@@ -235,9 +231,8 @@ def _check_ids_and_positions(config: GPTScratchConfig, input_ids, position_ids, 
 
 
 def _check_labels(config: GPTScratchConfig, labels, shift_labels, input_ids, inputs_embeds):
-    """`labels` (and `shift_labels`, already shifted, as some transformers paths pass them) must have
-    the input's shape [batch, tokens] and hold token ids or -100 (ignored). Reads the values (a sync:
-    fine in training and evaluation; `generate` never passes labels). Raises ValueError."""
+    """ValueError unless `labels` (and `shift_labels`, already shifted) have the input's shape [B, T]
+    and hold token ids or -100 (ignored). Reads the values: `generate` never passes labels."""
     inputs = input_ids if input_ids is not None else inputs_embeds
     for name, target in (("labels", labels), ("shift_labels", shift_labels)):
         if target is None or inputs is None:
@@ -302,9 +297,8 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
             position_ids = self._positions(attention_mask, past_len, inputs_embeds)
         x = self.drop_emb(inputs_embeds + self.pos_emb(position_ids))  # [B, T, E]
 
-        # An empty cache adds nothing to attend to. Left out, it lets transformers detect packed rows
-        # (position_ids restarting at 0, no attention_mask) and keep their examples apart, as it does
-        # without a cache; a StaticCache is kept (its keys span its whole length).
+        # An empty cache is left out, so that transformers detects packed rows (position_ids restarting
+        # at 0, no attention_mask) as without a cache; a StaticCache is kept (its keys span its length).
         empty_cache = isinstance(past_len, int) and past_len == 0 and not getattr(cache, "is_compileable", False)
         mask = create_causal_mask(
             config=self.config,
@@ -320,8 +314,8 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
 
     @staticmethod
     def _positions(attention_mask, past_len, inputs_embeds) -> torch.LongTensor:
-        """Positions of the new tokens: counted over real tokens of `attention_mask` (so left padding
-        does not shift them), else continuing after the cached ones. Returns [B or 1, T]."""
+        """Positions [B or 1, T] of the new tokens: counted over the real tokens of `attention_mask`
+        (left padding does not shift them), else continuing after the cached ones."""
         seq_len = inputs_embeds.shape[1]
         if attention_mask is not None and attention_mask.ndim == 2:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, S]
@@ -330,14 +324,10 @@ class GPTScratchModel(GPTScratchPreTrainedModel):
 
 
 class GPTScratchLMHead(nn.Linear):
-    """The output head, a bias-free Linear E -> V (weight [V, E]) that can also compute the
-    next-token loss itself: `head(hidden)` returns logits [B, T, V]; `head(hidden, labels=labels)`
-    returns the loss of `linear_cross_entropy`, fused and chunked, without the logits.
-
-    The loss runs inside this module's own forward, where every wrapper that provides a weight only
-    for its module's forward (accelerate's offload hooks, DeepSpeed ZeRO-3, FSDP) has provided it.
-    A weight that is not a plain tensor even there (a quantized tensor subclass, meta) gets the
-    plain logits and transformers' `ForCausalLMLoss`."""
+    """The output head, a bias-free Linear E -> V: `head(hidden)` returns logits [B, T, V],
+    `head(hidden, labels=labels)` the fused, chunked loss of `linear_cross_entropy` without them. The
+    loss runs in this module's forward, where offload hooks, ZeRO-3 and FSDP have provided the weight;
+    a weight that is not a plain tensor (quantized, meta) gets the logits and `ForCausalLMLoss`."""
 
     def forward(self, hidden, labels=None, **loss_kwargs):
         if labels is None:
@@ -384,12 +374,11 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
-        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Targets for next-token prediction, unshifted (`labels = input_ids` works; the loss
-            shifts them). Positions set to -100 are ignored; other ids outside `[0, vocab_size)` and
-            another shape are a ValueError, in training and evaluation alike.
-        logits_to_keep (`int` or `torch.Tensor`): compute logits for the last `logits_to_keep`
-            positions only (0 keeps all), as `generate` does.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): next-token
+            targets, unshifted (`labels = input_ids` works); -100 is ignored, other ids outside
+            `[0, vocab_size)` or another shape are a ValueError.
+        logits_to_keep (`int` or `torch.Tensor`): logits for the last `logits_to_keep` positions only
+            (0 keeps all), as `generate` asks.
         """
         if not torch.compiler.is_compiling():
             _check_labels(self.config, labels, kwargs.get("shift_labels"), input_ids, inputs_embeds)
@@ -411,20 +400,12 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
             logits = self.out_head(slice_logits_to_keep(hidden, logits_to_keep))  # [B, T, V]
             if labels is not None:
                 loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return self._head_output(CausalLMOutputWithPast, outputs, logits, loss)
 
     def _fuse_head_and_loss(self, labels, logits_to_keep) -> bool:
-        """While training with labels and `config.fused_loss` (the default), the head returns the loss
-        itself and `logits` come back as None: a training step does not read them, and building them
-        costs most of a small model's step memory. Evaluation, generation, no-grad calls and
-        `fused_loss=False` get logits and `self.loss_function`; so does a head that is not ours
-        (LoRA-wrapped, replaced, quantized by module swap)."""
+        """Training with labels and `config.fused_loss`: the head returns the loss and `logits` are None
+        (they cost most of a small model's step memory). Evaluation, generation, no-grad calls,
+        `fused_loss=False` and a head that is not ours (LoRA-wrapped, swapped) get logits."""
         return (
             self.config.fused_loss
             and labels is not None
@@ -436,12 +417,10 @@ class GPTScratchForCausalLM(GPTScratchPreTrainedModel, GenerationMixin):
 
 
 class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
-    """The GPT with a classification head on the hidden state of the last real token (the book's
-    chapter 6), robust to left and right padding."""
+    """The GPT with a classification head on the last real token's hidden state (the book's chapter 6),
+    left or right padded."""
 
-    # The Trainer then divides the loss by the accumulation steps itself, which is exact for
-    # equally sized micro-batches and for every problem type (the loss here is a per-example mean).
-    accepts_loss_kwargs = False
+    accepts_loss_kwargs = False  # the loss is a per-example mean: the Trainer divides by accumulation
 
     def __init__(self, config: GPTScratchConfig):
         super().__init__(config)
@@ -451,31 +430,19 @@ class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class ids in
             `[0, num_labels)`; float targets for regression (`num_labels == 1`) or multi-label.
+        Other keywords (`position_ids`, `cache`, `inputs_embeds`, `use_cache`, ...) go to `GPTScratchModel`.
         """
-        outputs: BaseModelOutputWithPast = self.model(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        outputs: BaseModelOutputWithPast = self.model(input_ids, attention_mask=attention_mask, **kwargs)
         hidden = outputs.last_hidden_state  # [B, T, E]
         last = self._last_token_index(input_ids, attention_mask, hidden)  # [B]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, E]
@@ -483,13 +450,7 @@ class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-        return SequenceClassifierOutputWithPast(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return self._head_output(SequenceClassifierOutputWithPast, outputs, logits, loss)
 
     def _last_token_index(self, input_ids, attention_mask, hidden) -> torch.LongTensor:
         """Index of the rightmost real token of each row: from `attention_mask` when given, else the
@@ -517,12 +478,9 @@ class GPTScratchForSequenceClassification(GPTScratchPreTrainedModel):
 
 
 def _add_to_transformers_name_tables() -> None:
-    """Put our class names in the built-in tables some of transformers reads instead of the Auto
-    registry: the Trainer shifts labels for label smoothing only for the causal LMs of
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, `Trainer.create_model_card` infers the task and
-    `transformers serve` the modality from them. Runs when this file is imported, so it holds for
-    remote code too; never replaces an entry. The Auto classes stay unchanged: they only resolve
-    model types that CONFIG_MAPPING_NAMES lists."""
+    """Add our class names (never replacing an entry) to the built-in tables that parts of transformers
+    read instead of the Auto registry: the Trainer's label smoothing shift, `create_model_card`'s task
+    and `transformers serve`'s modality. Runs on import, so it holds for remote code too."""
     from transformers.models.auto import modeling_auto
 
     for table, model_class in (

