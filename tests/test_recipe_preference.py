@@ -282,6 +282,25 @@ def test_torchrun_two_processes(tmp_path, tiny_checkpoint, train_file):
     _check_run(out, world=2)
 
 
+def test_the_length_check_counts_the_pairs_trl_truncates(tmp_path, tiny_checkpoint, caplog):
+    """`check_lengths` counts a pair as TRL's DPOTrainer tokenizes it (prompt, then chosen/rejected
+    with the eos TRL appends): at a --max_length one token short of the longest pair, exactly the
+    pairs TRL's collator cuts are counted (without the eos, none would be)."""
+    from hf_gpt_scratch.training.faults import check_lengths
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    dataset = preference_dataset(_entries(10))
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_length=None)
+    prepared = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_checkpoint), args=args,
+                          train_dataset=dataset, processing_class=tok).train_dataset
+    lengths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in prepared]
+    limit = max(lengths) - 1
+    cut = sum(n > limit for n in lengths)
+    with caplog.at_level("WARNING", logger="hf_gpt_scratch"):
+        check_lengths({"train": dataset}, tok, limit, "prefs.json", completions=("chosen", "rejected"))
+    assert f"prefs.json (train split): truncating {cut} entry(s) longer than {limit} tokens" in caplog.text
+
+
 def test_a_max_length_the_prompts_fill_is_refused_before_training(tmp_path, tiny_checkpoint, train_file):
     """TRL drops pairs whose prompt fills --max_length without a word (an emptied split then failed
     with a KeyError after loading); the recipe names them first, and writes nothing."""

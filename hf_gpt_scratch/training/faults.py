@@ -281,10 +281,12 @@ def check_sequence_lengths(lengths: Iterable[int], limit: int, *, source: str, p
 def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions: Sequence[str] = ()) -> None:
     """One warning per split of `splits` (None skipped) counting the examples longer than `limit`
     tokens, which are truncated as the book does: classification texts (column "text"), or with
-    `completions`, TRL prompt + completion (or chosen/rejected) as one text. A prompt that alone
-    fills `limit` is an `ExampleTooLongError` (no response token left; TRL would drop it silently)."""
+    `completions`, TRL prompt + completion (or chosen/rejected) + eos as one text, as TRL tokenizes
+    them (it appends eos to a completion without one). A prompt that alone fills `limit` is an
+    `ExampleTooLongError` (no response token left; TRL would drop it silently)."""
     from trl.data_utils import common_prefix_length
 
+    eos = tokenizer.eos_token or ""
     for split, ds in splits.items():
         where = f"{source} ({split} split)"
         if ds is not None and not completions:
@@ -293,16 +295,16 @@ def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions:
             check_sequence_lengths(map(len, ids), limit, source=where, what="text", hint=hint)
         elif ds is not None:
             prompts = tokenizer(list(ds["prompt"]), verbose=False)["input_ids"]
-            full = [tokenizer([p + t for p, t in zip(ds["prompt"], ds[c])], verbose=False)["input_ids"]
-                    for c in completions]
+            full = [tokenizer([p + t + eos * (not t.endswith(eos)) for p, t in zip(ds["prompt"], ds[c])],
+                              verbose=False)["input_ids"] for c in completions]
             lengths = (max(len(ids[i]) for ids in full) for i in range(len(prompts)))
             hint = ("The end of their responses is cut; raise --max_length (up to the model's context) to "
                     "keep it.")
             check_sequence_lengths(lengths, limit, source=where, what="entry", hint=hint)
             hint = ("Each needs room for at least one response token: shorten those entries, drop them, or "
                     "raise --max_length (up to the model's context).")
-            check_sequence_lengths((common_prefix_length(p, f) for p, f in zip(prompts, full[0])), limit - 1,
-                                   source=where, policy="refuse", what="prompt", hint=hint)
+            starts = (min(common_prefix_length(p, ids[i]) for ids in full) for i, p in enumerate(prompts))
+            check_sequence_lengths(starts, limit - 1, source=where, policy="refuse", what="prompt", hint=hint)
 
 
 def refuse_hub_token(training_args) -> None:
