@@ -301,17 +301,18 @@ def is_main_process() -> bool:
 
 
 def setup_logging(training_args) -> None:
-    """run_clm-style logging: the main process logs at INFO, the others only warnings, on the
-    package's logger too (every module of hf_gpt_scratch follows it)."""
+    """run_clm's logging: the main process logs at INFO (transformers too: the Trainer's "Running
+    training" summary), the others only warnings, on the package's logger too."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
+    if training_args.should_log:  # --log_level passive (the default) then means INFO, as in run_clm
+        transformers.utils.logging.set_verbosity_info()
     level = training_args.get_process_log_level()
-    ours = logging.INFO if training_args.should_log and training_args.log_level == "passive" else level
-    logging.getLogger(__package__).setLevel(ours)
-    logging.getLogger("__main__").setLevel(ours)
+    logging.getLogger(__package__).setLevel(level)
+    logging.getLogger("__main__").setLevel(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
