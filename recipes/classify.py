@@ -22,14 +22,8 @@ import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import LoraArguments, ModelArguments, parse_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks, train_without_evaluation
 from hf_gpt_scratch.training.classification import (
-    ClassificationArguments,
-    ClassifyDataArguments,
-    build_compute_metrics,
-    load_classification_splits,
-    load_sequence_classifier,
-    set_trainable,
-    tfidf_baseline,
-    tokenize_splits,
+    ClassificationArguments, ClassifyDataArguments, build_compute_metrics, load_classification_splits,
+    load_sequence_classifier, set_trainable, tfidf_baseline, tokenize_splits,
 )
 from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
@@ -94,9 +88,10 @@ def main(args: list[str] | None = None) -> dict:
     elif data_args.eval_train_samples > 0:
         n = min(data_args.eval_train_samples, len(encoded["train"]))
         eval_dataset = {"validation": validation, "train": encoded["train"].select(range(n))}
-    logger.info("preset %s, model %s, %s trainable (%d of %d parameters), classes %s, max_seq_length %d, device %s",
-                preset or "-", model_args.model_name_or_path or "random init", cls_args.trainable, trainable, total,
-                ", ".join(label_names), max_seq_length, training_args.device)
+    model_source = model_args.model_name_or_path or "random init"
+    logger.info("preset %s, model %s, classes %s, max_seq_length %d, %s trainable (%d of %d parameters), "
+                "device %s", preset or "-", model_source, ", ".join(label_names), max_seq_length,
+                cls_args.trainable, trainable, total, training_args.device)
 
     trainer = Trainer(
         model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=eval_dataset,
@@ -137,14 +132,14 @@ def main(args: list[str] | None = None) -> dict:
 
         if cls_args.tfidf_baseline:
             baseline = tfidf_baseline(raw, len(label_names), seed=data_args.split_seed)
-            for split, prefix, metrics in (("validation", "eval", evaluation), ("test", "test", test_metrics)):
-                metrics.update({f"baseline_tfidf_{prefix}_{k}": v for k, v in baseline.get(split, {}).items()})
+            for split, metrics in (("validation", evaluation), ("test", test_metrics)):
+                prefix = "baseline_tfidf_" + ("eval" if split == "validation" else split)
+                metrics.update({f"{prefix}_{k}": v for k, v in baseline.get(split, {}).items()})
         curves = log_history_to_curves(trainer.state.log_history)
         save_plots(curves, out_dir, {"loss": "loss.png", "accuracy": "accuracy.png"}, preset or None)
         if test is not None:  # the counts and the names of their rows and columns, beside the test metrics
-            counts = plot_confusion_matrix(
-                test["label"], prediction.predictions.argmax(-1), label_names, out_dir / "confusion_matrix.png", title="test"
-            )
+            counts = plot_confusion_matrix(test["label"], prediction.predictions.argmax(-1), label_names,
+                                           out_dir / "confusion_matrix.png", title="test")
             test_metrics.update(test_confusion_matrix=counts.tolist(), label_names=list(label_names))
     train["runtime"] = time.perf_counter() - started
     results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test_metrics})

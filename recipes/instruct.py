@@ -29,7 +29,9 @@ from hf_gpt_scratch.training.instruction import (
 from hf_gpt_scratch.training.loading import (
     load_causal_lm, load_for_tuning, save_and_reload, train_model, unsharded_loading,
 )
-from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, save_metrics, save_plots, train_metrics, write_json
+from hf_gpt_scratch.training.reporting import (
+    log_history_to_curves, logged, save_metrics, save_plots, train_metrics, write_json,
+)
 from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -80,12 +82,13 @@ def main(args: list[str] | None = None) -> dict:
     val_ds = sft_dataset(val_entries, tokenizer.eos_token) if val_entries else None
     # over-long entries: truncated with a counted warning; a prompt that fills the context: refused
     source = data_args.train_file or "instruction-data.json"
-    check_lengths({"train": train_ds, "validation": val_ds}, tokenizer, training_args.max_length, source, ("completion",))
+    splits = {"train": train_ds, "validation": val_ds}
+    check_lengths(splits, tokenizer, training_args.max_length, source, ("completion",))
     peft_config = lora_args.checked_peft_config(model) if lora_args.use_lora else None
     finetuning = "lora" if lora_args.use_lora else "full"
     logger.info("preset %s, model %s (%d parameters, context %s), %s finetuning, device %s", preset or "-",
-                model_args.model_name_or_path or "from scratch", total_parameters, context_length_of(model), finetuning,
-                training_args.device)
+                model_args.model_name_or_path or "from scratch", total_parameters, context_length_of(model),
+                finetuning, training_args.device)
 
     before = after = None
     if eval_args.eval_before and test_entries:
@@ -120,11 +123,7 @@ def main(args: list[str] | None = None) -> dict:
         "n_train": len(train_entries),
         "trainable_parameters": trainable,
         "total_parameters": total_parameters,
-        "learning_rate": training_args.learning_rate,
-        "completion_only_loss": training_args.completion_only_loss,
-        "packing": training_args.packing,
-        "finetuning": finetuning,  # LoRA's settings: adapter/adapter_config.json
-        "model": model_args.model_name_or_path,
+        "finetuning": finetuning,  # the other settings: training_args.json, adapter/adapter_config.json
         "preset": preset,
     }
     if evaluation:
@@ -135,7 +134,8 @@ def main(args: list[str] | None = None) -> dict:
             test.update({f"test_loss_{when}": evaluated["loss"], f"rouge_l_{when}": evaluated["rouge_l"],
                          f"test_runtime_{when}": evaluated["runtime"]})
     if after:
-        test.update(test_loss_tokens=after["loss_tokens"], n_test=len(test_entries), max_new_tokens=eval_args.max_new_tokens,
+        test.update(test_loss_tokens=after["loss_tokens"], n_test=len(test_entries),
+                    max_new_tokens=eval_args.max_new_tokens,
                     response_header_in_prompt=eval_args.response_header_in_prompt)
     train["runtime"] = time.perf_counter() - started
     results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test})
@@ -146,7 +146,8 @@ def main(args: list[str] | None = None) -> dict:
     for name, evaluated in (("responses.json", after), ("responses_before.json", before)):
         if evaluated:
             write_json(output_dir / name, response_records(test_entries, evaluated["responses"]))
-    save_plots(log_history_to_curves(history), output_dir, {"loss": "loss.png"}, f"Instruction finetuning ({finetuning})")
+    title = f"Instruction finetuning ({finetuning})"
+    save_plots(log_history_to_curves(history), output_dir, {"loss": "loss.png"}, title)
     if after:
         for entry, response in list(zip(test_entries, after["responses"]))[:3]:
             print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n"

@@ -84,13 +84,14 @@ def main(args: list[str] | None = None) -> dict:
     if lora_args.use_lora:  # TRL wraps the model; the reference is the base with the adapter disabled
         peft_config = lora_args.checked_peft_config(model)  # refuses the output head before TRL would
     else:  # a frozen copy, loaded as the policy was (TRL's own copy would reload config._name_or_path)
-        ref_model = load_causal_lm(model_args, tokenizer).to(training_args.device).eval().requires_grad_(False)
+        ref_model = load_causal_lm(model_args, tokenizer).to(training_args.device)
+        ref_model.eval().requires_grad_(False)
     if val_ds is None:
         train_without_evaluation(training_args, "No validation entries")
     finetuning = "lora" if lora_args.use_lora else "full"
-    logger.info("preset %s, model %s (%d parameters, context %s), %s tuning, beta %s, device %s", preset or "-",
-                model_args.model_name_or_path or "from scratch", total_parameters, context_length_of(model), finetuning,
-                training_args.beta, training_args.device)
+    logger.info("preset %s, model %s (%d parameters, context %s), %s tuning, beta %s, device %s",
+                preset or "-", model_args.model_name_or_path or "from scratch", total_parameters,
+                context_length_of(model), finetuning, training_args.beta, training_args.device)
 
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=train_ds,
                          eval_dataset=val_ds, processing_class=tokenizer, peft_config=peft_config,
@@ -113,11 +114,7 @@ def main(args: list[str] | None = None) -> dict:
         "n_train": len(train_entries),
         "trainable_parameters": trainable,
         "total_parameters": total_parameters,
-        "learning_rate": training_args.learning_rate,
-        "beta": training_args.beta,
-        "loss_type": ", ".join(training_args.loss_type),
-        "finetuning": finetuning,  # LoRA's settings: adapter/adapter_config.json
-        "model": model_args.model_name_or_path,
+        "finetuning": finetuning,  # the other settings: training_args.json, adapter/adapter_config.json
         "preset": preset,
     }
     evaluation = {"n_validation": len(val_entries)} if val_entries else {}
@@ -134,8 +131,8 @@ def main(args: list[str] | None = None) -> dict:
     responses = [dict(entry, reference_response=ref, tuned_response=new)
                  for entry, ref, new in zip(samples, reference_responses, tuned_responses)]
     write_json(output_dir / "responses.json", responses)
-    save_plots(preference_curves(history), output_dir, {"loss": "loss.png", "reward_margin": "reward_margins.png"},
-               f"DPO ({finetuning})")
+    plots = {"loss": "loss.png", "reward_margin": "reward_margins.png"}
+    save_plots(preference_curves(history), output_dir, plots, f"DPO ({finetuning})")
     for r in responses:
         print(f"--- {r['instruction']!r}{' / ' + repr(r['input']) if r.get('input') else ''}\n"
               f"  chosen:    {r['chosen']!r}\n  reference: {r['reference_response']!r}\n  tuned:     {r['tuned_response']!r}",

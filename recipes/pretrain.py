@@ -28,7 +28,9 @@ from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once, 
 from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.loading import load_causal_lm, load_tokenizer_for, save_final_model, train_model
-from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, save_metrics, save_plots, train_metrics, write_json
+from hf_gpt_scratch.training.reporting import (
+    log_history_to_curves, logged, save_metrics, save_plots, train_metrics, write_json,
+)
 from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples, length_within_context
 
 logger = logging.getLogger(__name__)
@@ -186,9 +188,10 @@ def main(args: list[str] | None = None) -> dict:
         n = min(data_args.eval_train_samples, len(train_ds))
         eval_dataset = {"validation": eval_ds, "train": train_ds.select(range(n))}
 
-    logger.info("preset %s, model %s, context %s, blocks of %d tokens (%d and %d tokens in the train and validation "
-                "text), device %s", preset or "-", model_args.model_name_or_path or "from scratch",
-                context_length_of(model), block_size, train_text_tokens, val_text_tokens, training_args.device)
+    logger.info("preset %s, model %s, context %s, blocks of %d tokens (text: %d train, %d validation "
+                "tokens), device %s", preset or "-", model_args.model_name_or_path or "from scratch",
+                context_length_of(model), block_size, train_text_tokens, val_text_tokens,
+                training_args.device)
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_dataset,
                       processing_class=tokenizer, data_collator=default_data_collator,
@@ -223,12 +226,13 @@ def main(args: list[str] | None = None) -> dict:
             trainer.model, tokenizer, report_args.sample_prompts, seed=training_args.seed, **report_args.generation_kwargs()
         )
     if trainer.is_world_process_zero():
-        save_plots(log_history_to_curves(history), training_args.output_dir, {"loss": "loss.png"}, preset or None)
-        write_json(Path(training_args.output_dir) / "samples.json", samples)
+        output_dir = Path(training_args.output_dir)
+        save_plots(log_history_to_curves(history), output_dir, {"loss": "loss.png"}, preset or None)
+        write_json(output_dir / "samples.json", samples)
         for sample in samples:
             print(f"--- {sample['prompt']!r}\n{sample['prompt']}{sample['completion']}", flush=True)
-        finish_run(training_args.output_dir, {**results, "samples": samples}, "pretrain", training_args, model_args,
-                   data_args, hub_target)
+        card = {**results, "samples": samples}
+        finish_run(output_dir, card, "pretrain", training_args, model_args, data_args, hub_target)
     return results
 
 

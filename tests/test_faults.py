@@ -144,7 +144,8 @@ def test_pretrain_recipe_refuses_then_overwrites_when_told(tmp_path, bpe_dir):
     assert (out / "model.safetensors").read_bytes() == weights
     second = recipe.main(pretrain_args(bpe_dir, out, "--seed", 7, "--overwrite_output_dir"))
     assert (out / "model.safetensors").read_bytes() != weights  # another seed, another model
-    assert json.loads((out / "all_results.json").read_text())["train_loss"] == pytest.approx(second["train_loss"])
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["train_loss"] == pytest.approx(second["train_loss"])
     assert math.isfinite(first["train_loss"])
 
 
@@ -633,7 +634,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    assert not (out / "all_results.json").exists() and not (out / "model.safetensors").exists(), "the run finished first"
+    finished = (out / "all_results.json").exists() or (out / "model.safetensors").exists()
+    assert not finished, "the run finished first"
     steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert steps[:2] == [2, 4] and steps[-1] < 12
     # a checkpoint half-written when the process died (weights, no trainer_state.json) is skipped

@@ -41,9 +41,11 @@ TOKENIZER = {"tokenizer.json", "tokenizer_config.json"}  # what the GPT-2 BPE to
 MODEL = {"config.json", "generation_config.json", "model.safetensors"}
 ADAPTER = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
 RESULTS = {"all_results.json", "train_results.json", "eval_results.json", "test_results.json"}
-PRETRAIN_FILES = MODEL | CODE | TOKENIZER | RESULTS - {"test_results.json"} | {"README.md", "loss.png", "samples.json"}
+PRETRAIN_FILES = MODEL | CODE | TOKENIZER | RESULTS - {"test_results.json"} | {"README.md", "loss.png",
+                                                                              "samples.json"}
 INSTRUCT_FILES = MODEL | CODE | TOKENIZER | ADAPTER | RESULTS | {"README.md", "loss.png", "responses.json"}
-PREFERENCE_FILES = MODEL | CODE | TOKENIZER | RESULTS | {"README.md", "loss.png", "reward_margins.png", "responses.json"}
+PREFERENCE_FILES = MODEL | CODE | TOKENIZER | RESULTS | {"README.md", "loss.png", "reward_margins.png",
+                                                         "responses.json"}
 CLASSIFY_FILES = ({"config.json", "model.safetensors"} | CODE | TOKENIZER | ADAPTER | RESULTS
                   | {"README.md", "loss.png", "accuracy.png", "confusion_matrix.png"})
 
@@ -410,15 +412,18 @@ INSTRUCT_RESULTS = {
 PREFERENCE_RESULTS = {
     "finetuning": "full", "beta": 0.1, "loss_type": "sigmoid_norm", "test_loss_before": 0.6931, "test_loss_after": 0.61,
     "test_reward_margin_before": 0.0, "test_reward_margin_after": 0.4, "test_reward_accuracy_before": 0.0,
-    "test_reward_accuracy_after": 0.75, "eval_reward_accuracy_after": 0.7, "n_train": 40, "n_validation": 5, "n_test": 4,
+    "test_reward_accuracy_after": 0.75, "eval_reward_accuracy_after": 0.7, "n_train": 40, "n_validation": 5,
+    "n_test": 4,
 }
-PRETRAIN_RESULTS = {"eval_loss": 3.75, "perplexity": math.exp(3.75), "initial_eval_loss": 10.9, "num_input_tokens_seen": 1000,
+PRETRAIN_RESULTS = {"eval_loss": 3.75, "perplexity": math.exp(3.75), "initial_eval_loss": 10.9,
+                    "num_input_tokens_seen": 1000,
                     "samples": [{"prompt": "Every effort", "completion": " moves you"}], "train_runtime": 12.5}
 
 
 @pytest.mark.parametrize("task, results, metrics", [
     ("pretrain", PRETRAIN_RESULTS, {("validation", "loss"): "eval_loss", ("validation", "perplexity"): "perplexity"}),
-    ("classify", CLASSIFY_RESULTS, {(split, m): f"{p}_{m}" for split, p in (("validation", "eval"), ("test", "test"))
+    ("classify", CLASSIFY_RESULTS, {(split, m): f"{p}_{m}" 
+                                    for split, p in (("validation", "eval"), ("test", "test"))
                                     for m in ("accuracy", "f1", "precision", "recall") if f"{p}_{m}" in CLASSIFY_RESULTS}),
     # an old results.json's judge score is not the recipe's (examples/judge.py writes responses_scored.json)
     ("instruct", INSTRUCT_RESULTS, {("test", "rouge"): "rouge_l_after", ("test", "loss"): "test_loss_after"}),
@@ -479,14 +484,15 @@ def test_pushed_files_leave_out_training_state_and_pickles(tmp_path):
 
     out = _fake_run(tmp_path / "run")
     for name in ("README.md", "all_results.json", "train_results.json", "samples.json", "responses.json",
-                 "tokenizer.json", "training_args.bin", "trainer_state.json", "optimizer.pt", "pytorch_model.bin",
-                 "rng_state.pth", "results.json", "notes.txt", ".env", "my_script.py", "checkpoint-5/model.safetensors",
-                 "runs/events.out"):
+                 "tokenizer.json", "training_args.bin", "trainer_state.json", "optimizer.pt", "rng_state.pth",
+                 "pytorch_model.bin", "results.json", "notes.txt", ".env", "my_script.py",
+                 "checkpoint-5/model.safetensors", "runs/events.out"):
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_text("{}")
     (out / "loss.png").write_bytes(PNG_MAGIC)
-    assert set(hub.pushed_files(out)) == MODEL | CODE | {"README.md", "all_results.json", "train_results.json",
-                                                         "samples.json", "responses.json", "loss.png", "tokenizer.json"}
+    pushed = {"README.md", "all_results.json", "train_results.json", "samples.json", "responses.json",
+              "loss.png", "tokenizer.json"}
+    assert set(hub.pushed_files(out)) == MODEL | CODE | pushed
     # upload_folder's ignore_patterns drop every pickle, training state and checkpoint, listed or not
     junk = ["training_args.bin", "trainer_state.json", "optimizer.pt", "x/scheduler.pt", "rng_state_1.pth", "a.pkl",
             "checkpoint-5/model.safetensors", "adapter/checkpoint-2/adapter_config.json"]
@@ -511,7 +517,7 @@ def test_files_with_tokens_are_refused(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text('{"model_type": "gpt_scratch"}')
     hub.check_pushable(tmp_path, ["config.json"])
     (tmp_path / "all_results.json").write_text(json.dumps({"note": "hf_" + "a" * 34}))
-    with pytest.raises(ValueError, match="all_results.json: it contains what looks like a Hugging Face token"):
+    with pytest.raises(ValueError, match="all_results.json: it contains what looks like a Hugging Face"):
         hub.check_pushable(tmp_path, ["config.json", "all_results.json"])
     monkeypatch.setenv("HF_TOKEN", "my-own-login-token-value")
     (tmp_path / "README.md").write_text("logged in as my-own-login-token-value")

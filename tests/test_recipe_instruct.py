@@ -182,7 +182,8 @@ def test_lora_end_to_end(tmp_path, tiny_checkpoint, train_file):
     results = _check_results(out, n_test=4)
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert results["finetuning"] == "lora" and adapter_config["modules_to_save"] == ["out_head"]
-    assert results["learning_rate"] == pytest.approx(5e-4)
+    trained_with = json.loads((out / "adapter" / "training_args.json").read_text())  # (beside the adapter)
+    assert trained_with["learning_rate"] == pytest.approx(5e-4)
     assert results["train_steps"] == 6
     assert 0 < results["trainable_parameters"] < results["total_parameters"]
     responses = json.loads((out / "responses.json").read_text())
@@ -220,7 +221,8 @@ def test_full_finetuning_end_to_end(tmp_path, tiny_checkpoint, train_file):
     ])
     results = _check_results(out, n_test=4)
     assert results["finetuning"] == "full"
-    assert results["learning_rate"] == pytest.approx(5e-5)  # the book's rate for full finetuning
+    trained_with = json.loads((out / "training_args.json").read_text())
+    assert trained_with["learning_rate"] == pytest.approx(5e-5)  # the book's rate for full finetuning
     assert results["trainable_parameters"] == results["total_parameters"]
     assert not (out / "adapter").exists()
     tuned = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -241,7 +243,8 @@ def test_packing_trains_every_token_once_in_fewer_rows(tmp_path, tiny_checkpoint
     ])
     texts = sft_dataset(_entries(40)[:16], tokenizer.eos_token)
     tokens = sum(len(tokenizer(p + c)["input_ids"]) for p, c in zip(texts["prompt"], texts["completion"]))
-    assert results["packing"] is True and 2 <= results["train_steps"] <= 3
+    assert json.loads((out / "adapter" / "training_args.json").read_text())["packing"] is True
+    assert 2 <= results["train_steps"] <= 3
     assert results["num_input_tokens_seen"] == tokens
     assert math.isfinite(results["train_loss"]) and math.isfinite(results["test_loss_after"])
 

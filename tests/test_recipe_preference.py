@@ -219,9 +219,9 @@ COMMON = ["--max_steps", "6", "--per_device_train_batch_size", "4", "--per_devic
 
 
 def _check_run(out: Path, n_test: int = 4, world: int = 1) -> dict:
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "all_results.json", "train_results.json",
-                 "eval_results.json", "test_results.json", "responses.json", "loss.png", "reward_margins.png",
-                 "README.md"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "all_results.json",
+                 "train_results.json", "eval_results.json", "test_results.json", "responses.json", "loss.png",
+                 "reward_margins.png", "README.md"):
         assert (out / name).is_file(), name
     results = json.loads((out / "all_results.json").read_text())
     assert results["n_test"] == n_test and results["world_size"] == world

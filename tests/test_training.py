@@ -307,10 +307,12 @@ def test_save_metrics_writes_the_trainers_files(tmp_path, caplog, capsys):
     merged = save_metrics(trainer, splits)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "all_results.json", "eval_results.json", "test_results.json", "train_results.json"]
-    saved = json.loads((tmp_path / "eval_results.json").read_text())  # NaN and Infinity, as the Trainer writes them
-    assert saved["eval_loss"] == 2.0 and saved["perplexity"] == float("inf") and saved["eval_bad"] != saved["eval_bad"]
+    saved = json.loads((tmp_path / "eval_results.json").read_text())  # NaN and Infinity, as the Trainer does
+    assert saved["eval_loss"] == 2.0 and saved["perplexity"] == float("inf")
+    assert saved["eval_bad"] != saved["eval_bad"]  # NaN
     assert "perplexity, eval_bad not finite" in caplog.text
-    assert json.loads((tmp_path / "train_results.json").read_text()) == {k: v for k, v in splits["train"].items() if v is not None}
+    train = json.loads((tmp_path / "train_results.json").read_text())
+    assert train == {key: value for key, value in splits["train"].items() if value is not None}
     everything = json.loads((tmp_path / "all_results.json").read_text())
     assert everything["test_confusion_matrix"] == [[1, 0], [2, 3]] and everything["train_loss"] == 1.5
     assert set(merged) == set(everything) and "none" not in merged
@@ -321,7 +323,7 @@ def test_save_metrics_writes_the_trainers_files(tmp_path, caplog, capsys):
 def test_reports_only_on_the_main_process(tmp_path, monkeypatch, capsys):
     trainer = _idle_trainer(tmp_path)
     monkeypatch.setattr(trainer, "is_world_process_zero", lambda: False)
-    assert save_metrics(trainer, {"train": {"train_loss": 1.0}}) == {"train_loss": 1.0}  # returned on every rank
+    assert save_metrics(trainer, {"train": {"train_loss": 1.0}}) == {"train_loss": 1.0}  # on every rank
     assert not list(tmp_path.glob("*.json")) and capsys.readouterr().out == ""
 
 
@@ -399,7 +401,8 @@ def test_curves_and_counters_from_a_trainer(tmp_path):
     trainer.train()
     history = trainer.state.log_history
     curves = log_history_to_curves(history)
-    assert curves["train_loss"]["tokens_seen"] == [32, 64, 80] and logged(history, "num_input_tokens_seen") == 80
+    assert curves["train_loss"]["tokens_seen"] == [32, 64, 80]
+    assert logged(history, "num_input_tokens_seen") == 80
     assert curves["train_loss"]["step"] == [2, 4, 5] and curves["eval_loss"]["step"] == [2, 4, 5]
     speeds = [entry["step"] for entry in history if "train_tokens_per_second" in entry]
     assert speeds == [2, 4, 5] and logged(history, "train_tokens_per_second") > 0

@@ -53,11 +53,6 @@ def _safetensors_header(path: Path) -> bytes:
         return f.read(struct.unpack("<Q", f.read(8))[0])
 
 
-def _adapter_base(output_dir: Path) -> str | None:
-    """The Hub repo the run's LoRA adapter was trained on, or None (no adapter, or a local base)."""
-    return _hub_id(_read_json(output_dir / "adapter" / "adapter_config.json").get("base_model_name_or_path"))
-
-
 def create_repo(repo_id: str, private: bool | None = None) -> str:
     """Create `repo_id` if needed (the login's token); returns the full id (namespace included).
     Raises RuntimeError, with what to do, when the Hub cannot be reached."""
@@ -148,7 +143,7 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
     out = Path(output_dir)
     path = _card_path(out)
     config, adapter = _read_json(out / "config.json"), _read_json(out / ADAPTER_FILES[0])
-    results = {k: v for k, v in results.items() if not isinstance(v, float) or math.isfinite(v)}  # (NaN: unknown)
+    results = {k: v for k, v in results.items() if not isinstance(v, float) or math.isfinite(v)}
     pipeline_tag, task_name, dataset_type, dataset_name = _TASKS[task]
     repo_id = repo_id or out.absolute().name
     source = results.get("source") if task == "convert" else getattr(model_args, "model_name_or_path", None)
@@ -216,7 +211,7 @@ def pushed_files(output_dir: str | Path) -> list[str]:
     if (out / ADAPTER_FILES[0]).is_file():
         if not (out / ADAPTER_FILES[1]).is_file():
             raise ValueError(f"{out / 'adapter'} has no adapter_model.safetensors (pickled adapters are not pushed).")
-        if _adapter_base(out):
+        if _hub_id(_read_json(out / ADAPTER_FILES[0]).get("base_model_name_or_path")):
             names += ADAPTER_FILES
         else:
             logger.warning("The LoRA adapter is not pushed: its base is not a Hub repo. The merged model is.")

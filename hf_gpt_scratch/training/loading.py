@@ -255,7 +255,8 @@ def save_and_reload(trainer, model_args: ModelArguments, tokenizer, lora: bool):
             base = load_causal_lm(model_args, tokenizer)
             tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
         else:
-            tuned = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=model_args.trust_remote_code)
+            trust = model_args.trust_remote_code
+            tuned = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=trust)
     tuned.to(trainer.args.device).eval()
     if lora and trainer.is_world_process_zero():
         save_pretrained_to(output_dir, tuned, tokenizer)

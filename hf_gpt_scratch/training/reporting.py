@@ -42,9 +42,9 @@ def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, di
 
 
 def train_metrics(trainer, train_result) -> dict[str, Any]:
-    """`train_result.metrics` (train_loss: the run's average; epoch, num_input_tokens_seen, speeds) with
-    the last logged loss, the Trainer's own tokens-per-second counter (this run's tokens over the
-    seconds since training began, evaluations included), the optimizer steps and the processes."""
+    """`train_result.metrics` (train_loss: the run's average; epoch, num_input_tokens_seen, speeds), the
+    last logged loss, the Trainer's own counter of this run's tokens per second since training began
+    (evaluations included), the optimizer steps and the number of processes."""
     history = trainer.state.log_history
     return {**train_result.metrics, "train_loss_last": logged(history, "loss"),
             "train_tokens_per_second": logged(history, "train_tokens_per_second"),
@@ -52,18 +52,18 @@ def train_metrics(trainer, train_result) -> dict[str, Any]:
 
 
 def save_metrics(trainer, splits: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """run_clm's report: `trainer.log_metrics` and `trainer.save_metrics` for each split with values
-    ("train", "eval", "test": output_dir/<split>_results.json and all_results.json, main process only).
-    None values are left out; non-finite numbers are saved as NaN or Infinity, with a warning naming
-    them; lists and booleans are logged as text. Returns every split's values in one dict."""
+    """run_clm's report: `trainer.log_metrics` and `trainer.save_metrics` of each split with values
+    ("train", "eval", "test": <split>_results.json and all_results.json in output_dir, main process
+    only). None values are left out; non-finite numbers are saved as NaN or Infinity, with a warning.
+    Returns the values of every split in one dict."""
     merged: dict[str, Any] = {}
     for split, metrics in splits.items():
         metrics = {key: value for key, value in metrics.items() if value is not None}
         bad = [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
         if bad and trainer.is_world_process_zero():
             logger.warning("%s metrics: %s not finite (saved as NaN or Infinity)", split, ", ".join(bad))
-        if metrics:
-            shown = {key: value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str(value)
+        if metrics:  # (log_metrics aligns numbers and strings: lists and booleans as text)
+            shown = {key: value if type(value) in (int, float) else str(value) 
                      for key, value in metrics.items()}
             trainer.log_metrics(split, shown)
             trainer.save_metrics(split, metrics)
