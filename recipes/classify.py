@@ -28,7 +28,7 @@ from hf_gpt_scratch.training.classification import (
 from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.loading import load_tokenizer_for, save_final_model, train_model
-from hf_gpt_scratch.training.reporting import log_history_to_curves, save_metrics, save_plots, train_metrics
+from hf_gpt_scratch.training.reporting import log_history_to_curves, save_metrics, save_plots
 from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,6 @@ def main(args: list[str] | None = None) -> dict:
         save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
 
     train = {
-        **train_metrics(trainer, train_result),
         "train_examples": len(encoded["train"]),
         "trainable": cls_args.trainable,
         "trainable_parameters": trainable,
@@ -142,7 +141,7 @@ def main(args: list[str] | None = None) -> dict:
                                            out_dir / "confusion_matrix.png", title="test")
             test_metrics.update(test_confusion_matrix=counts.tolist(), label_names=list(label_names))
     train["runtime"] = time.perf_counter() - started
-    results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test_metrics})
+    results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test_metrics}, train_result)
     if trainer.is_world_process_zero():
         finish_run(out_dir, results, "classify", training_args, model_args, data_args, hub_target)
     return results

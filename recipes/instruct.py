@@ -30,7 +30,7 @@ from hf_gpt_scratch.training.loading import (
     load_causal_lm, load_for_tuning, save_and_reload, train_model, unsharded_loading,
 )
 from hf_gpt_scratch.training.reporting import (
-    log_history_to_curves, logged, save_metrics, save_plots, train_metrics, write_json,
+    log_history_to_curves, logged, save_metrics, save_plots, write_json,
 )
 from hf_gpt_scratch.training.sampling import context_length_of
 
@@ -119,7 +119,6 @@ def main(args: list[str] | None = None) -> dict:
 
     history = trainer.state.log_history
     train = {
-        **train_metrics(trainer, train_result),
         "n_train": len(train_entries),
         "trainable_parameters": trainable,
         "total_parameters": total_parameters,
@@ -138,7 +137,7 @@ def main(args: list[str] | None = None) -> dict:
                     max_new_tokens=eval_args.max_new_tokens,
                     response_header_in_prompt=eval_args.response_header_in_prompt)
     train["runtime"] = time.perf_counter() - started
-    results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test})
+    results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test}, train_result)
     if not trainer.is_world_process_zero():
         return results
 

@@ -25,7 +25,7 @@ from hf_gpt_scratch.training.loading import load_causal_lm, load_for_tuning, sav
 from hf_gpt_scratch.training.preference import (
     PreferenceDataArguments, PreferenceEvalArguments, evaluate_preferences, preference_curves, preference_dataset,
 )
-from hf_gpt_scratch.training.reporting import logged, save_metrics, save_plots, train_metrics, write_json
+from hf_gpt_scratch.training.reporting import logged, save_metrics, save_plots, write_json
 from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,6 @@ def main(args: list[str] | None = None) -> dict:
 
     history = trainer.state.log_history
     train = {
-        **train_metrics(trainer, train_result),
         "train_reward_margin": logged(history, "rewards/margins"),
         "n_train": len(train_entries),
         "trainable_parameters": trainable,
@@ -123,7 +122,7 @@ def main(args: list[str] | None = None) -> dict:
         for when, values in (("before", before), ("after", after)):
             metrics.update({f"{prefix}_{key}_{when}": value for key, value in values.get(split, {}).items()})
     train["runtime"] = time.perf_counter() - started
-    results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test})
+    results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test}, train_result)
     if not trainer.is_world_process_zero():
         return results
 

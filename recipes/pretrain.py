@@ -29,7 +29,7 @@ from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_tex
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.loading import load_causal_lm, load_tokenizer_for, save_final_model, train_model
 from hf_gpt_scratch.training.reporting import (
-    log_history_to_curves, logged, save_metrics, save_plots, train_metrics, write_json,
+    log_history_to_curves, logged, save_metrics, save_plots, write_json,
 )
 from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples, length_within_context
 
@@ -202,7 +202,6 @@ def main(args: list[str] | None = None) -> dict:
 
     history = trainer.state.log_history
     train = {
-        **train_metrics(trainer, train_result),
         "train_blocks": len(train_ds),
         "block_size": block_size,
         "num_parameters": get_model_param_count(model),  # (num_parameters() miscounts under ZeRO-3)
@@ -218,7 +217,7 @@ def main(args: list[str] | None = None) -> dict:
             perplexity = math.inf
         evaluation.update(eval_loss=evaluation[eval_name], perplexity=perplexity,
                           initial_eval_loss=logged(history, eval_name, 0), eval_blocks=len(eval_ds))
-    results = save_metrics(trainer, {"train": train, "eval": evaluation})
+    results = save_metrics(trainer, {"train": train, "eval": evaluation}, train_result)
 
     # Sharded weights (DeepSpeed ZeRO-3, FSDP): every process takes part in each forward pass.
     if trainer.is_world_process_zero() or trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled():

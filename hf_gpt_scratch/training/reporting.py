@@ -41,21 +41,20 @@ def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, di
     return curves
 
 
-def train_metrics(trainer, train_result) -> dict[str, Any]:
-    """`train_result.metrics` (train_loss: the run's average; epoch, num_input_tokens_seen, speeds), the
-    last logged loss, the Trainer's own counter of this run's tokens per second since training began
-    (evaluations included), the optimizer steps and the number of processes."""
-    history = trainer.state.log_history
-    return {**train_result.metrics, "train_loss_last": logged(history, "loss"),
-            "train_tokens_per_second": logged(history, "train_tokens_per_second"),
-            "train_steps": trainer.state.global_step, "world_size": trainer.args.world_size}
-
-
-def save_metrics(trainer, splits: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def save_metrics(trainer, splits: dict[str, dict[str, Any]], train_result=None) -> dict[str, Any]:
     """run_clm's report: `trainer.log_metrics` and `trainer.save_metrics` of each split with values
     ("train", "eval", "test": <split>_results.json and all_results.json in output_dir, main process
-    only). None values are left out; non-finite numbers are saved as NaN or Infinity, with a warning.
-    Returns the values of every split in one dict."""
+    only). "train" starts from `train_result.metrics` (train_loss: the run's average; epoch,
+    num_input_tokens_seen, speeds) with the last logged loss, the Trainer's own counter of this run's
+    tokens per second (evaluations included), the optimizer steps and the number of processes. None
+    values are left out; non-finite numbers are saved as NaN or Infinity, with a warning. Returns the
+    values of every split in one dict."""
+    if train_result is not None:
+        history = trainer.state.log_history
+        splits["train"] = {**train_result.metrics, "train_loss_last": logged(history, "loss"),
+                           "train_tokens_per_second": logged(history, "train_tokens_per_second"),
+                           "train_steps": trainer.state.global_step, "world_size": trainer.args.world_size,
+                           **splits.get("train", {})}
     merged: dict[str, Any] = {}
     for split, metrics in splits.items():
         metrics = {key: value for key, value in metrics.items() if value is not None}
@@ -63,7 +62,7 @@ def save_metrics(trainer, splits: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if bad and trainer.is_world_process_zero():
             logger.warning("%s metrics: %s not finite (saved as NaN or Infinity)", split, ", ".join(bad))
         if metrics:  # (log_metrics aligns numbers and strings: lists and booleans as text)
-            shown = {key: value if type(value) in (int, float) else str(value) 
+            shown = {key: value if type(value) in (int, float) else str(value)
                      for key, value in metrics.items()}
             trainer.log_metrics(split, shown)
             trainer.save_metrics(split, metrics)
