@@ -118,14 +118,6 @@ def main(args: list[str] | None = None) -> dict:
     else:
         save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
 
-    train = {
-        "train_examples": len(encoded["train"]),
-        "trainable": cls_args.trainable,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "max_seq_length": max_seq_length,
-        "preset": preset,
-    }
     if trainer.is_world_process_zero():
         from hf_gpt_scratch.training.plots import plot_confusion_matrix
 
@@ -140,7 +132,15 @@ def main(args: list[str] | None = None) -> dict:
             counts = plot_confusion_matrix(test["label"], prediction.predictions.argmax(-1), label_names,
                                            out_dir / "confusion_matrix.png", title="test")
             test_metrics.update(test_confusion_matrix=counts.tolist(), label_names=list(label_names))
-    train["runtime"] = time.perf_counter() - started
+    train = {
+        "train_examples": len(encoded["train"]),
+        "trainable": cls_args.trainable,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "max_seq_length": max_seq_length,
+        "preset": preset,
+        "runtime": time.perf_counter() - started,  # the whole run, evaluations and plots included
+    }
     results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test_metrics}, train_result)
     if trainer.is_world_process_zero():
         finish_run(out_dir, results, "classify", training_args, model_args, data_args, hub_target)

@@ -12,22 +12,19 @@ import sys
 import time
 from pathlib import Path
 
-import transformers
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import get_model_param_count
 from trl import SFTConfig, SFTTrainer
 
-from hf_gpt_scratch.training.arguments import (
-    ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging,
-)
+from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once, train_without_evaluation
 from hf_gpt_scratch.training.faults import check_lengths
-from hf_gpt_scratch.training.hub import finish_run, prepare_push
+from hf_gpt_scratch.training.hub import finish_run
 from hf_gpt_scratch.training.instruction import (
     InstructDataArguments, InstructEvalArguments, evaluate_instruction_model, response_records, sft_dataset,
 )
 from hf_gpt_scratch.training.loading import (
-    load_causal_lm, load_for_tuning, save_and_reload, train_model, unsharded_loading,
+    load_causal_lm, save_and_reload, start_tuning, train_model, unsharded_loading,
 )
 from hf_gpt_scratch.training.reporting import (
     log_history_to_curves, logged, save_metrics, save_plots, write_json,
@@ -67,12 +64,8 @@ def parse_args(args: list[str] | None = None) -> tuple:
 def main(args: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model_args, data_args, lora_args, eval_args, training_args, preset = parse_args(args)
-    setup_logging(training_args)
-    hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
-    transformers.set_seed(training_args.seed)
-    train_entries, val_entries, test_entries = data_args.load_splits()  # fails fast on a bad file
-
-    tokenizer, model = load_for_tuning(model_args, training_args)
+    hub_target, splits, tokenizer, model = start_tuning(model_args, data_args, training_args)
+    train_entries, val_entries, test_entries = splits
     total_parameters = get_model_param_count(model)
     eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, max_length=training_args.max_length,
                        batch_size=eval_args.generation_batch_size or training_args.per_device_eval_batch_size,
@@ -118,13 +111,6 @@ def main(args: list[str] | None = None) -> dict:
         after = evaluate_instruction_model(tuned, tokenizer, test_entries, **eval_kwargs)
 
     history = trainer.state.log_history
-    train = {
-        "n_train": len(train_entries),
-        "trainable_parameters": trainable,
-        "total_parameters": total_parameters,
-        "finetuning": finetuning,  # the other settings: training_args.json, adapter/adapter_config.json
-        "preset": preset,
-    }
     if evaluation:
         evaluation.update(initial_eval_loss=logged(history, "eval_loss", 0), n_validation=len(val_entries))
     test = {}
@@ -136,7 +122,14 @@ def main(args: list[str] | None = None) -> dict:
         test.update(test_loss_tokens=after["loss_tokens"], n_test=len(test_entries),
                     max_new_tokens=eval_args.max_new_tokens,
                     response_header_in_prompt=eval_args.response_header_in_prompt)
-    train["runtime"] = time.perf_counter() - started
+    train = {
+        "n_train": len(train_entries),
+        "trainable_parameters": trainable,
+        "total_parameters": total_parameters,
+        "finetuning": finetuning,  # the other settings: training_args.json, adapter/adapter_config.json
+        "preset": preset,
+        "runtime": time.perf_counter() - started,  # the whole run, evaluations and generations included
+    }
     results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test}, train_result)
     if not trainer.is_world_process_zero():
         return results

@@ -12,16 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import transformers
 from transformers.trainer_pt_utils import get_model_param_count
 from trl import DPOConfig, DPOTrainer
 
-from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging
+from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args
 from hf_gpt_scratch.training.callbacks import default_callbacks, train_without_evaluation
 from hf_gpt_scratch.training.faults import check_lengths
-from hf_gpt_scratch.training.hub import finish_run, prepare_push
+from hf_gpt_scratch.training.hub import finish_run
 from hf_gpt_scratch.training.instruction import generate_responses
-from hf_gpt_scratch.training.loading import load_causal_lm, load_for_tuning, save_and_reload, train_model
+from hf_gpt_scratch.training.loading import load_causal_lm, save_and_reload, start_tuning, train_model
 from hf_gpt_scratch.training.preference import (
     PreferenceDataArguments, PreferenceEvalArguments, evaluate_preferences, preference_curves, preference_dataset,
 )
@@ -60,12 +59,8 @@ def parse_args(args: list[str] | None = None) -> tuple:
 def main(args: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model_args, data_args, lora_args, eval_args, training_args, preset = parse_args(args)
-    setup_logging(training_args)
-    hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
-    transformers.set_seed(training_args.seed)
-    train_entries, val_entries, test_entries = data_args.load_splits()  # fails fast on a bad file
-
-    tokenizer, model = load_for_tuning(model_args, training_args)
+    hub_target, splits, tokenizer, model = start_tuning(model_args, data_args, training_args)
+    train_entries, val_entries, test_entries = splits
     total_parameters = get_model_param_count(model)
     train_ds = preference_dataset(train_entries)
     val_ds = preference_dataset(val_entries) if val_entries else None
@@ -115,13 +110,13 @@ def main(args: list[str] | None = None) -> dict:
         "total_parameters": total_parameters,
         "finetuning": finetuning,  # the other settings: training_args.json, adapter/adapter_config.json
         "preset": preset,
+        "runtime": time.perf_counter() - started,  # the whole run, evaluations and generations included
     }
     evaluation = {"n_validation": len(val_entries)} if val_entries else {}
     test = {"n_test": len(test_entries), "max_new_tokens": eval_args.max_new_tokens} if test_entries else {}
     for split, prefix, metrics in (("validation", "eval", evaluation), ("test", "test", test)):
         for when, values in (("before", before), ("after", after)):
             metrics.update({f"{prefix}_{key}_{when}": value for key, value in values.get(split, {}).items()})
-    train["runtime"] = time.perf_counter() - started
     results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test}, train_result)
     if not trainer.is_world_process_zero():
         return results

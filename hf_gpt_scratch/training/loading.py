@@ -14,9 +14,10 @@ from typing import Iterable, Sequence
 
 import torch
 from safetensors import safe_open
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .arguments import ModelArguments, parse_config_overrides
+from .arguments import ModelArguments, parse_config_overrides, setup_logging
 from ..configuration_gpt_scratch import GPTScratchConfig
 from .sampling import length_within_context
 from .faults import STAGE, remove_previous_run, resolve_resume_checkpoint, save_pretrained_to, staged_save
@@ -231,13 +232,21 @@ def save_final_model(trainer, output_dir: str | None = None) -> None:
             pickled.unlink()
 
 
-def load_for_tuning(model_args: ModelArguments, training_args):
-    """(tokenizer, causal LM on the training device) for TRL's trainers; --max_length defaults to the
-    model's context (ValueError past it)."""
+def start_tuning(model_args: ModelArguments, data_args, training_args) -> tuple:
+    """The opening of the TRL recipes: run_clm's logging, `hub.prepare_push` (fails fast), the seed, the
+    data splits (a bad file fails before any model is loaded), the tokenizer and the causal LM on the
+    training device (--max_length: the model's context when unset). Returns (the push's repo id or
+    None, (train, validation, test) entries, tokenizer, model)."""
+    from .hub import prepare_push
+
+    setup_logging(training_args)
+    repo_id = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's
+    transformers.set_seed(training_args.seed)
+    splits = data_args.load_splits()
     tokenizer = load_tokenizer_for(model_args)
     model = load_causal_lm(model_args, tokenizer)
     training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
-    return tokenizer, model.to(training_args.device)
+    return repo_id, splits, tokenizer, model.to(training_args.device)
 
 
 def save_and_reload(trainer, model_args: ModelArguments, tokenizer, lora: bool):
