@@ -64,8 +64,8 @@ def parse_args(args: list[str] | None = None) -> tuple:
 def main(args: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model_args, data_args, lora_args, eval_args, training_args, preset = parse_args(args)
-    hub_target, splits, tokenizer, model = start_tuning(model_args, data_args, training_args)
-    train_entries, val_entries, test_entries = splits
+    hub_target, entries, tokenizer, model = start_tuning(model_args, data_args, training_args)
+    train_entries, val_entries, test_entries = entries
     total_parameters = get_model_param_count(model)
     eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, max_length=training_args.max_length,
                        batch_size=eval_args.generation_batch_size or training_args.per_device_eval_batch_size,
@@ -75,8 +75,8 @@ def main(args: list[str] | None = None) -> dict:
     val_ds = sft_dataset(val_entries, tokenizer.eos_token) if val_entries else None
     # over-long entries: truncated with a counted warning; a prompt that fills the context: refused
     source = data_args.train_file or "instruction-data.json"
-    splits = {"train": train_ds, "validation": val_ds}
-    check_lengths(splits, tokenizer, training_args.max_length, source, ("completion",))
+    check_lengths({"train": train_ds, "validation": val_ds}, tokenizer, training_args.max_length, source,
+                  ("completion",))
     peft_config = lora_args.checked_peft_config(model) if lora_args.use_lora else None
     finetuning = "lora" if lora_args.use_lora else "full"
     logger.info("preset %s, model %s (%d parameters, context %s), %s finetuning, device %s", preset or "-",

@@ -233,10 +233,9 @@ def save_final_model(trainer, output_dir: str | None = None) -> None:
 
 
 def start_tuning(model_args: ModelArguments, data_args, training_args) -> tuple:
-    """The opening of the TRL recipes: run_clm's logging, `hub.prepare_push` (fails fast), the seed, the
-    data splits (a bad file fails before any model is loaded), the tokenizer and the causal LM on the
-    training device (--max_length: the model's context when unset). Returns (the push's repo id or
-    None, (train, validation, test) entries, tokenizer, model)."""
+    """The TRL recipes' opening: logging, `hub.prepare_push`, seed, data splits (a bad file fails before
+    any model loads), tokenizer, causal LM on the training device, --max_length (default: the context).
+    Returns (repo id of the push or None, (train, validation, test) entries, tokenizer, model)."""
     from .hub import prepare_push
 
     setup_logging(training_args)

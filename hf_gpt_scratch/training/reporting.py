@@ -42,13 +42,10 @@ def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, di
 
 
 def save_metrics(trainer, splits: dict[str, dict[str, Any]], train_result=None) -> dict[str, Any]:
-    """run_clm's report: `trainer.log_metrics` and `trainer.save_metrics` of each split with values
-    ("train", "eval", "test": <split>_results.json and all_results.json in output_dir, main process
-    only). "train" starts from `train_result.metrics` (train_loss: the run's average; epoch,
-    num_input_tokens_seen, speeds) with the last logged loss, the Trainer's own counter of this run's
-    tokens per second (evaluations included), the optimizer steps and the number of processes. None
-    values are left out; non-finite numbers are saved as NaN or Infinity, with a warning. Returns the
-    values of every split in one dict."""
+    """run_clm's report: `trainer.log_metrics` and `save_metrics` of each split ("train", "eval", "test":
+    <split>_results.json, all_results.json; main process only), "train" after `train_result.metrics`,
+    the last logged loss, the Trainer's tokens/second counter, steps and processes. None values are
+    left out; non-finite ones are saved as NaN or Infinity, with a warning. Returns all values merged."""
     if train_result is not None:
         history = trainer.state.log_history
         splits["train"] = {**train_result.metrics, "train_loss_last": logged(history, "loss"),
