@@ -10,7 +10,6 @@ Data, what trains, outputs and more examples: docs/recipes.md.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import transformers
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import get_model_param_count
 
-import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import LoraArguments, ModelArguments, parse_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks, train_without_evaluation
 from hf_gpt_scratch.training.classification import (
@@ -148,4 +146,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import get_model_param_count
 
-import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import DataArguments, ModelArguments, parse_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once, train_without_evaluation
 from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
@@ -236,4 +234,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
