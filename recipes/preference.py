@@ -108,6 +108,7 @@ def main(args: list[str] | None = None) -> dict:
         "trainable_parameters": trainable,
         "total_parameters": total_parameters,
         "finetuning": finetuning,  # the other settings: training_args.json, adapter/adapter_config.json
+        "model": model_args.model_name_or_path,
         "preset": preset,
         "runtime": time.perf_counter() - started,  # the whole run, evaluations and generations included
     }
