@@ -19,7 +19,6 @@ from typing import Any, Sequence
 import torch
 import transformers
 import yaml
-from accelerate import PartialState
 from transformers import HfArgumentParser, PretrainedConfig
 from transformers.hf_argparser import string_to_bool
 
@@ -293,11 +292,6 @@ def parse_lora_recipe_args(dataclass_types, presets, defaults, args, learning_ra
     lora = next(obj for obj in first if isinstance(obj, TrlLoraArguments)).use_lora
     defaults = dict(defaults, learning_rate=learning_rates[0] if lora else learning_rates[1])
     return parse_recipe_args(dataclass_types, presets, defaults, args, description=description)
-
-
-def is_main_process() -> bool:
-    """True in the process that writes files and prints reports (accelerate's `PartialState`)."""
-    return PartialState().is_main_process
 
 
 def setup_logging(training_args) -> None:

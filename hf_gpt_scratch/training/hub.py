@@ -72,8 +72,6 @@ def prepare_push(training_args) -> str | None:
     """Before the `Trainer` is built: None without `--push_to_hub`, else the full repo id (default: the
     folder's name). Turns the Trainer's own push off (it sends pickles and checkpoints), refuses
     `--hub_token` and a README.md not ours, and creates the repo now: a missing login fails early."""
-    from .arguments import is_main_process
-
     if not training_args.push_to_hub:
         return None
     refuse_hub_token(training_args)
@@ -83,7 +81,7 @@ def prepare_push(training_args) -> str | None:
     out = Path(training_args.output_dir)
     _card_path(out)  # fail now, not after training
     repo_id = training_args.hub_model_id or out.absolute().name
-    if is_main_process():
+    if training_args.process_index == 0:  # (global rank 0)
         repo_id = create_repo(repo_id, private=training_args.hub_private_repo)
         logger.info("The run will be pushed to https://huggingface.co/%s", repo_id)
     return repo_id
