@@ -86,10 +86,9 @@ def main(args: list[str] | None = None) -> dict:
     elif data_args.eval_train_samples > 0:
         n = min(data_args.eval_train_samples, len(encoded["train"]))
         eval_dataset = {"validation": validation, "train": encoded["train"].select(range(n))}
-    model_source = model_args.model_name_or_path or "random init"
-    logger.info("preset %s, model %s, classes %s, max_seq_length %d, %s trainable (%d of %d parameters), "
-                "device %s", preset or "-", model_source, ", ".join(label_names), max_seq_length,
-                cls_args.trainable, trainable, total, training_args.device)
+    logger.info("preset %s, model %s, classes %s, max_seq_length %d, %s trainable (%d of %d parameters), %s",
+                preset or "-", model_args.model_name_or_path or "random init", ", ".join(label_names),
+                max_seq_length, cls_args.trainable, trainable, total, training_args.device)
 
     trainer = Trainer(
         model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=eval_dataset,

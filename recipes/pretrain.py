@@ -186,10 +186,9 @@ def main(args: list[str] | None = None) -> dict:
         n = min(data_args.eval_train_samples, len(train_ds))
         eval_dataset = {"validation": eval_ds, "train": train_ds.select(range(n))}
 
-    logger.info("preset %s, model %s, context %s, blocks of %d tokens (text: %d train, %d validation "
-                "tokens), device %s", preset or "-", model_args.model_name_or_path or "from scratch",
-                context_length_of(model), block_size, train_text_tokens, val_text_tokens,
-                training_args.device)
+    logger.info("preset %s, model %s, context %s, %d-token blocks, train/validation text %d/%d tokens, %s",
+                preset or "-", model_args.model_name_or_path or "from scratch", context_length_of(model),
+                block_size, train_text_tokens, val_text_tokens, training_args.device)
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_dataset,
                       processing_class=tokenizer, data_collator=default_data_collator,
