@@ -186,8 +186,8 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
 
 def pushed_files(output_dir: str | Path) -> list[str]:
     """What a push sends, relative to `output_dir`: card, config, safetensors weights, the model's code,
-    tokenizer, PNG plots, the *_results.json files, samples.json/responses.json, and `adapter/` over a
-    Hub base. Raises FileNotFoundError without README.md, config.json or safetensors weights;
+    tokenizer, PNG plots, {train,eval,test,all}_results.json, samples.json, responses.json, `adapter/`
+    over a Hub base. Raises FileNotFoundError without README.md, config.json or safetensors weights;
     ValueError: a pickled adapter."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
