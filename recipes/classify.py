@@ -10,30 +10,23 @@ Data, what trains, outputs and more examples: docs/recipes.md.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 import transformers
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import get_model_param_count
 
-import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import LoraArguments, ModelArguments, parse_recipe_args, setup_logging
-from hf_gpt_scratch.training.callbacks import default_callbacks
+from hf_gpt_scratch.training.callbacks import default_callbacks, train_without_evaluation
 from hf_gpt_scratch.training.classification import (
-    ClassificationArguments,
-    ClassifyDataArguments,
-    build_compute_metrics,
-    load_classification_splits,
-    load_sequence_classifier,
-    set_trainable,
-    tfidf_baseline,
-    tokenize_splits,
+    ClassificationArguments, ClassifyDataArguments, build_compute_metrics, load_classification_splits,
+    load_sequence_classifier, set_trainable, tfidf_baseline, tokenize_splits,
 )
 from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.loading import load_tokenizer_for, save_final_model, train_model
-from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
+from hf_gpt_scratch.training.reporting import log_history_to_curves, save_metrics, save_plots
 from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
@@ -84,35 +77,18 @@ def main(args: list[str] | None = None) -> dict:
     source = data_args.train_file or data_args.dataset_name or "the SMS data"
     check_lengths(raw, tokenizer, max_seq_length - int(data_args.append_eos), source)
     model = set_trainable(model, cls_args.trainable, lora_args)
-    if cls_args.trainable == "lora":
-        trainable, total = model.get_nb_trainable_parameters()
-    else:
-        trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
+    trainable, total = get_model_param_count(model, trainable_only=True), get_model_param_count(model)
 
     validation, test = encoded.get("validation"), encoded.get("test")
     eval_dataset = validation
     if validation is None:
-        logger.warning("No validation split: training without evaluation.")
-        training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
+        train_without_evaluation(training_args, "No validation split")
     elif data_args.eval_train_samples > 0:
         n = min(data_args.eval_train_samples, len(encoded["train"]))
         eval_dataset = {"validation": validation, "train": encoded["train"].select(range(n))}
-    sizes = " / ".join(str(len(encoded[s])) if s in encoded else "-" for s in ("train", "validation", "test"))
-    print_table(
-        {
-            "preset": preset or "-",
-            "model": model_args.model_name_or_path or "random init",
-            "trainable": cls_args.trainable,
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-            "classes": ", ".join(label_names),
-            "train / validation / test": sizes,
-            "max_seq_length": max_seq_length,
-            "processes": training_args.world_size,
-            "device": str(training_args.device),
-        },
-        title="classify",
-    )
+    logger.info("preset %s, model %s, classes %s, max_seq_length %d, %s trainable (%d of %d parameters), %s",
+                preset or "-", model_args.model_name_or_path or "random init", ", ".join(label_names),
+                max_seq_length, cls_args.trainable, trainable, total, training_args.device)
 
     trainer = Trainer(
         model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=eval_dataset,
@@ -121,12 +97,12 @@ def main(args: list[str] | None = None) -> dict:
     )
     train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
 
-    results: dict = {"preset": preset, "trainable": cls_args.trainable}
+    evaluation, test_metrics = {}, {}
     if validation is not None:
-        results.update(trainer.evaluate(eval_dataset=validation, metric_key_prefix="val"))
+        evaluation = {**trainer.evaluate(eval_dataset=validation), "eval_examples": len(validation)}
     if test is not None:
         prediction = trainer.predict(test, metric_key_prefix="test")
-        results.update(prediction.metrics)
+        test_metrics = {**prediction.metrics, "test_examples": len(test)}
 
     out_dir = Path(training_args.output_dir)
     if cls_args.trainable == "lora":
@@ -139,57 +115,34 @@ def main(args: list[str] | None = None) -> dict:
     else:
         save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
 
-    results.update(
-        train_loss=train_result.metrics.get("train_loss"),
-        train_runtime=train_result.metrics.get("train_runtime"),
-        train_steps=trainer.state.global_step,
-        epochs=trainer.state.epoch,
-        tokens_per_second=(logged(trainer.state.log_history, "train_tokens_per_second") or [None])[-1],
-        trainable_parameters=trainable,
-        total_parameters=total,
-        max_seq_length=max_seq_length,
-        train_examples=len(encoded["train"]),
-        validation_examples=len(validation) if validation is not None else 0,
-        test_examples=len(test) if test is not None else 0,
-        label_names=list(label_names),
-        seed=training_args.seed,
-        world_size=training_args.world_size,
-    )
-    if not trainer.is_world_process_zero():
-        return results
+    if trainer.is_world_process_zero():
+        from hf_gpt_scratch.training.plots import plot_confusion_matrix
 
-    from hf_gpt_scratch.training.plots import plot_confusion_matrix, plot_losses
-
-    if cls_args.tfidf_baseline:
-        baseline = tfidf_baseline(raw, len(label_names), seed=data_args.split_seed)
-        for split, prefix in (("validation", "val"), ("test", "test")):
-            results.update({f"baseline_tfidf_{prefix}_{k}": v for k, v in baseline.get(split, {}).items()})
-    curves = log_history_to_curves(trainer.state.log_history)
-    for metric in ("loss", "accuracy"):
-        try:
-            plot_losses(curves, out_dir / f"{metric}.png", metric=metric, title=preset or None)
-        except ValueError as err:  # too few logged points (e.g. a few --max_steps)
-            logger.warning("No %s plot: %s", metric, err)
-    if test is not None:
-        counts = plot_confusion_matrix(
-            test["label"], prediction.predictions.argmax(-1), label_names, out_dir / "confusion_matrix.png", title="test"
-        )
-        results["test_confusion_matrix"] = counts.tolist()
-    results["runtime"] = time.perf_counter() - started
-    results = {k: v for k, v in results.items() if v is not None}
-    write_results(out_dir, results)
-    print_table({k: v for k, v in results.items() if k not in ("test_confusion_matrix", "label_names")}, title="results")
-    rows = {}
-    for metric in ("accuracy", "precision", "recall", "f1"):
-        for prefix in ("val", "test"):
-            gpt, base = results.get(f"{prefix}_{metric}"), results.get(f"baseline_tfidf_{prefix}_{metric}")
-            if gpt is not None:
-                rows[f"{prefix}_{metric}"] = f"{gpt:.4f}" + (f"   {base:.4f}" if base is not None else "")
-    if rows:
-        print_table({"": "GPT      TF-IDF", **rows}, title="GPT vs TF-IDF + logistic regression")
-    finish_run(out_dir, results, "classify", training_args, model_args, data_args, hub_target)
+        if cls_args.tfidf_baseline:
+            baseline = tfidf_baseline(raw, len(label_names), seed=data_args.split_seed)
+            for split, metrics in (("validation", evaluation), ("test", test_metrics)):
+                prefix = "baseline_tfidf_" + ("eval" if split == "validation" else split)
+                metrics.update({f"{prefix}_{k}": v for k, v in baseline.get(split, {}).items()})
+        curves = log_history_to_curves(trainer.state.log_history)
+        save_plots(curves, out_dir, {"loss": "loss.png", "accuracy": "accuracy.png"}, preset or None)
+        if test is not None:  # the counts and the names of their rows and columns, beside the test metrics
+            counts = plot_confusion_matrix(test["label"], prediction.predictions.argmax(-1), label_names,
+                                           out_dir / "confusion_matrix.png", title="test")
+            test_metrics.update(test_confusion_matrix=counts.tolist(), label_names=list(label_names))
+    train = {
+        "train_examples": len(encoded["train"]),
+        "trainable": cls_args.trainable,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "max_seq_length": max_seq_length,
+        "preset": preset,
+        "runtime": time.perf_counter() - started,  # the whole run, evaluations and plots included
+    }
+    results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test_metrics}, train_result)
+    if trainer.is_world_process_zero():
+        finish_run(out_dir, results, "classify", training_args, model_args, data_args, hub_target)
     return results
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

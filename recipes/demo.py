@@ -17,20 +17,21 @@ from pathlib import Path
 import datasets
 
 from hf_gpt_scratch.training import data
-from hf_gpt_scratch.training.reporting import print_table
 from hf_gpt_scratch.tokenization import ENDOFTEXT
 
 RECIPES = Path(__file__).resolve().parent
 VOCAB_SIZE = 2048  # of 1,024-8,192 tried, 1,536 and 2,048 gave the best spam accuracy (docs/demo.md)
-# What summary.json takes from each step's results.json (pretrain's eval_loss and perplexity renamed).
+# What summary.json takes from each step's all_results.json, under the names of RESULT_KEYS where they differ.
 SUMMARY_KEYS = {
-    "pretrain": ["train_loss", "eval_loss", "perplexity", "train_tokens", "tokens_per_second"],
+    "pretrain": ["train_loss", "val_loss", "val_perplexity", "train_tokens", "tokens_per_second"],
     "classify": ["val_accuracy", "test_accuracy", "test_f1", "baseline_tfidf_test_accuracy"],
     "instruct": ["test_loss_before", "test_loss_after", "rouge_l_before", "rouge_l_after"],
     "preference": ["test_reward_margin_before", "test_reward_margin_after", "test_reward_accuracy_before",
                    "test_reward_accuracy_after"],
 }
-RENAMED = {"eval_loss": "val_loss", "perplexity": "val_perplexity"}
+RESULT_KEYS = {"train_loss": "train_loss_last", "val_loss": "eval_loss", "val_perplexity": "perplexity",
+               "train_tokens": "num_input_tokens_seen", "tokens_per_second": "train_tokens_per_second",
+               "val_accuracy": "eval_accuracy"}
 QUICK = {  # --quick: each recipe's extra flags
     "pretrain": ["--max_steps", "10", "--eval_steps", "5"],
     "classify": ["--max_steps", "5"],
@@ -130,12 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {}
     for step, keys in SUMMARY_KEYS.items():
-        results = json.loads((out / step / "results.json").read_text())
-        summary[step] = {RENAMED.get(key, key): results[key] for key in keys}
+        results = json.loads((out / step / "all_results.json").read_text())
+        summary[step] = {key: results[RESULT_KEYS.get(key, key)] for key in keys}
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for step, values in summary.items():
-        print_table(values, title=step)
+    print(json.dumps(summary, indent=2))
     print(f"summary: {out / 'summary.json'}; plots: {', '.join(str(p) for p in sorted(out.glob('*/*.png')))}")
     return summary
 

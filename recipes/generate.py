@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TextStreamer
 
-import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import ModelArguments
 from hf_gpt_scratch.training.data import format_alpaca_prompt
 from hf_gpt_scratch.training.loading import load_causal_lm, load_tokenizer_for

@@ -8,30 +8,27 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
-import transformers
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_pt_utils import get_model_param_count
 from trl import SFTConfig, SFTTrainer
 
-from hf_gpt_scratch.training.arguments import (
-    ModelArguments, TrlLoraArguments, parse_lora_recipe_args, setup_logging,
-)
-from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
-from hf_gpt_scratch.training.faults import check_lengths, save_pretrained_to
-from hf_gpt_scratch.training.hub import finish_run, prepare_push
+from hf_gpt_scratch.training.arguments import ModelArguments, TrlLoraArguments, parse_lora_recipe_args
+from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once, train_without_evaluation
+from hf_gpt_scratch.training.faults import check_lengths
+from hf_gpt_scratch.training.hub import finish_run
 from hf_gpt_scratch.training.instruction import (
     InstructDataArguments, InstructEvalArguments, evaluate_instruction_model, response_records, sft_dataset,
 )
 from hf_gpt_scratch.training.loading import (
-    load_causal_lm, load_tokenizer_for, save_final_model, train_model, unsharded_loading,
+    load_causal_lm, save_and_reload, start_tuning, train_model, unsharded_loading,
 )
-from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_json, write_results
-from hf_gpt_scratch.training.sampling import context_length_of, length_within_context
+from hf_gpt_scratch.training.reporting import (
+    log_history_to_curves, logged, save_metrics, save_plots, write_json,
+)
+from hf_gpt_scratch.training.sampling import context_length_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +63,10 @@ def parse_args(args: list[str] | None = None) -> tuple:
 def main(args: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model_args, data_args, lora_args, eval_args, training_args, preset = parse_args(args)
-    setup_logging(training_args)
-    hub_target = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's; fails fast
-    transformers.set_seed(training_args.seed)
-    train_entries, val_entries, test_entries = data_args.load_splits()  # fails fast on a bad file
-
-    tokenizer = load_tokenizer_for(model_args)
-    model = load_causal_lm(model_args, tokenizer)
-    max_length = training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
-    total_parameters = transformers.trainer_pt_utils.get_model_param_count(model)
-    device = training_args.device
-    model.to(device)
-    eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, max_length=max_length,
+    hub_target, entries, tokenizer, model = start_tuning(model_args, data_args, training_args)
+    train_entries, val_entries, test_entries = entries
+    total_parameters = get_model_param_count(model)
+    eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, max_length=training_args.max_length,
                        batch_size=eval_args.generation_batch_size or training_args.per_device_eval_batch_size,
                        response_header=eval_args.response_header_in_prompt, progress=not training_args.disable_tqdm)
 
@@ -85,23 +74,13 @@ def main(args: list[str] | None = None) -> dict:
     val_ds = sft_dataset(val_entries, tokenizer.eos_token) if val_entries else None
     # over-long entries: truncated with a counted warning; a prompt that fills the context: refused
     source = data_args.train_file or "instruction-data.json"
-    check_lengths({"train": train_ds, "validation": val_ds}, tokenizer, max_length, source, ("completion",))
+    check_lengths({"train": train_ds, "validation": val_ds}, tokenizer, training_args.max_length, source,
+                  ("completion",))
     peft_config = lora_args.checked_peft_config(model) if lora_args.use_lora else None
-    print_table({
-        "preset": preset or "-",
-        "model": model_args.model_name_or_path or "from scratch",
-        "parameters": total_parameters,
-        "context_length": context_length_of(model),
-        "finetuning": "LoRA" if lora_args.use_lora else "full",
-        "completion_only_loss": training_args.completion_only_loss,
-        "packing": training_args.packing,
-        "learning_rate": training_args.learning_rate,
-        "epochs": training_args.num_train_epochs,
-        "train / validation / test": f"{len(train_entries)} / {len(val_entries)} / {len(test_entries)}",
-        "max_new_tokens": eval_args.max_new_tokens,
-        "processes": training_args.world_size,
-        "device": str(device),
-    }, title="instruct")
+    finetuning = "lora" if lora_args.use_lora else "full"
+    logger.info("preset %s, model %s (%d parameters, context %s), %s finetuning, device %s", preset or "-",
+                model_args.model_name_or_path or "from scratch", total_parameters, context_length_of(model),
+                finetuning, training_args.device)
 
     before = after = None
     if eval_args.eval_before and test_entries:
@@ -109,98 +88,58 @@ def main(args: list[str] | None = None) -> dict:
         untuned = model
         if is_deepspeed_zero3_enabled():  # partitioned at load: every process evaluates a full copy
             with unsharded_loading(training_args):
-                untuned = load_causal_lm(model_args, tokenizer).to(device)
+                untuned = load_causal_lm(model_args, tokenizer).to(training_args.device)
         before = evaluate_instruction_model(untuned, tokenizer, test_entries, **eval_kwargs)
         del untuned
         logger.info("Before tuning: test response loss %.4f, ROUGE-L %.4f", before["loss"], before["rouge_l"])
 
     if val_ds is None:
-        logger.warning("No validation entries: training without evaluation.")
-        training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
-        training_args.eval_on_start = False
-        training_args.do_eval = False
+        train_without_evaluation(training_args, "No validation entries")
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=default_callbacks())
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    trainable = get_model_param_count(trainer.model, trainable_only=True)
     train_result = train_model(trainer)  # checks the checkpoint it resumes, or clears the run it replaces
-    val_metrics = evaluate_once(trainer) if val_ds is not None else {}  # reuses the last step's, if logged
+    evaluation = evaluate_once(trainer) if val_ds is not None else {}  # reuses the last step's, if logged
     trainer.save_state()  # trainer_state.json (log history) in output_dir, main process only
 
     # The Trainer saves what it trained (gathered under FSDP or ZeRO-3); every process then evaluates
     # a full copy reloaded from it, generating for its own share of the test entries.
-    output_dir = Path(training_args.output_dir)
-    trainer.model.config.use_cache = True  # the Trainer turns the cache off for training
-    save_final_model(trainer, str(output_dir / "adapter") if lora_args.use_lora else None)
-    trainer.accelerator.wait_for_everyone()
-    with unsharded_loading(training_args):
-        if lora_args.use_lora:
-            base = load_causal_lm(model_args, tokenizer)
-            tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
-        else:
-            tuned = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=model_args.trust_remote_code)
-    tuned.to(device).eval()
-    if lora_args.use_lora and trainer.is_world_process_zero():  # the merged model at the top of output_dir
-        save_pretrained_to(output_dir, tuned, tokenizer)
+    tuned = save_and_reload(trainer, model_args, tokenizer, lora_args.use_lora)
     if test_entries:
         logger.info("Evaluating the tuned model on %d test entries.", len(test_entries))
         after = evaluate_instruction_model(tuned, tokenizer, test_entries, **eval_kwargs)
 
     history = trainer.state.log_history
-    results = {
-        "preset": preset,
-        "model": model_args.model_name_or_path,
-        "finetuning": "lora" if lora_args.use_lora else "full",
-        "completion_only_loss": training_args.completion_only_loss,
-        "packing": training_args.packing,
-        "max_length": max_length,
-        "test_loss_before": before["loss"] if before else None,
-        "test_loss_after": after["loss"] if after else None,
-        "rouge_l_before": before["rouge_l"] if before else None,
-        "rouge_l_after": after["rouge_l"] if after else None,
-        "train_loss": (logged(history, "loss") or [train_result.metrics.get("train_loss")])[-1],
-        "train_loss_mean": train_result.metrics.get("train_loss"),
-        "eval_loss": val_metrics.get("eval_loss"),
-        "initial_eval_loss": (logged(history, "eval_loss") or [None])[0],
+    if evaluation:
+        evaluation.update(initial_eval_loss=logged(history, "eval_loss", 0), n_validation=len(val_entries))
+    test = {}
+    for when, evaluated in (("before", before), ("after", after)):
+        if evaluated:
+            test.update({f"test_loss_{when}": evaluated["loss"], f"rouge_l_{when}": evaluated["rouge_l"],
+                         f"test_runtime_{when}": evaluated["runtime"]})
+    if after:
+        test.update(test_loss_tokens=after["loss_tokens"], n_test=len(test_entries),
+                    max_new_tokens=eval_args.max_new_tokens,
+                    response_header_in_prompt=eval_args.response_header_in_prompt)
+    train = {
+        "n_train": len(train_entries),
         "trainable_parameters": trainable,
         "total_parameters": total_parameters,
-        "trainable_percent": 100.0 * trainable / total_parameters if total_parameters else None,
-        "learning_rate": training_args.learning_rate,
-        "epochs": trainer.state.epoch,
-        "train_steps": trainer.state.global_step,
-        "train_tokens": trainer.state.num_input_tokens_seen,
-        "tokens_per_second": (logged(history, "train_tokens_per_second") or [None])[-1],  # the Trainer's counter
-        "train_runtime": train_result.metrics.get("train_runtime"),
-        "eval_before_runtime": before["runtime"] if before else None,
-        "eval_after_runtime": after["runtime"] if after else None,
-        "test_loss_tokens": after["loss_tokens"] if after else None,
-        "n_train": len(train_entries),
-        "n_validation": len(val_entries),
-        "n_test": len(test_entries),
-        "max_new_tokens": eval_args.max_new_tokens,
-        "response_header_in_prompt": eval_args.response_header_in_prompt,
-        "world_size": training_args.world_size,
+        "finetuning": finetuning,  # the other settings: training_args.json, adapter/adapter_config.json
+        "model": model_args.model_name_or_path,
+        "preset": preset,
+        "runtime": time.perf_counter() - started,  # the whole run, evaluations and generations included
     }
-    if lora_args.use_lora:
-        results.update(lora_r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha,
-                       lora_dropout=lora_args.lora_dropout, lora_target_modules=lora_args.target_modules(),
-                       lora_modules_to_save=lora_args.lora_modules_to_save)
-    results["runtime"] = time.perf_counter() - started
-    results = {k: v for k, v in results.items() if v is not None}
+    results = save_metrics(trainer, {"train": train, "eval": evaluation, "test": test}, train_result)
     if not trainer.is_world_process_zero():
         return results
 
-    from hf_gpt_scratch.training.plots import plot_losses
-
+    output_dir = Path(training_args.output_dir)
     for name, evaluated in (("responses.json", after), ("responses_before.json", before)):
         if evaluated:
             write_json(output_dir / name, response_records(test_entries, evaluated["responses"]))
-    try:
-        plot_losses(log_history_to_curves(history), output_dir / "loss.png",
-                    title=f"Instruction finetuning ({results['finetuning']})")
-    except ValueError as err:  # nothing logged (e.g. fewer steps than logging_steps and no eval)
-        logger.warning("No loss plot: %s", err)
-    write_results(output_dir, results)
-    print_table(results, title="results")
+    title = f"Instruction finetuning ({finetuning})"
+    save_plots(log_history_to_curves(history), output_dir, {"loss": "loss.png"}, title)
     if after:
         for entry, response in list(zip(test_entries, after["responses"]))[:3]:
             print(f"--- {entry['instruction']!r}\n  reference: {entry['output']!r}\n"
@@ -210,4 +149,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

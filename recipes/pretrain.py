@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +21,14 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import get_model_param_count
 
-import hf_gpt_scratch  # noqa: F401  (registers the Auto classes)
 from hf_gpt_scratch.training.arguments import DataArguments, ModelArguments, parse_recipe_args, setup_logging
-from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once
+from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once, train_without_evaluation
 from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
 from hf_gpt_scratch.training.loading import load_causal_lm, load_tokenizer_for, save_final_model, train_model
-from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
+from hf_gpt_scratch.training.reporting import (
+    log_history_to_curves, logged, save_metrics, save_plots, write_json,
+)
 from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples, length_within_context
 
 logger = logging.getLogger(__name__)
@@ -181,36 +181,14 @@ def main(args: list[str] | None = None) -> dict:
 
     eval_dataset = eval_ds
     if eval_ds is None:
-        logger.warning("No validation data (--validation_split_percentage 0): training without evaluation.")
-        training_args.eval_strategy = transformers.trainer_utils.IntervalStrategy.NO
-        training_args.eval_on_start = False
-        training_args.do_eval = False
+        train_without_evaluation(training_args, "No validation data (--validation_split_percentage 0)")
     elif data_args.eval_train_samples > 0:
         n = min(data_args.eval_train_samples, len(train_ds))
         eval_dataset = {"validation": eval_ds, "train": train_ds.select(range(n))}
 
-    world = training_args.world_size
-    sizes = {
-        "num_parameters": get_model_param_count(model),  # (num_parameters() miscounts under ZeRO-3)
-        "block_size": block_size,
-        "train_blocks": len(train_ds),
-        "eval_blocks": len(eval_ds) if eval_ds is not None else 0,
-        "world_size": world,
-    }
-    print_table(
-        {
-            "preset": preset or "-",
-            "model": model_args.model_name_or_path or "from scratch",
-            "context_length": context_length_of(model),
-            "train_tokens_in_text": train_text_tokens,
-            "val_tokens_in_text": val_text_tokens,
-            **sizes,
-            "device": str(training_args.device),
-            "tokens_per_step": block_size * training_args.per_device_train_batch_size
-            * training_args.gradient_accumulation_steps * world,
-        },
-        title="pretrain",
-    )
+    logger.info("preset %s, model %s, context %s, %d-token blocks, train/validation text %d/%d tokens, %s",
+                preset or "-", model_args.model_name_or_path or "from scratch", context_length_of(model),
+                block_size, train_text_tokens, val_text_tokens, training_args.device)
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_dataset,
                       processing_class=tokenizer, data_collator=default_data_collator,
@@ -219,31 +197,24 @@ def main(args: list[str] | None = None) -> dict:
     save_final_model(trainer)  # model + tokenizer, safetensors, no pickle (the main process writes)
     trainer.save_state()
 
-    metrics = evaluate_once(trainer) if eval_ds is not None else {}
     history = trainer.state.log_history
-    eval_name = "eval_validation_loss" if isinstance(eval_dataset, dict) else "eval_loss"
-    results = {
+    train = {
+        "train_blocks": len(train_ds),
+        "block_size": block_size,
+        "num_parameters": get_model_param_count(model),  # (num_parameters() miscounts under ZeRO-3)
         "preset": preset,
-        "train_loss": (logged(history, "loss") or [None])[-1],  # the last logged
-        "train_loss_average": train_result.metrics["train_loss"],
-        "eval_train_loss": metrics.get("eval_train_loss"),
-        "train_tokens": trainer.state.num_input_tokens_seen,
-        # the Trainer's own counter: this run's tokens / seconds since training began (evaluations included)
-        "tokens_per_second": (logged(history, "train_tokens_per_second") or [None])[-1],
-        "train_runtime": train_result.metrics["train_runtime"],
-        "train_steps_per_second": train_result.metrics.get("train_steps_per_second"),
-        "train_steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        **sizes,
     }
+    evaluation = {}
     if eval_ds is not None:
+        evaluation = evaluate_once(trainer)
+        eval_name = "eval_validation_loss" if isinstance(eval_dataset, dict) else "eval_loss"
         try:
-            perplexity = math.exp(metrics[eval_name])
+            perplexity = math.exp(evaluation[eval_name])
         except OverflowError:
             perplexity = math.inf
-        results.update(eval_loss=metrics[eval_name], perplexity=perplexity,
-                       initial_eval_loss=logged(history, eval_name)[0])
-    results = {k: v for k, v in results.items() if v is not None}
+        evaluation.update(eval_loss=evaluation[eval_name], perplexity=perplexity,
+                          initial_eval_loss=logged(history, eval_name, 0), eval_blocks=len(eval_ds))
+    results = save_metrics(trainer, {"train": train, "eval": evaluation}, train_result)
 
     # Sharded weights (DeepSpeed ZeRO-3, FSDP): every process takes part in each forward pass.
     if trainer.is_world_process_zero() or trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled():
@@ -251,20 +222,15 @@ def main(args: list[str] | None = None) -> dict:
             trainer.model, tokenizer, report_args.sample_prompts, seed=training_args.seed, **report_args.generation_kwargs()
         )
     if trainer.is_world_process_zero():
-        from hf_gpt_scratch.training.plots import plot_losses
-
-        try:
-            plot_losses(log_history_to_curves(history), Path(training_args.output_dir) / "loss.png", title=preset or None)
-        except ValueError as err:  # nothing logged (e.g. no eval and fewer steps than logging_steps)
-            logger.warning("No loss plot: %s", err)
-        results["samples"] = samples
-        write_results(training_args.output_dir, results)
-        print_table({k: v for k, v in results.items() if k != "samples"}, title="results")
+        output_dir = Path(training_args.output_dir)
+        save_plots(log_history_to_curves(history), output_dir, {"loss": "loss.png"}, preset or None)
+        write_json(output_dir / "samples.json", samples)
         for sample in samples:
             print(f"--- {sample['prompt']!r}\n{sample['prompt']}{sample['completion']}", flush=True)
-        finish_run(training_args.output_dir, results, "pretrain", training_args, model_args, data_args, hub_target)
+        card = {**results, "samples": samples}
+        finish_run(output_dir, card, "pretrain", training_args, model_args, data_args, hub_target)
     return results
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -47,7 +47,7 @@ def finished(tmp_path):
     out.mkdir()
     save_file({"w": torch.ones(2)}, str(out / "model.safetensors"))
     (out / "config.json").write_text("{}")
-    (out / "results.json").write_text('{"eval_loss": 1.0}')
+    (out / "all_results.json").write_text('{"eval_loss": 1.0}')
 
     def snapshot():
         return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*")) if p.is_file()}

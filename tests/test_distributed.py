@@ -185,10 +185,10 @@ def _weights(folder):
 
 
 def _check_ddp_run(out, hashes):
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     assert results["world_size"] == 2 and results["train_steps"] == 4
     # both ranks trained: tokens are summed over the processes, 4 steps x 2 ranks x 2 blocks x 32
-    assert results["train_tokens"] == 4 * 2 * 2 * 32
+    assert results["num_input_tokens_seen"] == 4 * 2 * 2 * 32
     assert math.isfinite(results["eval_loss"]) and results["eval_loss"] < results["initial_eval_loss"]
     ranks = [json.loads((hashes / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [4, 4]
@@ -232,7 +232,7 @@ def test_pretrain_under_torchrun(ddp_runs):
     out, hashes, proc = ddp_runs["torchrun"]
     _check_ddp_run(out, hashes)
     # reports come from rank 0 only
-    assert proc.stdout.count("== results ==") == 1
+    assert proc.stdout.count("***** train metrics *****") == 1
 
 
 @pytest.mark.slow
@@ -240,7 +240,7 @@ def test_pretrain_under_torchrun(ddp_runs):
 def test_pretrain_under_accelerate_launch_with_ddp_config(ddp_runs):
     out, hashes, proc = ddp_runs["accelerate"]
     _check_ddp_run(out, hashes)
-    assert proc.stdout.count("== results ==") == 1
+    assert proc.stdout.count("***** train metrics *****") == 1
     # same seeds, same split of the data: bitwise the model torchrun gave
     torchrun = _weights(ddp_runs["torchrun"][0])
     assert all(torch.equal(torchrun[k], v) for k, v in _weights(out).items())
@@ -335,13 +335,13 @@ def test_deepspeed_configs_train(stage, tmp_path, request):
     proc = run([*ACCELERATE, "--config_file", CONFIGS / f"deepspeed_zero{stage}.yaml", PRETRAIN,
                 "--model_name_or_path", init, *pretrain_args(None, out, batch=2)[4:],
                 "--save_strategy", "steps", "--save_steps", 2], timeout=600)
-    results = json.loads((out / "results.json").read_text())
-    assert results["world_size"] == 2 and results["train_tokens"] == 4 * 2 * 2 * 32
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["world_size"] == 2 and results["num_input_tokens_seen"] == 4 * 2 * 2 * 32
     assert math.isfinite(results["eval_loss"]) and results["eval_loss"] < results["initial_eval_loss"]
     assert (out / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own (sharded) checkpoint
     model = AutoModelForCausalLM.from_pretrained(out)  # full weights in safetensors
     assert sum(p.numel() for p in model.parameters()) == results["num_parameters"]
-    assert proc.stdout.count("== results ==") == 1
+    assert proc.stdout.count("***** train metrics *****") == 1
     # the same training as DDP from the same weights with the same flags (ZeRO shards the states,
     # not the maths)
     ddp, zero = _weights(ddp_out), _weights(out)
@@ -375,7 +375,7 @@ def test_classify_under_torchrun(tmp_path, wrapper):
     run([*TORCHRUN, wrapper, CLASSIFY, "--model_name_or_path", clm, "--train_file", train,
          "--max_steps", 3, "--per_device_train_batch_size", 2, "--logging_steps", 1, "--disable_tqdm", "true",
          "--output_dir", out], HASH_DIR=hashes)
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     assert results["world_size"] == 2 and results["train_steps"] == 3
     ranks = [json.loads((hashes / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["sha256"] == ranks[1]["sha256"] and [r["step"] for r in ranks] == [3, 3]

@@ -81,7 +81,7 @@ def snapshot(folder):
 
 def _finished(folder):
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in (("config.json", "{}"), ("model.safetensors", "weights"), ("results.json", "{}")):
+    for name, text in (("config.json", "{}"), ("model.safetensors", "weights"), ("all_results.json", "{}")):
         (folder / name).write_text(text)
     return snapshot(folder)
 
@@ -144,7 +144,8 @@ def test_pretrain_recipe_refuses_then_overwrites_when_told(tmp_path, bpe_dir):
     assert (out / "model.safetensors").read_bytes() == weights
     second = recipe.main(pretrain_args(bpe_dir, out, "--seed", 7, "--overwrite_output_dir"))
     assert (out / "model.safetensors").read_bytes() != weights  # another seed, another model
-    assert json.loads((out / "results.json").read_text())["train_loss"] == pytest.approx(second["train_loss"])
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["train_loss"] == pytest.approx(second["train_loss"])
     assert math.isfinite(first["train_loss"])
 
 
@@ -258,14 +259,14 @@ def test_overwrite_leaves_no_old_checkpoint_adapter_or_result(tmp_path, bpe_dir)
     assert not list(out.glob("checkpoint-*")) and not adapter.exists() and not (out / "responses.json").exists()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint.*--save_strategy steps --save_steps N"):
         resolve_resume_checkpoint("last", str(out))
-    assert json.loads((out / "results.json").read_text())["train_steps"] == second["train_steps"] == 2
+    assert json.loads((out / "all_results.json").read_text())["train_steps"] == second["train_steps"] == 2
     assert not any(name.startswith("adapter") for name in pushed_files(out))
 
     # convert --overwrite into a run's folder: the run's results are not the converted model's
     gpt2 = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=16, n_embd=8, n_layer=1, n_head=2)).save_pretrained(gpt2)
     assert convert_cli.main(["--model_name_or_path", str(gpt2), "--output_dir", str(out), "--overwrite"]) == 0
-    assert not (out / "results.json").exists() and not (out / "training_args.json").exists()
+    assert not (out / "all_results.json").exists() and not (out / "training_args.json").exists()
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 97
 
 
@@ -633,7 +634,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    assert not (out / "results.json").exists() and not (out / "model.safetensors").exists(), "the run finished first"
+    finished = (out / "all_results.json").exists() or (out / "model.safetensors").exists()
+    assert not finished, "the run finished first"
     steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert steps[:2] == [2, 4] and steps[-1] < 12
     # a checkpoint half-written when the process died (weights, no trainer_state.json) is skipped
@@ -655,8 +657,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _points(out) == _points(full)
     assert [p["step"] for p in _points(full) if "loss" in p] == [2, 4, 6, 8, 10, 12]
-    results = json.loads((out / "results.json").read_text())
-    assert results["train_steps"] == 12 and results["eval_loss"] == json.loads((full / "results.json").read_text())["eval_loss"]
+    results = json.loads((out / "all_results.json").read_text())
+    full_results = json.loads((full / "all_results.json").read_text())
+    assert results["train_steps"] == 12 and results["eval_loss"] == full_results["eval_loss"]
 
     # safetensors only: no pickle in the model folders, except the Trainer's own resume files
     # (optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin) inside checkpoint-N

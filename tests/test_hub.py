@@ -40,11 +40,14 @@ CODE = {"configuration_gpt_scratch.py", "modeling_gpt_scratch.py", "loss_gpt_scr
 TOKENIZER = {"tokenizer.json", "tokenizer_config.json"}  # what the GPT-2 BPE tokenizer saves
 MODEL = {"config.json", "generation_config.json", "model.safetensors"}
 ADAPTER = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
-PRETRAIN_FILES = MODEL | CODE | TOKENIZER | {"README.md", "loss.png", "results.json"}
-INSTRUCT_FILES = MODEL | CODE | TOKENIZER | ADAPTER | {"README.md", "loss.png", "results.json", "responses.json"}
-PREFERENCE_FILES = MODEL | CODE | TOKENIZER | {"README.md", "loss.png", "reward_margins.png", "results.json", "responses.json"}
-CLASSIFY_FILES = ({"config.json", "model.safetensors"} | CODE | TOKENIZER | ADAPTER
-                  | {"README.md", "loss.png", "accuracy.png", "confusion_matrix.png", "results.json"})
+RESULTS = {"all_results.json", "train_results.json", "eval_results.json", "test_results.json"}
+PRETRAIN_FILES = MODEL | CODE | TOKENIZER | RESULTS - {"test_results.json"} | {"README.md", "loss.png",
+                                                                              "samples.json"}
+INSTRUCT_FILES = MODEL | CODE | TOKENIZER | ADAPTER | RESULTS | {"README.md", "loss.png", "responses.json"}
+PREFERENCE_FILES = MODEL | CODE | TOKENIZER | RESULTS | {"README.md", "loss.png", "reward_margins.png",
+                                                         "responses.json"}
+CLASSIFY_FILES = ({"config.json", "model.safetensors"} | CODE | TOKENIZER | ADAPTER | RESULTS
+                  | {"README.md", "loss.png", "accuracy.png", "confusion_matrix.png"})
 
 TINY = "n_layers=2,emb_dim=32,n_heads=2,context_length=128,drop_rate=0.0"
 # peft 0.21 calls transformers' deprecated `is_gradient_checkpointing` (not ours to fix).
@@ -320,14 +323,14 @@ def test_cards_of_the_runs(pushed_runs):
     assert pre.data.pipeline_tag == "text-generation"
     assert {"hf_gpt_scratch", "gpt_scratch", "llms-from-scratch", "custom_code", "text-generation"} <= set(pre.data.tags)
     metrics = {r.metric_type: r.metric_value for r in pre.data.eval_results}
-    results = json.loads((_snapshot(cache, "org/tiny-pretrain") / "results.json").read_text())
+    results = json.loads((_snapshot(cache, "org/tiny-pretrain") / "all_results.json").read_text())
     assert metrics == {"loss": results["eval_loss"], "perplexity": results["perplexity"]}
     assert 'from_pretrained("org/tiny-pretrain", trust_remote_code=True)' in pre.text
     assert "## Intended use and limits" in pre.text and "| learning rate |" in pre.text
 
     ins = ModelCard.load(_snapshot(cache, "org/tiny-instruct") / "README.md")
     assert {"peft", "lora"} <= set(ins.data.tags) and ins.data.base_model == "org/tiny-pretrain"
-    results = json.loads((_snapshot(cache, "org/tiny-instruct") / "results.json").read_text())
+    results = json.loads((_snapshot(cache, "org/tiny-instruct") / "all_results.json").read_text())
     by_type = {r.metric_type: (r.metric_value, r.dataset_split) for r in ins.data.eval_results}
     assert by_type == {"rouge": (results["rouge_l_after"], "test"), "loss": (results["test_loss_after"], "test")}
     assert 'PeftModel.from_pretrained(base, "org/tiny-instruct", subfolder="adapter")' in ins.text
@@ -397,7 +400,7 @@ def _fake_run(folder: Path) -> Path:
 
 
 CLASSIFY_RESULTS = {
-    "trainable": "last_block", "val_accuracy": 0.91, "val_f1": 0.9, "test_accuracy": 0.95, "test_f1": 0.949,
+    "trainable": "last_block", "eval_accuracy": 0.91, "eval_f1": 0.9, "test_accuracy": 0.95, "test_f1": 0.949,
     "test_precision": 0.96, "test_recall": 0.94, "baseline_tfidf_test_accuracy": 0.97, "train_runtime": 75.5,
     "test_confusion_matrix": [[140, 10], [5, 145]], "label_names": ["ham", "spam"], "world_size": 1,
 }
@@ -409,15 +412,18 @@ INSTRUCT_RESULTS = {
 PREFERENCE_RESULTS = {
     "finetuning": "full", "beta": 0.1, "loss_type": "sigmoid_norm", "test_loss_before": 0.6931, "test_loss_after": 0.61,
     "test_reward_margin_before": 0.0, "test_reward_margin_after": 0.4, "test_reward_accuracy_before": 0.0,
-    "test_reward_accuracy_after": 0.75, "val_reward_accuracy_after": 0.7, "n_train": 40, "n_validation": 5, "n_test": 4,
+    "test_reward_accuracy_after": 0.75, "eval_reward_accuracy_after": 0.7, "n_train": 40, "n_validation": 5,
+    "n_test": 4,
 }
-PRETRAIN_RESULTS = {"eval_loss": 3.75, "perplexity": math.exp(3.75), "initial_eval_loss": 10.9, "train_tokens": 1000,
+PRETRAIN_RESULTS = {"eval_loss": 3.75, "perplexity": math.exp(3.75), "initial_eval_loss": 10.9,
+                    "num_input_tokens_seen": 1000,
                     "samples": [{"prompt": "Every effort", "completion": " moves you"}], "train_runtime": 12.5}
 
 
 @pytest.mark.parametrize("task, results, metrics", [
     ("pretrain", PRETRAIN_RESULTS, {("validation", "loss"): "eval_loss", ("validation", "perplexity"): "perplexity"}),
-    ("classify", CLASSIFY_RESULTS, {(split, m): f"{p}_{m}" for split, p in (("validation", "val"), ("test", "test"))
+    ("classify", CLASSIFY_RESULTS, {(split, m): f"{p}_{m}" 
+                                    for split, p in (("validation", "eval"), ("test", "test"))
                                     for m in ("accuracy", "f1", "precision", "recall") if f"{p}_{m}" in CLASSIFY_RESULTS}),
     # an old results.json's judge score is not the recipe's (examples/judge.py writes responses_scored.json)
     ("instruct", INSTRUCT_RESULTS, {("test", "rouge"): "rouge_l_after", ("test", "loss"): "test_loss_after"}),
@@ -477,14 +483,16 @@ def test_pushed_files_leave_out_training_state_and_pickles(tmp_path):
     from huggingface_hub.utils import filter_repo_objects
 
     out = _fake_run(tmp_path / "run")
-    for name in ("README.md", "results.json", "responses.json", "tokenizer.json", "training_args.bin",
-                 "trainer_state.json", "optimizer.pt", "pytorch_model.bin", "rng_state.pth", "all_results.json",
-                 "notes.txt", ".env", "my_script.py", "checkpoint-5/model.safetensors", "runs/events.out"):
+    for name in ("README.md", "all_results.json", "train_results.json", "samples.json", "responses.json",
+                 "tokenizer.json", "training_args.bin", "trainer_state.json", "optimizer.pt", "rng_state.pth",
+                 "pytorch_model.bin", "results.json", "notes.txt", ".env", "my_script.py",
+                 "checkpoint-5/model.safetensors", "runs/events.out"):
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_text("{}")
     (out / "loss.png").write_bytes(PNG_MAGIC)
-    assert set(hub.pushed_files(out)) == MODEL | CODE | {"README.md", "results.json", "responses.json", "loss.png",
-                                                         "tokenizer.json"}
+    pushed = {"README.md", "all_results.json", "train_results.json", "samples.json", "responses.json",
+              "loss.png", "tokenizer.json"}
+    assert set(hub.pushed_files(out)) == MODEL | CODE | pushed
     # upload_folder's ignore_patterns drop every pickle, training state and checkpoint, listed or not
     junk = ["training_args.bin", "trainer_state.json", "optimizer.pt", "x/scheduler.pt", "rng_state_1.pth", "a.pkl",
             "checkpoint-5/model.safetensors", "adapter/checkpoint-2/adapter_config.json"]
@@ -508,9 +516,9 @@ def test_pushed_files_leave_out_training_state_and_pickles(tmp_path):
 def test_files_with_tokens_are_refused(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text('{"model_type": "gpt_scratch"}')
     hub.check_pushable(tmp_path, ["config.json"])
-    (tmp_path / "results.json").write_text(json.dumps({"note": "hf_" + "a" * 34}))
-    with pytest.raises(ValueError, match="results.json: it contains what looks like a Hugging Face token"):
-        hub.check_pushable(tmp_path, ["config.json", "results.json"])
+    (tmp_path / "all_results.json").write_text(json.dumps({"note": "hf_" + "a" * 34}))
+    with pytest.raises(ValueError, match="all_results.json: it contains what looks like a Hugging Face"):
+        hub.check_pushable(tmp_path, ["config.json", "all_results.json"])
     monkeypatch.setenv("HF_TOKEN", "my-own-login-token-value")
     (tmp_path / "README.md").write_text("logged in as my-own-login-token-value")
     with pytest.raises(ValueError, match="README.md"):

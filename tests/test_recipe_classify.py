@@ -91,12 +91,12 @@ def test_recipe_on_sms_spam(recipe, tiny_clm, tmp_path, capsys):
         "--max_steps", 4, "--per_device_train_batch_size", 4, "--logging_steps", 1,
         "--eval_strategy", "steps", "--eval_steps", 2,
     )
-    results = json.loads((out / "results.json").read_text())
-    for prefix in ("val", "test", "baseline_tfidf_val", "baseline_tfidf_test"):
+    results = json.loads((out / "all_results.json").read_text())
+    for prefix in ("eval", "test", "baseline_tfidf_eval", "baseline_tfidf_test"):
         for metric in METRICS:
             _finite_unit(results, f"{prefix}_{metric}")
     assert results["train_steps"] == 4
-    assert (results["train_examples"], results["validation_examples"], results["test_examples"]) == (48, 16, 24)
+    assert (results["train_examples"], results["eval_examples"], results["test_examples"]) == (48, 16, 24)
     assert results["label_names"] == ["ham", "spam"]
     assert results["trainable"] == "last_block"
     assert sum(map(sum, results["test_confusion_matrix"])) == 24
@@ -118,7 +118,8 @@ def test_recipe_on_sms_spam(recipe, tiny_clm, tmp_path, capsys):
     batch = tokenizer(["Free entry! txt WIN to 80082", "see you later"], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 2)
-    assert "GPT vs TF-IDF" in capsys.readouterr().out
+    printed = capsys.readouterr().out  # the Trainer's log_metrics: the baseline beside the GPT's numbers
+    assert "***** test metrics *****" in printed and "baseline_tfidf_test_accuracy" in printed
 
 
 def _write_csv(path, rows, fieldnames):
@@ -145,10 +146,10 @@ def test_recipe_on_csv_with_custom_columns_and_lora(recipe, tiny_clm, tmp_path):
         "--max_steps", 3, "--per_device_train_batch_size", 4,
         "--output_dir", out,
     )
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     # validation carved from the training file (10%), the test file used as given
     assert results["test_examples"] == len(rows[::4])
-    assert results["validation_examples"] + results["train_examples"] == len(rows)
+    assert results["eval_examples"] + results["train_examples"] == len(rows)
     for metric in METRICS:
         _finite_unit(results, f"test_{metric}")
         _finite_unit(results, f"baseline_tfidf_test_{metric}")

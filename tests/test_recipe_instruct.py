@@ -147,10 +147,10 @@ def _run_recipe(args: list) -> dict:
 
 
 def _check_results(out: Path, n_test: int) -> dict:
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     for key in ("test_loss_before", "test_loss_after", "rouge_l_before", "rouge_l_after", "train_loss", "runtime",
                 "trainable_parameters", "total_parameters"):
-        assert key in results, f"results.json has no {key}: {sorted(results)}"
+        assert key in results, f"all_results.json has no {key}: {sorted(results)}"
         assert math.isfinite(results[key]), (key, results[key])
     assert 0 <= results["rouge_l_before"] <= 1 and 0 <= results["rouge_l_after"] <= 1
     assert results["n_test"] == n_test
@@ -180,8 +180,10 @@ def test_lora_end_to_end(tmp_path, tiny_checkpoint, train_file):
         "--lora_modules_to_save", "out_head",
     ])
     results = _check_results(out, n_test=4)
-    assert results["finetuning"] == "lora" and results["lora_modules_to_save"] == ["out_head"]
-    assert results["learning_rate"] == pytest.approx(5e-4)
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert results["finetuning"] == "lora" and adapter_config["modules_to_save"] == ["out_head"]
+    trained_with = json.loads((out / "adapter" / "training_args.json").read_text())  # (beside the adapter)
+    assert trained_with["learning_rate"] == pytest.approx(5e-4)
     assert results["train_steps"] == 6
     assert 0 < results["trainable_parameters"] < results["total_parameters"]
     responses = json.loads((out / "responses.json").read_text())
@@ -219,7 +221,8 @@ def test_full_finetuning_end_to_end(tmp_path, tiny_checkpoint, train_file):
     ])
     results = _check_results(out, n_test=4)
     assert results["finetuning"] == "full"
-    assert results["learning_rate"] == pytest.approx(5e-5)  # the book's rate for full finetuning
+    trained_with = json.loads((out / "training_args.json").read_text())
+    assert trained_with["learning_rate"] == pytest.approx(5e-5)  # the book's rate for full finetuning
     assert results["trainable_parameters"] == results["total_parameters"]
     assert not (out / "adapter").exists()
     tuned = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -240,8 +243,9 @@ def test_packing_trains_every_token_once_in_fewer_rows(tmp_path, tiny_checkpoint
     ])
     texts = sft_dataset(_entries(40)[:16], tokenizer.eos_token)
     tokens = sum(len(tokenizer(p + c)["input_ids"]) for p, c in zip(texts["prompt"], texts["completion"]))
-    assert results["packing"] is True and 2 <= results["train_steps"] <= 3
-    assert results["train_tokens"] == tokens
+    assert json.loads((out / "adapter" / "training_args.json").read_text())["packing"] is True
+    assert 2 <= results["train_steps"] <= 3
+    assert results["num_input_tokens_seen"] == tokens
     assert math.isfinite(results["train_loss"]) and math.isfinite(results["test_loss_after"])
 
 
@@ -254,7 +258,7 @@ def test_book_data_split_and_sample_limits(tmp_path, tiny_checkpoint, data_dir):
         "--max_train_samples", "8", "--max_eval_samples", "4", "--max_test_samples", "3", "--max_new_tokens", "4",
         "--max_steps", "2", "--per_device_train_batch_size", "4", "--eval_before", "false",
     ])
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     assert (results["n_train"], results["n_validation"], results["n_test"]) == (8, 4, 3)
     assert "test_loss_before" not in results and math.isfinite(results["test_loss_after"])
     book = load_instruction_data(data_dir / "instruction-data.json")

@@ -219,12 +219,13 @@ COMMON = ["--max_steps", "6", "--per_device_train_batch_size", "4", "--per_devic
 
 
 def _check_run(out: Path, n_test: int = 4, world: int = 1) -> dict:
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "results.json", "responses.json",
-                 "loss.png", "reward_margins.png", "README.md"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "all_results.json",
+                 "train_results.json", "eval_results.json", "test_results.json", "responses.json", "loss.png",
+                 "reward_margins.png", "README.md"):
         assert (out / name).is_file(), name
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     assert results["n_test"] == n_test and results["world_size"] == world
-    for prefix in ("val", "test"):
+    for prefix in ("eval", "test"):
         # before training the policy is the reference: loss log 2, no margin, no pair ranked right
         assert results[f"{prefix}_loss_before"] == pytest.approx(LOG2, abs=1e-6)
         assert results[f"{prefix}_reward_margin_before"] == pytest.approx(0.0, abs=1e-6)
@@ -245,7 +246,8 @@ def test_lora_end_to_end(tmp_path, tiny_checkpoint, train_file):
     printed = run_recipe("preference", "--model_name_or_path", tiny_checkpoint, "--train_file", train_file,
                          "--output_dir", out, "--learning_rate", "1e-2", *COMMON)
     results = _check_run(out)
-    assert "DPO: before and after tuning" in printed and "test reward accuracy" in printed
+    for split in ("eval", "test"):  # the Trainer's log_metrics: before and after tuning, side by side
+        assert f"***** {split} metrics *****" in printed and f"{split}_reward_accuracy_before" in printed
     assert results["finetuning"] == "lora" and 0 < results["trainable_parameters"] < results["total_parameters"]
     # the merged model at the top is the base plus the adapter in adapter/
     from peft import PeftModel

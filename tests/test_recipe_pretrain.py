@@ -49,25 +49,27 @@ def tiny_run(tmp_path_factory, bpe_dir):
 
 def test_results_json_has_finite_fields(tiny_run):
     out, _ = tiny_run
-    results = json.loads((out / "results.json").read_text())
-    for key in ("train_loss", "eval_loss", "perplexity", "train_tokens", "tokens_per_second", "train_runtime",
-                "initial_eval_loss", "train_steps_per_second", "num_parameters"):
+    results = json.loads((out / "all_results.json").read_text())
+    for key in ("train_loss_last", "eval_loss", "perplexity", "num_input_tokens_seen", "train_runtime",
+                "train_tokens_per_second", "initial_eval_loss", "train_steps_per_second", "num_parameters",
+                "train_loss"):
         assert isinstance(results[key], (int, float)) and math.isfinite(results[key]), key
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]), rel=1e-6)
     assert results["train_steps"] == 20 and results["block_size"] == 64 and results["world_size"] == 1
     # 20 steps of 8 blocks of 64 tokens, less the short batch at the end of an epoch
-    assert 0.9 * 20 * 8 * 64 <= results["train_tokens"] <= 20 * 8 * 64
-    assert [s["prompt"] for s in results["samples"]] == ["Every effort moves you", "I had always"]
-    assert all(isinstance(s["completion"], str) and s["completion"] for s in results["samples"])
+    assert 0.9 * 20 * 8 * 64 <= results["num_input_tokens_seen"] <= 20 * 8 * 64
+    samples = json.loads((out / "samples.json").read_text())
+    assert [s["prompt"] for s in samples] == ["Every effort moves you", "I had always"]
+    assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
 
 
 def test_training_moves_the_loss_the_right_way(tiny_run):
     out, _ = tiny_run
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     # untrained: about ln(512) = 6.24; after 20 steps clearly lower
     assert results["initial_eval_loss"] == pytest.approx(math.log(512), abs=0.3)
     assert results["eval_loss"] < results["initial_eval_loss"] - 0.3
-    assert results["train_loss"] < results["initial_eval_loss"]
+    assert results["train_loss_last"] < results["initial_eval_loss"]
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     evals = [e for e in history if "eval_loss" in e]
     assert [e["step"] for e in evals] == [0, 10, 20]
@@ -78,7 +80,7 @@ def test_loss_plot_is_written(tiny_run):
     out, stdout = tiny_run
     png = out / "loss.png"
     assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
-    assert "== results ==" in stdout and "Every effort moves you" in stdout
+    assert "***** eval metrics *****" in stdout and "Every effort moves you" in stdout
 
 
 def test_saved_model_reloads_with_auto_classes(tiny_run, bpe_dir):
@@ -90,8 +92,8 @@ def test_saved_model_reloads_with_auto_classes(tiny_run, bpe_dir):
     assert (model.config.n_layers, model.config.emb_dim, model.config.context_length) == (2, 32, 64)
     assert model.config.vocab_size == len(tokenizer) == 512
     assert tokenizer("Every effort")["input_ids"] == AutoTokenizer.from_pretrained(bpe_dir)("Every effort")["input_ids"]
-    # the saved weights are the trained ones: the loss on held-out text matches results.json's ballpark
-    results = json.loads((out / "results.json").read_text())
+    # the saved weights are the trained ones: the loss on held-out text matches all_results.json's ballpark
+    results = json.loads((out / "all_results.json").read_text())
     _, val_text = split_text(VERDICT.read_text(encoding="utf-8"), 0.9)
     ids = torch.tensor([tokenizer(val_text)["input_ids"][:64]])
     with torch.no_grad():
@@ -132,17 +134,17 @@ def test_book_windows_json_data_and_resume(tmp_path, bpe_dir):
         "--output_dir", tmp_path / "out", "--max_new_tokens", 3,
     ]
     run_recipe("pretrain", *common, "--max_steps", 2)
-    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    first = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert (tmp_path / "out" / "checkpoint-2").is_dir()
     run_recipe("pretrain", *common, "--max_steps", 4, "--resume_from_checkpoint", "last")
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
 
     # the windows are the book's: count them from the same rows
     tokenizer = AutoTokenizer.from_pretrained(bpe_dir)
     n_val = round(len(paragraphs) * 0.2)
     ids = [t for p in paragraphs[: len(paragraphs) - n_val] for t in tokenizer(p)["input_ids"]]
     assert first["train_blocks"] == results["train_blocks"] == len(book_windows(ids, 32, 16))
-    assert results["train_steps"] == 4 and results["train_tokens"] == 4 * 4 * 32
+    assert results["train_steps"] == 4 and results["num_input_tokens_seen"] == 4 * 4 * 32
     assert math.isfinite(results["eval_train_loss"]) and math.isfinite(results["eval_loss"])
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "eval_validation_loss" in e] == [0, 2, 4]
@@ -199,15 +201,17 @@ def test_torchrun_two_processes(tmp_path, bpe_dir):
         "--logging_steps", 2, "--eval_steps", 2,
         "--disable_tqdm", "true", "--max_new_tokens", 4, "--output_dir", out,
     ])
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
     assert results["world_size"] == 2
     # tokens are counted over both processes: 4 steps x 2 ranks x 2 blocks x 32 tokens
-    assert results["train_tokens"] == 4 * 2 * 2 * 32
+    assert results["num_input_tokens_seen"] == 4 * 2 * 2 * 32
     assert math.isfinite(results["eval_loss"]) and results["eval_loss"] < results["initial_eval_loss"]
     # reports, samples and files come from rank 0 only
-    assert proc.stdout.count("== results ==") == 1 and proc.stdout.count("== pretrain ==") == 1
+    assert proc.stdout.count("***** train metrics *****") == 1
+    assert proc.stdout.count(" - __main__ - preset ") == 1  # the start line (the Trainer logs the rest)
     assert proc.stdout.count("--- 'Every effort moves you'") == 1
-    assert sorted(p.name for p in out.glob("results*.json")) == ["results.json"]
+    assert sorted(p.name for p in out.glob("*results.json")) == ["all_results.json", "eval_results.json",
+                                                                  "train_results.json"]
     assert (out / "loss.png").is_file() and (out / "model.safetensors").is_file()
 
 

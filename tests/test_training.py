@@ -26,7 +26,7 @@ from hf_gpt_scratch.training.arguments import (
 from hf_gpt_scratch.training.callbacks import default_callbacks
 from hf_gpt_scratch.training.loading import load_causal_lm, tokenizer_source
 from hf_gpt_scratch.training.plots import plot_confusion_matrix, plot_losses
-from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, print_table, write_results
+from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, save_metrics
 from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples
 from hf_gpt_scratch.tokenization import gpt2_tokenizer
 
@@ -292,38 +292,39 @@ def test_cpu_distributed_defaults(monkeypatch):
 # ---------------------------------------------------------------- results, curves, tables
 
 
-def test_write_results_keeps_only_finite_numbers(tmp_path):
-    results = {
-        "eval_loss": 1.5,
-        "perplexity": float("inf"),
-        "bad": float("nan"),
-        "steps": 3,
-        "flag": True,
-        "none": None,
-        "samples": [{"prompt": "a", "completion": "b"}],
+def _idle_trainer(output_dir) -> Trainer:
+    args = TrainingArguments(output_dir=str(output_dir), report_to="none", use_cpu=True)
+    return Trainer(model=hf_gpt_scratch.GPTScratchForCausalLM(tiny_config()), args=args)
+
+
+def test_save_metrics_writes_the_trainers_files(tmp_path, caplog, capsys):
+    trainer = _idle_trainer(tmp_path)
+    splits = {
+        "train": {"train_loss": 1.5, "train_steps": 3, "packing": True, "preset": "demo", "none": None},
+        "eval": {"eval_loss": 2.0, "perplexity": float("inf"), "eval_bad": float("nan")},
+        "test": {"test_confusion_matrix": [[1, 0], [2, 3]], "label_names": ["ham", "spam"]},
     }
-    path = write_results(tmp_path / "out", results)
-    text = path.read_text()
-    assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text) == {k: v for k, v in results.items() if k not in ("perplexity", "bad")}
-    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
-    with pytest.raises(TypeError, match="object"):
-        write_results(tmp_path, {"object": object()})
+    merged = save_metrics(trainer, splits)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "all_results.json", "eval_results.json", "test_results.json", "train_results.json"]
+    saved = json.loads((tmp_path / "eval_results.json").read_text())  # NaN and Infinity, as the Trainer does
+    assert saved["eval_loss"] == 2.0 and saved["perplexity"] == float("inf")
+    assert saved["eval_bad"] != saved["eval_bad"]  # NaN
+    assert "perplexity, eval_bad not finite" in caplog.text
+    train = json.loads((tmp_path / "train_results.json").read_text())
+    assert train == {key: value for key, value in splits["train"].items() if value is not None}
+    everything = json.loads((tmp_path / "all_results.json").read_text())
+    assert everything["test_confusion_matrix"] == [[1, 0], [2, 3]] and everything["train_loss"] == 1.5
+    assert set(merged) == set(everything) and "none" not in merged
+    printed = capsys.readouterr().out  # log_metrics: lists and booleans as text
+    assert "***** test metrics *****" in printed and "[[1, 0], [2, 3]]" in printed and "True" in printed
 
 
 def test_reports_only_on_the_main_process(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("hf_gpt_scratch.training.reporting.is_main_process", lambda: False)
-    assert write_results(tmp_path, {"a": 1.0}) is None
-    assert not (tmp_path / "results.json").exists()
-    assert print_table({"a": 1}) == "a  1" and capsys.readouterr().out == ""  # returns its text on every rank
-
-
-def test_print_table(capsys):
-    text = print_table({"loss": 0.123456, "tokens": 1234567, "name": "x", "big": 1.5e9, "items": [1, 2]}, title="t")
-    assert capsys.readouterr().out.strip() == text
-    assert text.splitlines() == [
-        "== t ==", "loss    0.1235", "tokens  1,234,567", "name    x", "big     1.5e+09", "items   [2 items]",
-    ]
+    trainer = _idle_trainer(tmp_path)
+    monkeypatch.setattr(trainer, "is_world_process_zero", lambda: False)
+    assert save_metrics(trainer, {"train": {"train_loss": 1.0}}) == {"train_loss": 1.0}  # on every rank
+    assert not list(tmp_path.glob("*.json")) and capsys.readouterr().out == ""
 
 
 LOG_HISTORY = [
@@ -400,10 +401,12 @@ def test_curves_and_counters_from_a_trainer(tmp_path):
     trainer.train()
     history = trainer.state.log_history
     curves = log_history_to_curves(history)
-    assert curves["train_loss"]["tokens_seen"] == [32, 64, 80] and logged(history, "num_input_tokens_seen")[-1] == 80
+    assert curves["train_loss"]["tokens_seen"] == [32, 64, 80]
+    assert logged(history, "num_input_tokens_seen") == 80
     assert curves["train_loss"]["step"] == [2, 4, 5] and curves["eval_loss"]["step"] == [2, 4, 5]
-    speeds = logged(history, "train_tokens_per_second")
-    assert len(speeds) == 3 and speeds[-1] > 0
+    speeds = [entry["step"] for entry in history if "train_tokens_per_second" in entry]
+    assert speeds == [2, 4, 5] and logged(history, "train_tokens_per_second") > 0
+    assert logged(history, "eval_loss", 0) == history[1]["eval_loss"] and logged(history, "bleu") is None
 
 
 def test_generation_kwargs_follow_the_book():

@@ -19,7 +19,6 @@ from typing import Any, Sequence
 import torch
 import transformers
 import yaml
-from accelerate import PartialState
 from transformers import HfArgumentParser, PretrainedConfig
 from transformers.hf_argparser import string_to_bool
 
@@ -295,23 +294,19 @@ def parse_lora_recipe_args(dataclass_types, presets, defaults, args, learning_ra
     return parse_recipe_args(dataclass_types, presets, defaults, args, description=description)
 
 
-def is_main_process() -> bool:
-    """True in the process that writes files and prints reports (accelerate's `PartialState`)."""
-    return PartialState().is_main_process
-
-
 def setup_logging(training_args) -> None:
-    """run_clm-style logging: the main process logs at INFO, the others only warnings, on the
-    package's logger too (every module of hf_gpt_scratch follows it)."""
+    """run_clm's logging: the main process logs at INFO (transformers too: the Trainer's "Running
+    training" summary), the others only warnings, on the package's logger too."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
+    if training_args.should_log:  # --log_level passive (the default) then means INFO, as in run_clm
+        transformers.utils.logging.set_verbosity_info()
     level = training_args.get_process_log_level()
-    ours = logging.INFO if training_args.should_log and training_args.log_level == "passive" else level
-    logging.getLogger(__package__).setLevel(ours)
-    logging.getLogger("__main__").setLevel(ours)
+    logging.getLogger(__package__).setLevel(level)
+    logging.getLogger("__main__").setLevel(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()

@@ -1,10 +1,15 @@
-"""Trainer callbacks every recipe adds (`default_callbacks`), and `evaluate_once`."""
+"""Trainer callbacks every recipe adds (`default_callbacks`), `evaluate_once`, `train_without_evaluation`."""
 
 from __future__ import annotations
 
+import logging
+
 from transformers import TrainerCallback
+from transformers.trainer_utils import IntervalStrategy
 
 from .faults import NonFiniteLossGuard
+
+logger = logging.getLogger(__name__)
 
 
 class LogLastStepCallback(TrainerCallback):
@@ -35,3 +40,11 @@ def evaluate_once(trainer) -> dict[str, float]:
     if step > 0 and all(name in logged for name in names):
         return logged
     return trainer.evaluate()
+
+
+def train_without_evaluation(training_args, reason: str) -> None:
+    """No evaluation data (`reason`, logged as a warning): no evaluation during or before training."""
+    logger.warning("%s: training without evaluation.", reason)
+    training_args.eval_strategy = IntervalStrategy.NO
+    training_args.eval_on_start = False
+    training_args.do_eval = False

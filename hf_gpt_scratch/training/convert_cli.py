@@ -36,7 +36,7 @@ def _convert(args) -> None:
     # lazy: the CLI's import stays cheap (`--help` loads no GPT-2, no hub client)
     from ..tokenization import has_tokenizer, load_tokenizer
     from .faults import check_output_dir, remove_previous_run, save_pretrained_to
-    from .hub import HubTarget, create_repo, finish_run
+    from .hub import create_repo, finish_run
     from .loading import from_pretrained_strict
 
     output_dir = Path(args.output_dir)
@@ -82,11 +82,10 @@ def _convert(args) -> None:
     save_pretrained_to(output_dir, result, *tokenizers)
     print(f"Saved the model to {output_dir}.", f"Saved the tokenizer of {tokenizer_source}." if tokenizers
           else "No tokenizer saved (see --tokenizer).")
-    target = None
+    repo_id = None
     if args.push_to_hub:  # the repo first: its full name (namespace included) goes into the card's snippets
-        private = args.private or None
-        target = HubTarget(create_repo(args.hub_model_id or output_dir.resolve().name, private), private)
-    finish_run(output_dir, results, "convert", target=target)
+        repo_id = create_repo(args.hub_model_id or output_dir.resolve().name, args.private or None)
+    finish_run(output_dir, results, "convert", repo_id=repo_id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

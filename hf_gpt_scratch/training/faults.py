@@ -166,8 +166,8 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | None) -> str 
 # training (`remove_previous_run`) and MODEL_FILES are replaced as one set by the final save.
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                "adapter_config.json", *TOKENIZER_SAVE_FILES)
-RUN_STATE = ("checkpoint-*", "results.json", "responses*.json", TRAINER_STATE_NAME, "training_args.*",
-             "loss.png", "accuracy.png", "confusion_matrix.png", "reward_margins.png")
+RUN_STATE = ("checkpoint-*", "*_results.json", "samples.json", "responses*.json", TRAINER_STATE_NAME,
+             "training_args.*", "loss.png", "accuracy.png", "confusion_matrix.png", "reward_margins.png")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 

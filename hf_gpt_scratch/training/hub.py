@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("model_card.md")
 CARD_TAG = "hf_gpt_scratch"  # every card we write carries it: a README.md without it is the user's
 TOP_FILES = ("README.md", "config.json", "generation_config.json", "model.safetensors",
-             "model.safetensors.index.json", *TOKENIZER_SAVE_FILES, "results.json", "responses.json")
+             "model.safetensors.index.json", *TOKENIZER_SAVE_FILES, "all_results.json", "train_results.json",
+             "eval_results.json", "test_results.json", "samples.json", "responses.json")
 ADAPTER_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors")
 # upload_folder's ignore_patterns: never pushed, whatever the list of files says.
 NEVER = (*(f"*{suffix}" for suffix in PICKLE_SUFFIXES), "*checkpoint-*", "*training_args*",
@@ -52,11 +53,6 @@ def _safetensors_header(path: Path) -> bytes:
         return f.read(struct.unpack("<Q", f.read(8))[0])
 
 
-def _adapter_base(output_dir: Path) -> str | None:
-    """The Hub repo the run's LoRA adapter was trained on, or None (no adapter, or a local base)."""
-    return _hub_id(_read_json(output_dir / "adapter" / "adapter_config.json").get("base_model_name_or_path"))
-
-
 def create_repo(repo_id: str, private: bool | None = None) -> str:
     """Create `repo_id` if needed (the login's token); returns the full id (namespace included).
     Raises RuntimeError, with what to do, when the Hub cannot be reached."""
@@ -76,8 +72,6 @@ def prepare_push(training_args) -> str | None:
     """Before the `Trainer` is built: None without `--push_to_hub`, else the full repo id (default: the
     folder's name). Turns the Trainer's own push off (it sends pickles and checkpoints), refuses
     `--hub_token` and a README.md not ours, and creates the repo now: a missing login fails early."""
-    from .arguments import is_main_process
-
     if not training_args.push_to_hub:
         return None
     refuse_hub_token(training_args)
@@ -87,7 +81,7 @@ def prepare_push(training_args) -> str | None:
     out = Path(training_args.output_dir)
     _card_path(out)  # fail now, not after training
     repo_id = training_args.hub_model_id or out.absolute().name
-    if is_main_process():
+    if training_args.process_index == 0:  # (global rank 0)
         repo_id = create_repo(repo_id, private=training_args.hub_private_repo)
         logger.info("The run will be pushed to https://huggingface.co/%s", repo_id)
     return repo_id
@@ -104,11 +98,11 @@ _TASKS = {  # task: pipeline tag, task name in the model-index, the book's data 
                    "Preference data of the book (chapter 7, DPO)"),
     "convert": ("text-generation", None, "unknown", "unknown"),
 }
-_METRICS = {  # task: the model-index entries, (results.json key, split, metric type, metric name)
+_METRICS = {  # task: the model-index entries, (all_results.json key, split, metric type, metric name)
     "pretrain": [("eval_loss", "validation", "loss", "Validation loss (nats per token)"),
                  ("perplexity", "validation", "perplexity", "Validation perplexity")],
     "classify": [(f"{prefix}_{metric}", split, metric, f"{split.capitalize()} {metric}")
-                 for split, prefix in (("validation", "val"), ("test", "test"))
+                 for split, prefix in (("validation", "eval"), ("test", "test"))
                  for metric in ("accuracy", "f1", "precision", "recall")],
     "instruct": [("rouge_l_after", "test", "rouge", "ROUGE-L of greedy responses"),
                  ("test_loss_after", "test", "loss", "Response loss (nats per token)")],
@@ -135,8 +129,9 @@ def _card_path(output_dir: Path) -> Path:
 def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: str = "pretrain",
                      training_args=None, model_args=None, data_args=None, repo_id: str | None = None) -> Path:
     """Write output_dir/README.md, the run's card: `task` (a recipe's name, or "convert") picks the tag
-    and the results (results.json); the parsed arguments (optional) add hyperparameters, hardware, start
-    and data; `repo_id` names the model in the snippets. ValueError: unknown task, a README.md not ours."""
+    and the results (all_results.json; non-finite values left out); the parsed arguments (optional) add
+    hyperparameters, hardware, start and data; `repo_id` names the model in the snippets. ValueError:
+    unknown task, a README.md not ours."""
     import torch
     import transformers
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -145,7 +140,8 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
         raise ValueError(f"task must be one of {tuple(_TASKS)}, got {task!r}.")
     out = Path(output_dir)
     path = _card_path(out)
-    config = _read_json(out / "config.json")
+    config, adapter = _read_json(out / "config.json"), _read_json(out / ADAPTER_FILES[0])
+    results = {k: v for k, v in results.items() if not isinstance(v, float) or math.isfinite(v)}
     pipeline_tag, task_name, dataset_type, dataset_name = _TASKS[task]
     repo_id = repo_id or out.absolute().name
     source = results.get("source") if task == "convert" else getattr(model_args, "model_name_or_path", None)
@@ -159,13 +155,12 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
     eval_results = [
         EvalResult(task_type=pipeline_tag, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
                    dataset_split=split, metric_type=metric, metric_name=name, metric_value=results[key])
-        for key, split, metric, name in _METRICS[task]
-        if isinstance(results.get(key), (int, float)) and math.isfinite(results[key])
+        for key, split, metric, name in _METRICS[task] if isinstance(results.get(key), (int, float))
     ]
     remote_code = bool(config.get("auto_map"))
     tags = [CARD_TAG, "gpt_scratch", "llms-from-scratch", *["custom_code"] * remote_code,
             *["gpt2"] * (config.get("model_type") == "gpt2"), pipeline_tag,
-            *["peft", "lora"] * (out / ADAPTER_FILES[0]).is_file()]
+            *["peft", "lora"] * bool(adapter)]
     base_model = _hub_id(source)
     card_data = ModelCardData(
         license="mit" if task == "convert" and _GPT2.match(str(base_model)) else "apache-2.0",
@@ -181,7 +176,8 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
     ModelCard.from_template(
         card_data, template_path=TEMPLATE, task=task, repo_id=repo_id, model_name=card_data.model_name,
         results=results, args=training_args, config=config, n_params=n_params, remote_code=remote_code,
-        adapter_base=_adapter_base(out), source=source and Path(str(source)).name, dataset_name=dataset_name,
+        adapter=adapter, adapter_base=_hub_id(adapter.get("base_model_name_or_path")),
+        source=source and Path(str(source)).name, dataset_name=dataset_name,
         book_data=book_data, world=world, hardware=hardware,
         versions=f"torch {torch.__version__}, transformers {transformers.__version__}",
     ).save(path)
@@ -190,8 +186,9 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
 
 def pushed_files(output_dir: str | Path) -> list[str]:
     """What a push sends, relative to `output_dir`: card, config, safetensors weights, the model's code,
-    tokenizer, PNG plots, results.json/responses.json, and `adapter/` over a Hub base. Raises
-    FileNotFoundError without README.md, config.json or safetensors weights; ValueError: a pickled adapter."""
+    tokenizer, PNG plots, {train,eval,test,all}_results.json, samples.json, responses.json, `adapter/`
+    over a Hub base. Raises FileNotFoundError without README.md, config.json or safetensors weights;
+    ValueError: a pickled adapter."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
     out = Path(output_dir)
@@ -212,7 +209,7 @@ def pushed_files(output_dir: str | Path) -> list[str]:
     if (out / ADAPTER_FILES[0]).is_file():
         if not (out / ADAPTER_FILES[1]).is_file():
             raise ValueError(f"{out / 'adapter'} has no adapter_model.safetensors (pickled adapters are not pushed).")
-        if _adapter_base(out):
+        if _hub_id(_read_json(out / ADAPTER_FILES[0]).get("base_model_name_or_path")):
             names += ADAPTER_FILES
         else:
             logger.warning("The LoRA adapter is not pushed: its base is not a Hub repo. The merged model is.")
@@ -279,6 +276,8 @@ def finish_run(output_dir: str | Path, results: Mapping[str, Any], task: str, tr
         logger.warning("No model card written (%s: %s).", type(err).__name__, err)
     if repo_id is None:
         return None
-    info = push_run(output_dir, repo_id, training_args.hub_private_repo, training_args.hub_revision)
+    # (convert passes no training arguments: it created the repo itself, private or not)
+    info = push_run(output_dir, repo_id, getattr(training_args, "hub_private_repo", None),
+                    getattr(training_args, "hub_revision", None))
     print(f"Pushed to https://huggingface.co/{repo_id} (commit {info.oid}).", flush=True)
     return info

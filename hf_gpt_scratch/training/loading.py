@@ -1,6 +1,6 @@
 """Tokenizers and models for the recipes, loaded strictly (transformers only logs missing, unused or
 mis-shaped weights and initialises them randomly; its Trainer resumes non-strictly) with an explicit
-`trust_remote_code`; `train_model` from a checked checkpoint; `save_final_model`."""
+`trust_remote_code`; `train_model` from a checked checkpoint; `save_final_model`, `save_and_reload`."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from typing import Iterable, Sequence
 
 import torch
 from safetensors import safe_open
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .arguments import ModelArguments, parse_config_overrides
+from .arguments import ModelArguments, parse_config_overrides, setup_logging
 from ..configuration_gpt_scratch import GPTScratchConfig
-from .faults import STAGE, remove_previous_run, resolve_resume_checkpoint, staged_save
+from .sampling import length_within_context
+from .faults import STAGE, remove_previous_run, resolve_resume_checkpoint, save_pretrained_to, staged_save
 from ..tokenization import GPT2_EOS_ID, TOKENIZER_FILES, has_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -228,6 +230,45 @@ def save_final_model(trainer, output_dir: str | None = None) -> None:
         if main and pickled.is_file():  # the arguments as JSON (tokens redacted), not pickled
             pickled.with_suffix(".json").write_text(trainer.args.to_json_string())
             pickled.unlink()
+
+
+def start_tuning(model_args: ModelArguments, data_args, training_args) -> tuple:
+    """The TRL recipes' opening: logging, `hub.prepare_push`, seed, data splits (a bad file fails before
+    any model loads), tokenizer, causal LM on the training device, --max_length (default: the context).
+    Returns (repo id of the push or None, (train, validation, test) entries, tokenizer, model)."""
+    from .hub import prepare_push
+
+    setup_logging(training_args)
+    repo_id = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's
+    transformers.set_seed(training_args.seed)
+    splits = data_args.load_splits()
+    tokenizer = load_tokenizer_for(model_args)
+    model = load_causal_lm(model_args, tokenizer)
+    training_args.max_length = length_within_context(training_args.max_length, model, "--max_length")
+    return repo_id, splits, tokenizer, model.to(training_args.device)
+
+
+def save_and_reload(trainer, model_args: ModelArguments, tokenizer, lora: bool):
+    """Save the trained model (`save_final_model`; a LoRA adapter into output_dir/adapter), then load it
+    back on every process as a full copy (`unsharded_loading`), LoRA merged into the base and saved at
+    the top of output_dir (loads without peft). Returns the copy on the training device, in eval mode."""
+    output_dir = Path(trainer.args.output_dir)
+    trainer.model.config.use_cache = True  # the Trainer turns the cache off for training
+    save_final_model(trainer, str(output_dir / "adapter") if lora else None)
+    trainer.accelerator.wait_for_everyone()
+    with unsharded_loading(trainer.args):
+        if lora:
+            from peft import PeftModel
+
+            base = load_causal_lm(model_args, tokenizer)
+            tuned = PeftModel.from_pretrained(base, output_dir / "adapter").merge_and_unload()
+        else:
+            trust = model_args.trust_remote_code
+            tuned = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=trust)
+    tuned.to(trainer.args.device).eval()
+    if lora and trainer.is_world_process_zero():
+        save_pretrained_to(output_dir, tuned, tokenizer)
+    return tuned
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""What a recipe reports: values and curves from `trainer.state.log_history`, results.json and other
-JSON files, printed tables; files are written and tables printed on the main process only."""
+"""What a recipe reports: values and curves from `trainer.state.log_history`, the Trainer's
+<split>_results.json files (`save_metrics`) and other JSON files."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .arguments import is_main_process
-
 logger = logging.getLogger(__name__)
 
 
-def logged(log_history: Iterable[dict[str, Any]], key: str) -> list:
-    """The values of `key` in `trainer.state.log_history`, in order (e.g. "loss", "eval_loss",
-    "train_tokens_per_second": the Trainer's own speed counter)."""
-    return [entry[key] for entry in log_history if key in entry]
+def logged(log_history: Iterable[dict[str, Any]], key: str, index: int = -1) -> Any:
+    """The `index`-th value of `key` in `trainer.state.log_history` (default the last; e.g. "loss",
+    "train_tokens_per_second": the Trainer's own speed counter), or None when it was never logged."""
+    values = [entry[key] for entry in log_history if key in entry]
+    return values[index] if values else None
 
 
 def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, dict[str, list]]:
@@ -42,21 +41,43 @@ def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, di
     return curves
 
 
-def write_results(output_dir: str | os.PathLike, results: dict[str, Any]) -> Path | None:
-    """Write `results` to output_dir/results.json on the main process; returns the path (None on
-    other ranks). Top-level non-finite numbers (nan, inf) are left out with a warning naming them;
-    any other value JSON cannot hold raises TypeError or ValueError."""
-    if not is_main_process():
-        return None
-    dropped = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
-    if dropped:
-        logger.warning("results: left out non-finite values of %s", ", ".join(dropped))
-    path = Path(output_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({k: v for k, v in results.items() if k not in dropped}, indent=2, allow_nan=False)
-    path.with_suffix(".tmp").write_text(text + "\n")
-    path.with_suffix(".tmp").replace(path)
-    return path
+def save_metrics(trainer, splits: dict[str, dict[str, Any]], train_result=None) -> dict[str, Any]:
+    """run_clm's report: `trainer.log_metrics` and `save_metrics` of each split ("train", "eval", "test":
+    <split>_results.json, all_results.json; main process only), "train" after `train_result.metrics`,
+    the last logged loss, the Trainer's tokens/second counter, steps and processes. None values are
+    left out; non-finite ones are saved as NaN or Infinity, with a warning. Returns all values merged."""
+    if train_result is not None:
+        history = trainer.state.log_history
+        splits["train"] = {**train_result.metrics, "train_loss_last": logged(history, "loss"),
+                           "train_tokens_per_second": logged(history, "train_tokens_per_second"),
+                           "train_steps": trainer.state.global_step, "world_size": trainer.args.world_size,
+                           **splits.get("train", {})}
+    merged: dict[str, Any] = {}
+    for split, metrics in splits.items():
+        metrics = {key: value for key, value in metrics.items() if value is not None}
+        bad = [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+        if bad and trainer.is_world_process_zero():
+            logger.warning("%s metrics: %s not finite (saved as NaN or Infinity)", split, ", ".join(bad))
+        if metrics:  # (log_metrics aligns numbers and strings: lists and booleans as text)
+            shown = {key: value if type(value) in (int, float) else str(value)
+                     for key, value in metrics.items()}
+            trainer.log_metrics(split, shown)
+            trainer.save_metrics(split, metrics)
+        merged.update(metrics)
+    return merged
+
+
+def save_plots(curves: dict[str, dict[str, list]], output_dir: str | os.PathLike, files: dict[str, str],
+               title: str | None = None) -> None:
+    """`plots.plot_losses` of `curves` for each `{metric: file name}` into output_dir; a metric never
+    logged (e.g. fewer steps than logging_steps and no evaluation) is a warning, not an error."""
+    from .plots import plot_losses  # (matplotlib: imported by the main process only)
+
+    for metric, name in files.items():
+        try:
+            plot_losses(curves, Path(output_dir) / name, metric=metric, title=title)
+        except ValueError as err:
+            logger.warning("No %s plot: %s", metric, err)
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
@@ -64,24 +85,3 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=4, ensure_ascii=False) + "\n")
-
-
-def print_table(values: dict[str, Any], title: str | None = None) -> str:
-    """Print `values` as an aligned two-column table (integers with thousands separators, floats to
-    4 decimals, lists as their length) on the main process. Returns the text."""
-
-    def shown(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple)):
-            return str(value).replace("\n", "\n" + " " * (width + 2))
-        if isinstance(value, (list, tuple)):
-            return f"[{len(value)} items]"
-        if isinstance(value, float) and (value == 0 or 1e-3 <= abs(value) < 1e6):
-            return f"{value:,.4f}".rstrip("0").rstrip(".")
-        return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-
-    width = max((len(str(k)) for k in values), default=0)
-    text = "\n".join([f"== {title} =="] * bool(title) + [f"{k!s:<{width}}  {shown(v)}" for k, v in values.items()])
-    if is_main_process():
-        print(text, flush=True)
-    return text
-
