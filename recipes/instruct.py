@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -47,15 +48,22 @@ RECIPE_DEFAULTS = {  # per-device batch 8 and no warmup are SFTConfig's defaults
     "include_num_input_tokens_seen": True,
     "save_strategy": "no",
     "max_length": None,  # the model's context
-    "completion_only_loss": False,  # the book's full-sequence loss (TRL's default masks the prompt)
     "bf16": False,  # the book trains in float32 (TRL's default is bf16)
     "activation_checkpointing": False,  # the book (TRL turns it on; its old name gradient_checkpointing warns)
 }
 PRESETS = Path(__file__).parent / "presets" / "instruct"
 
 
+@dataclass
+class InstructConfig(SFTConfig):
+    """SFTConfig whose `--completion_only_loss` works as a bare flag (SFTConfig's `bool | None` needs a value)."""
+
+    completion_only_loss: bool = field(default=False, metadata={
+        "help": "Mask the prompt in the loss (the book's exercise 7.2). Default: the book's full-sequence loss."})
+
+
 def parse_args(args: list[str] | None = None) -> tuple:
-    types = (ModelArguments, InstructDataArguments, TrlLoraArguments, InstructEvalArguments, SFTConfig)
+    types = (ModelArguments, InstructDataArguments, TrlLoraArguments, InstructEvalArguments, InstructConfig)
     return parse_lora_recipe_args(types, PRESETS, RECIPE_DEFAULTS, args, (LORA_LEARNING_RATE, FULL_LEARNING_RATE),
                                   description=__doc__.split("\n")[0])
 

@@ -335,6 +335,8 @@ def test_help_shows_the_defaults_in_use_and_old_flags_name_their_successors(tmp_
     assert isinstance(training_args, recipe.SFTConfig)
     assert (training_args.completion_only_loss, training_args.bf16, training_args.max_length) == (False, False, None)
     assert training_args.activation_checkpointing is False and training_args.packing is False
+    for given, expected in ((["--completion_only_loss"], True), (["--completion_only_loss", "false"], False)):
+        assert recipe.parse_args(["--output_dir", str(tmp_path), *given])[4].completion_only_loss is expected
     model_args, *_, training_args, _ = recipe.parse_args(["--output_dir", str(tmp_path), "--trust_remote_code"])
     assert model_args.trust_remote_code is True and training_args.trust_remote_code is True  # one flag fills both
 

@@ -238,6 +238,7 @@ def _check_run(out: Path, n_test: int = 4, world: int = 1) -> dict:
     assert len(responses) == 3 and all({"reference_response", "tuned_response", "chosen"} <= set(r) for r in responses)
     card = (out / "README.md").read_text()
     assert "test reward margin" in card and "DPOTrainer" in card
+    assert "| dropout in training | off (TRL's disable_dropout) |" in card  # DPOConfig's default
     return results
 
 
