@@ -2,6 +2,7 @@
 finite results. No timing assertions: speed is the benchmark's business, not the test suite's."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,9 @@ def test_bench_quick_writes_finite_results(tmp_path):
     assert set(gen["cache"]["contenders"]) == {"ours", "gpt2", "weights floor", "ours, no generate", "bare torch decode"}
     # the bounds decode the same tokens as GPT-2 (same weights, same math)
     assert gen["cache"]["tokens_match_gpt2"] == {"ours": True, "ours, no generate": True, "bare torch decode": True}
-    assert finite_positive(gen["cache"]["bounds"]["bare_through_generate_ms_per_token"])
+    # a sum with a difference of two timings (`generate`'s own cost): finite, but a loaded machine can
+    # make it negative, so its sign is not a property of our code
+    assert math.isfinite(gen["cache"]["bounds"]["bare_through_generate_ms_per_token"])
     assert set(gen["no_cache"]["contenders"]) == {"ours", "gpt2", "book"}
     for mode in ("cache", "no_cache"):
         assert gen[mode]["new_tokens"] == 8
