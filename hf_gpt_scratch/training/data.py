@@ -162,47 +162,51 @@ def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
     return text[:split_idx], text[split_idx:]
 
 
-def _json_rows(path: Path) -> Any:
-    """A JSON file's content, or a JSONL file's objects (also in a .json file); errors name the line."""
+def _json_objects(path: Path, fields: Sequence[str], nonblank: bool = False, hint: str = "") -> list[dict]:
+    """A JSON list's or JSONL file's (also in a .json file) objects, with a string (`nonblank`: not only
+    spaces) in each of `fields`; else a ValueError naming the file, line or row, field (`hint`: a fix)."""
     text = load_text(path)
-    if path.suffix.lower() != ".jsonl":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            if not (err.msg == "Extra data" and text.lstrip().startswith("{")):  # else: JSON lines
-                raise ValueError(f"{path}: invalid JSON: {err}") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno}); "
-                             f"expected one JSON object per line") from None
+    try:
+        rows = None if path.suffix.lower() == ".jsonl" else json.loads(text)
+    except json.JSONDecodeError as err:
+        if not (err.msg == "Extra data" and text.lstrip().startswith("{")):  # else: JSON lines
+            raise ValueError(f"{path}: invalid JSON: {err}") from None
+        rows = None
+    if rows is None:  # JSON lines
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg} at column "
+                                 f"{err.colno}); expected one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
+            rows.append(row)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL), "
+                         f"got {type(rows).__name__}")
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
-        rows.append(row)
+            raise ValueError(f"{path}: row {i} is a {type(row).__name__}, expected an object")
+        for field in fields:
+            if field not in row:
+                raise ValueError(f"{path}: row {i} has no {field!r} field (fields: {sorted(row)}){hint}")
+            value = row[field]
+            if not isinstance(value, str) or (nonblank and not value.strip()):
+                raise ValueError(f"{path}: row {i} field {field!r} must be a {'non-empty ' * nonblank}"
+                                 f"string, got {type(value).__name__} {value!r:.60}")
     return rows
 
 
 def load_text_records(path: str | os.PathLike, column: str = "text") -> list[str]:
     """The texts in `column` of a JSON (a list of objects) or JSONL file. Beyond `load_text`'s errors,
-    a ValueError names the file, the line (from 1) or row (from 0) and the column: a line that is not
-    JSON, a row that is not an object, has no `column` or holds a non-string there."""
-    path = Path(path)
-    rows = _json_rows(path)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    for i, row in enumerate(rows):
-        if column not in row:
-            raise ValueError(f"{path}: row {i} has no {column!r} field (fields: {sorted(row)}); choose the column "
-                             f"with --text_column_name")
-        value = row[column]
-        if not isinstance(value, str):
-            raise ValueError(f"{path}: row {i} field {column!r} must be a string, got {type(value).__name__} {value!r:.60}")
+    a ValueError names the file, the line (from 1) or row (from 0) and the column."""
+    rows = _json_objects(Path(path), [column], hint="; choose the column with --text_column_name")
     return [row[column] for row in rows]
 
 
@@ -391,21 +395,10 @@ def load_instruction_data(
     1,100 entries), other keys kept. A ValueError names the file, the entry (or JSONL line) and the
     field unless each of `fields` is a non-empty string and `input`, if there, a string."""
     path = Path(path) if path is not None else fetch_book_file(book_file, data_dir)
-    entries = _json_rows(path)
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
-    if not entries:
-        raise ValueError(f"{path}: no entries")
+    entries = _json_objects(path, fields, nonblank=True)
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: entry {i} is a {type(entry).__name__}, not an object")
-        for field in fields:
-            if field not in entry:
-                raise ValueError(f"{path}: entry {i} has no {field!r} field (keys: {sorted(entry)})")
-            if not isinstance(entry[field], str) or not entry[field].strip():
-                raise ValueError(f"{path}: entry {i} field {field!r} must be a non-empty string, got {entry[field]!r}")
-        if "input" in entry and not isinstance(entry["input"], str):
-            raise ValueError(f"{path}: entry {i} field 'input' must be a string, got {entry['input']!r}")
+        if not isinstance(entry.get("input", ""), str):
+            raise ValueError(f"{path}: row {i} field 'input' must be a string, got {entry['input']!r}")
     return entries
 
 
