@@ -1,9 +1,6 @@
-"""The book's data as `datasets` objects: pretraining text, spam classification (ch. 6) and
-instruction finetuning (ch. 7). `fetch_book_file` gets the book's files into the data directory with
-a sha256 check; the loaders refuse what they would otherwise guess, naming the file, row and value.
-Kept here because no library has them: the book's splits and Alpaca format, run_clm's `group_texts`
-(`pack_into_blocks`) and the book's `GPTDatasetV1` windows (`book_windows`).
-"""
+"""The book's data (pretraining text, ch. 6 spam, ch. 7 instructions) as `datasets` objects, fetched with
+a sha256 check; what no library has: the book's splits, Alpaca format and `GPTDatasetV1` windows, run_clm's
+`group_texts`. The loaders refuse what they would otherwise guess, naming the file, row and value."""
 
 from __future__ import annotations
 
@@ -80,12 +77,9 @@ def _download(url: str, output_file: str, pooch_obj: Any = None) -> None:
 
 
 def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the book file `name` in the data directory, downloaded there by `pooch` if missing.
-
-    A present file is checked against its sha256 and never replaced (`ChecksumMismatchError` names
-    the file and both hashes); a download is checked before it is written, from `BOOK_FILES`' url,
-    then `_MIRRORS`; OSError lists every origin's failure.
-    """
+    """Path of the book file `name` in the data directory, else downloaded there by `pooch` (`BOOK_FILES`'
+    url, then `_MIRRORS`) and checked before it is written; OSError lists every origin's failure. A present
+    file with another sha256 is never replaced: `ChecksumMismatchError` names the file and both hashes."""
     if name not in BOOK_FILES:
         raise ValueError(f"unknown book file {name!r}; known files: {', '.join(sorted(BOOK_FILES))}")
     url, expected = BOOK_FILES[name]
@@ -223,11 +217,9 @@ def _as_id(value: Any) -> int | None:
 
 
 def infer_label_names(raw: Sequence[Any], source: str = "labels") -> list[str]:
-    """Class names of labels given without names: "0".."n-1" when the labels are the integer ids
-    0..n-1, else the distinct labels sorted. Where that would guess, a ValueError names `source`, the
-    row and the values: integer ids that skip one (0 and 5 would make a six-class head), an integer
-    among names, a number that is not an integer ("1.0" beside "1"), spaces around a label, labels
-    that differ only in case ("spam" / "Spam")."""
+    """Class names of unnamed labels: "0".."n-1" for the integer ids 0..n-1, else the distinct labels
+    sorted. A ValueError names `source`, the row and the values where that would guess: ids with a gap,
+    an integer among names, a non-integer number, spaces around a label, labels that differ by case."""
     first_row = {}
     for row, value in enumerate(raw):
         first_row.setdefault(value, row)
@@ -258,11 +250,9 @@ def labelled_dataset(
     text_column: str = "text",
     label_column: str = "label",
 ) -> tuple[datasets.Dataset, list[str]]:
-    """`(Dataset(text, label: ClassLabel), names)` from two columns of `ds`. A ValueError names
-    `source`, the row (from 0) and the column or value: a missing column, a blank text (it would be
-    classified from a padding position), a missing label, a label that is neither spelled as one of
-    `names` nor an id in range. A ClassLabel column is read by name (its names are the default);
-    other labels without `names` get `infer_label_names`."""
+    """`(Dataset(text, label: ClassLabel), names)` from two columns of `ds` (default names: a ClassLabel's,
+    else `infer_label_names`). A ValueError names `source`, the row and the column or value: a missing
+    column, a blank text, a missing label, a label neither spelled as one of `names` nor an id in range."""
     missing = [c for c in (text_column, label_column) if c not in ds.column_names]
     if missing:
         raise ValueError(f"{source}: missing column(s) {missing}; columns found: {ds.column_names} "
@@ -293,11 +283,9 @@ def load_sms_spam(
     *,
     quoting: int = csv.QUOTE_NONE,
 ) -> datasets.Dataset:
-    """The SMS Spam Collection (`label<TAB>text`, no header; by default
-    `fetch_book_file("SMSSpamCollection.tsv", data_dir)`) read with the book's pandas call, as a
-    Dataset of `text` and `label` (ClassLabel: 0 ham, 1 spam). `csv.QUOTE_NONE` keeps every line:
-    5,574 rows (747 spam); the book's notebook reads with pandas' default `csv.QUOTE_MINIMAL`, which
-    strips some quotes and merges lines: 5,572 rows, the book's exact rows."""
+    """The SMS Spam Collection (`label<TAB>text`, default `fetch_book_file("SMSSpamCollection.tsv")`) by
+    the book's pandas call as `text`, `label` (ClassLabel: 0 ham, 1 spam). `csv.QUOTE_NONE` keeps every
+    line: 5,574 rows (747 spam); the book's `csv.QUOTE_MINIMAL` merges some lines: its 5,572 rows."""
     import pandas as pd
 
     path = Path(path) if path is not None else fetch_book_file("SMSSpamCollection.tsv", data_dir)
@@ -314,10 +302,8 @@ def load_text_classification_file(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
 ) -> tuple[datasets.Dataset, list[str]]:
-    """`(Dataset(text, label: ClassLabel), label_names)` of a CSV, TSV (unquoted), JSON (a list of
-    objects) or JSONL file with a header / keys, read by `datasets.load_dataset` and checked by
-    `labelled_dataset`. Beyond `load_text`'s errors, a CSV/TSV row whose field count is not the
-    header's (an unquoted comma or an extra tab would cut the text) is a ValueError naming the row."""
+    """`labelled_dataset` of a CSV, TSV (unquoted), JSON or JSONL file read by `datasets.load_dataset`.
+    Beyond `load_text`'s errors, a ValueError names a CSV/TSV row whose field count is not the header's."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".json", ".jsonl"):
@@ -356,12 +342,9 @@ def balanced_split(
     label_column: str = "label",
     balance: bool = True,
 ) -> datasets.DatasetDict:
-    """Train / validation / test rows of `ds` (all columns kept) by the book's pandas calls
-    (`llms_from_scratch.ch06`; no library draws the same rows): with `balance`, each larger class
-    `df[df.label == c].sample(n_min, random_state=seed)` in label order, then the classes of size
-    n_min whole; `df.sample(frac=1, random_state=seed)`; `train_end = int(n * train_frac)`,
-    `validation_end = train_end + int(n * validation_frac)`. The defaults are the book's ch. 6 split
-    (the SMS data: 747 ham / 747 spam, 1045/149/300 rows)."""
+    """Train / validation / test rows of `ds` (all columns), with `balance` each class undersampled to the
+    smallest, by the book's pandas calls (`llms_from_scratch.ch06`; no library draws the same rows). The
+    defaults are the book's ch. 6 split (the SMS data: 747 ham / 747 spam, 1045/149/300 rows)."""
     import pandas as pd
 
     if label_column not in ds.column_names:
@@ -392,7 +375,7 @@ def load_instruction_data(
     book_file: str = "instruction-data.json",
 ) -> list[dict]:
     """A JSON list (or JSONL file) of Alpaca entries (default: `fetch_book_file(book_file, data_dir)`,
-    1,100 entries), other keys kept. A ValueError names the file, the entry (or JSONL line) and the
+    1,100 entries), other keys kept. A ValueError names the file, the row (or JSONL line) and the
     field unless each of `fields` is a non-empty string and `input`, if there, a string."""
     path = Path(path) if path is not None else fetch_book_file(book_file, data_dir)
     entries = _json_objects(path, fields, nonblank=True)
@@ -436,9 +419,8 @@ def alpaca_prompt_completion(entry: Mapping[str, Any], eos_token: str) -> dict[s
 
 
 def pack_into_blocks(examples: dict, block_size: int) -> dict:
-    """transformers' run_clm `group_texts` (an example, not a library function), for `ds.map(...,
-    batched=True)`: the id-list columns concatenated and cut into blocks of `block_size` (the
-    remainder dropped), `labels` a copy of `input_ids`; other columns are dropped."""
+    """transformers' run_clm `group_texts` (an example, not a library function) for `ds.map(batched=True)`:
+    the id-list columns joined and cut into `block_size` blocks (the rest dropped), `labels` a copy."""
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
     if "input_ids" not in examples:
@@ -460,10 +442,9 @@ def pack_into_blocks(examples: dict, block_size: int) -> dict:
 def book_windows(
     token_ids: Sequence[int], context_length: int, stride: int, shift_labels: bool = True
 ) -> datasets.Dataset:
-    """The book's `GPTDatasetV1` windows, `i` in `range(0, len(ids) - context_length, stride)`:
-    `input_ids` = `ids[i : i + context_length]`, `labels` the same, and with `shift_labels` the book's
-    targets `ids[i + 1 : i + context_length + 1]`, used as they are by transformers' `ForCausalLMLoss`.
-    The Trainer forwards `shift_labels` only with `remove_unused_columns=False` (else: `labels`)."""
+    """The book's `GPTDatasetV1` windows as `input_ids` = `labels`, with `shift_labels` also the book's
+    targets, used as they are by transformers' `ForCausalLMLoss` (the Trainer forwards them only with
+    `remove_unused_columns=False`)."""
     if context_length < 1 or stride < 1:
         raise ValueError(f"context_length and stride must be positive, got {context_length}, {stride}")
     ids = list(token_ids)
