@@ -185,12 +185,13 @@ ENTRY = {"instruction": "Name a color.", "input": "", "output": "Blue."}
 @pytest.mark.parametrize(
     "entries, pattern",
     [
-        ([ENTRY, {"instruction": "No answer"}], r"entry 1 has no 'output' field \(keys: \['instruction'\]\)"),
-        ([{"input": "x", "output": "y"}], r"entry 0 has no 'instruction' field"),
-        ([ENTRY, {**ENTRY, "output": "  "}], r"entry 1 field 'output' must be a non-empty string"),
-        ([ENTRY, {**ENTRY, "input": 3}], r"entry 1 field 'input' must be a string, got 3"),
-        ([ENTRY, "just text"], r"entry 1 is a str, not an object"),
-        ({"instruction": "x", "output": "y"}, r"expected a JSON list of entries, got dict"),
+        ([ENTRY, {"instruction": "No answer"}], r"row 1 has no 'output' field \(fields: \['instruction'\]\)"),
+        ([{"input": "x", "output": "y"}], r"row 0 has no 'instruction' field"),
+        ([ENTRY, {**ENTRY, "output": "  "}], r"row 1 field 'output' must be a non-empty string"),
+        ([ENTRY, {**ENTRY, "input": 3}], r"row 1 field 'input' must be a string, got 3"),
+        ([ENTRY, "just text"], r"row 1 is a str, expected an object"),
+        ({"instruction": "x", "output": "y"},
+         r"expected a list of objects \(JSON\) or one object per line \(JSONL\), got dict"),
     ],
 )
 def test_instruction_files(tmp_path, finished, entries, pattern):

@@ -376,10 +376,10 @@ def test_alpaca_format_matches_book(instruction_path):
 @pytest.mark.parametrize(
     "content, match",
     [
-        ([{"instruction": "a", "input": ""}], r"entry 0 has no 'output' field"),
-        ([{"instruction": "a", "output": "b"}, {"instruction": "", "output": "b"}], r"entry 1 field 'instruction' must be a non-empty string"),
-        ([{"instruction": "a", "output": "b", "input": 3}], r"entry 0 field 'input' must be a string"),
-        ({"instruction": "a"}, r"expected a JSON list"),
+        ([{"instruction": "a", "input": ""}], r"row 0 has no 'output' field"),
+        ([{"instruction": "a", "output": "b"}, {"instruction": "", "output": "b"}], r"row 1 field 'instruction' must be a non-empty string"),
+        ([{"instruction": "a", "output": "b", "input": 3}], r"row 0 field 'input' must be a string"),
+        ({"instruction": "a"}, r"expected a list of objects"),
     ],
 )
 def test_instruction_data_errors(tmp_path, content, match):
@@ -396,7 +396,7 @@ def test_instruction_data_jsonl(tmp_path):
         (tmp_path / name).write_text("\n".join(json.dumps(e) for e in entries) + "\n", encoding="utf-8")
         assert D.load_instruction_data(tmp_path / name) == entries
     (tmp_path / "bad.jsonl").write_text(json.dumps(entries[0]) + "\n" + '{"instruction": "x", "output": 3}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl: entry 1 field 'output' must be a non-empty string"):
+    with pytest.raises(ValueError, match=r"bad.jsonl: row 1 field 'output' must be a non-empty string"):
         D.load_instruction_data(tmp_path / "bad.jsonl")
     (tmp_path / "broken.json").write_text('[{"instruction": "a", "output": "b"},\n oops]')
     with pytest.raises(ValueError, match=r"broken.json: invalid JSON: Expecting value: line 2"):

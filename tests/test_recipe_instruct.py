@@ -290,7 +290,7 @@ def test_malformed_instruction_file_fails_before_training(tmp_path, train_file):
     recipe = load_recipe("instruct")
     out = tmp_path / "out"
     # The model path does not exist: the data error must come first.
-    with pytest.raises(ValueError, match=r"entry 1 has no 'output' field"):
+    with pytest.raises(ValueError, match=r"row 1 has no 'output' field"):
         recipe.main(["--model_name_or_path", str(tmp_path / "no_such_model"), "--train_file", str(bad),
                      "--output_dir", str(out), "--report_to", "none"])
     assert not out.exists()

@@ -175,9 +175,10 @@ def _bad(entries, i, change):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda e: e.pop("rejected"), r"entry 5 has no 'rejected' field"),
-        (lambda e: e.update(chosen="  "), r"entry 5 field 'chosen' must be a non-empty string, got '  '"),
-        (lambda e: e.update(instruction=3), r"entry 5 field 'instruction' must be a non-empty string, got 3"),
+        (lambda e: e.pop("rejected"), r"row 5 has no 'rejected' field"),
+        (lambda e: e.update(chosen="  "), r"row 5 field 'chosen' must be a non-empty string, got str '  '"),
+        (lambda e: e.update(instruction=3),
+         r"row 5 field 'instruction' must be a non-empty string, got int 3"),
         (lambda e: e.update(rejected=e["chosen"]), r"entry 5: 'chosen' and 'rejected' are identical"),
     ],
     ids=["missing", "empty", "not-a-string", "identical"],

@@ -33,9 +33,8 @@ class ClassificationArguments:
     trainable: str = field(
         default="last_block",
         metadata={
-            "help": "Which parameters train: 'last_block' (the book: last transformer block + final norm + new "
-            "head), 'head' (only the new head), 'all', or 'lora' (LoRA adapters on the attention and feed-forward "
-            "linears + the head).",
+            "help": "What trains: 'last_block' (the book: last block + final norm + new head), 'head' (the "
+            "new head), 'all', or 'lora' (LoRA adapters on the attention and MLP linears + the head).",
             "choices": list(TRAINABLE_CHOICES),
         },
     )
@@ -58,15 +57,12 @@ class ClassifyDataArguments(DataArguments):
     label_column: str = field(default="label", metadata={"help": "Column with the labels (files and --dataset_name)."})
     class_names: list[str] | None = field(
         default=None,
-        metadata={"help": "Class names in id order, e.g. --class_names ham spam; labels must be spelled as "
-                  "one of them (or be an id in range). Default: ham spam (SMS data), a hub dataset's "
-                  "ClassLabel names, or the training file's labels (sorted, or the ids 0..n-1; spelling "
-                  "variants and ids with gaps are an error)."},
+        metadata={"help": "Class names in id order (e.g. ham spam); a label is one of them or an id in "
+                  "range. Default: the SMS data's, a hub ClassLabel's, or the training labels (sorted)."},
     )
     max_seq_length: int | None = field(
         default=None,
-        metadata={"help": "Truncate texts to this many tokens. Default: the longest training text (the book "
-                  "pads to it), capped at the model's context_length."},
+        metadata={"help": "Tokens kept per text (default: the longest training text, <= context_length)."},
     )
     max_test_samples: int | None = field(
         default=None, metadata={"help": "Keep at most this many test examples (for quick runs)."}
@@ -76,8 +72,7 @@ class ClassifyDataArguments(DataArguments):
     )
     balance_classes: bool = field(
         default=True,
-        metadata={"help": "When the recipe splits the data itself, first undersample every class to the size "
-                  "of the smallest (the book: 747 ham / 747 spam)."},
+        metadata={"help": "Undersample every class to the smallest before the recipe's own split (book)."},
     )
     split_seed: int = field(default=123, metadata={"help": "Seed of the undersampling and the split (book: 123)."})
     append_eos: bool = field(
@@ -118,11 +113,9 @@ class ClassifyDataArguments(DataArguments):
 
 
 def load_classification_splits(data_args: ClassifyDataArguments) -> tuple[datasets.DatasetDict, list[str]]:
-    """`(DatasetDict(train, validation?, test?), label_names)` of `text` and `label` (ClassLabel) from
-    --dataset_name, --train_file (+ --validation_file / --test_file) or the SMS Spam Collection. The
-    classes come from the training data (or --class_names) and hold for every split. A missing
-    validation / test split is carved from training by `balanced_split` (SMS: the book's 747/747,
-    1045/149/300); --max_*_samples keep the first rows. Errors name the file or split and the row."""
+    """`(DatasetDict(train, validation?, test?), label_names)` of `text`, `label` (the training data's
+    classes) from --dataset_name, --train_file (+ --validation_file / --test_file) or the SMS data; a missing
+    split is carved by `balanced_split`, --max_*_samples keep the first rows. Errors name the file and row."""
     names, columns = data_args.class_names, (data_args.text_column, data_args.label_column)
     splits: dict[str, datasets.Dataset] = {}
     if data_args.dataset_name:
@@ -176,9 +169,8 @@ def tokenize_splits(
     append_eos: bool = False,
     num_proc: int | None = None,
 ) -> tuple[datasets.DatasetDict, int]:
-    """(splits of `input_ids` and `label`, the length used): token ids truncated to `max_seq_length`
-    (default: the longest training text, capped at `context_length`), ending in the end-of-text
-    token with `append_eos`."""
+    """(splits of `input_ids` and `label`, the length used): ids cut to `max_seq_length` (default: the
+    longest training text, capped at `context_length`), ending in the end-of-text token with `append_eos`."""
     if append_eos and tokenizer.eos_token_id is None:
         raise ValueError("--append_eos: the tokenizer has no eos token.")
     eos = [tokenizer.eos_token_id] if append_eos else []
@@ -202,11 +194,9 @@ def tokenize_splits(
 
 
 def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names: Sequence[str]):
-    """A `GPTScratchForSequenceClassification` for `label_names` (id2label, the tokenizer's pad id,
-    use_cache=False): the body of `loading.load_causal_lm` (our causal LM or a stock GPT-2 folder,
-    converted; a new GPT without --model_name_or_path) and a new head, or a saved GPTScratch
-    classifier with its head when the classes are the same. Weights load strictly
-    (`loading.CheckpointMismatchError`); ValueError for another model_type."""
+    """A `GPTScratchForSequenceClassification` for `label_names`: `load_causal_lm`'s body and a new head, or
+    a saved classifier (its head kept for the same classes). Weights load strictly
+    (`loading.CheckpointMismatchError`); ValueError for a model_type other than gpt_scratch / gpt2."""
     path, trust = model_args.model_name_or_path, bool(model_args.trust_remote_code)
     attn = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     labels = {
@@ -245,10 +235,8 @@ def load_sequence_classifier(model_args: ModelArguments, tokenizer, label_names:
 
 
 def set_trainable(model, mode: str = "last_block", lora: LoraArguments | None = None):
-    """Freeze all of a `GPTScratchForSequenceClassification` but `mode`'s part: "head" (`score`),
-    "last_block" (the book: the last block, the final norm and `score`), "all", or "lora" (PEFT
-    adapters of `lora`, default `LoraArguments()`, plus a trainable copy of `score`). Returns the
-    model to train (the PEFT model for "lora")."""
+    """Freeze all of a `GPTScratchForSequenceClassification` but `mode`'s part (see `--trainable`); "lora":
+    PEFT adapters of `lora` (default `LoraArguments()`) plus `score`. Returns the model to train."""
     if mode not in TRAINABLE_CHOICES:
         raise ValueError(f"trainable mode must be one of {', '.join(TRAINABLE_CHOICES)}, got {mode!r}.")
     if not (hasattr(model, "model") and hasattr(model, "score")):

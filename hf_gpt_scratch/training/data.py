@@ -1,9 +1,6 @@
-"""The book's data as `datasets` objects: pretraining text, spam classification (ch. 6) and
-instruction finetuning (ch. 7). `fetch_book_file` gets the book's files into the data directory with
-a sha256 check; the loaders refuse what they would otherwise guess, naming the file, row and value.
-Kept here because no library has them: the book's splits and Alpaca format, run_clm's `group_texts`
-(`pack_into_blocks`) and the book's `GPTDatasetV1` windows (`book_windows`).
-"""
+"""The book's data (pretraining text, ch. 6 spam, ch. 7 instructions) as `datasets` objects, fetched with
+a sha256 check; what no library has: the book's splits, Alpaca format and `GPTDatasetV1` windows, run_clm's
+`group_texts`. The loaders refuse what they would otherwise guess, naming the file, row and value."""
 
 from __future__ import annotations
 
@@ -80,12 +77,9 @@ def _download(url: str, output_file: str, pooch_obj: Any = None) -> None:
 
 
 def fetch_book_file(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the book file `name` in the data directory, downloaded there by `pooch` if missing.
-
-    A present file is checked against its sha256 and never replaced (`ChecksumMismatchError` names
-    the file and both hashes); a download is checked before it is written, from `BOOK_FILES`' url,
-    then `_MIRRORS`; OSError lists every origin's failure.
-    """
+    """Path of the book file `name` in the data directory, else downloaded there by `pooch` (`BOOK_FILES`'
+    url, then `_MIRRORS`) and checked before it is written; OSError lists every origin's failure. A present
+    file with another sha256 is never replaced: `ChecksumMismatchError` names the file and both hashes."""
     if name not in BOOK_FILES:
         raise ValueError(f"unknown book file {name!r}; known files: {', '.join(sorted(BOOK_FILES))}")
     url, expected = BOOK_FILES[name]
@@ -162,47 +156,51 @@ def split_text(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
     return text[:split_idx], text[split_idx:]
 
 
-def _json_rows(path: Path) -> Any:
-    """A JSON file's content, or a JSONL file's objects (also in a .json file); errors name the line."""
+def _json_objects(path: Path, fields: Sequence[str], nonblank: bool = False, hint: str = "") -> list[dict]:
+    """A JSON list's or JSONL file's (also in a .json file) objects, with a string (`nonblank`: not only
+    spaces) in each of `fields`; else a ValueError naming the file, line or row, field (`hint`: a fix)."""
     text = load_text(path)
-    if path.suffix.lower() != ".jsonl":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            if not (err.msg == "Extra data" and text.lstrip().startswith("{")):  # else: JSON lines
-                raise ValueError(f"{path}: invalid JSON: {err}") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno}); "
-                             f"expected one JSON object per line") from None
+    try:
+        rows = None if path.suffix.lower() == ".jsonl" else json.loads(text)
+    except json.JSONDecodeError as err:
+        if not (err.msg == "Extra data" and text.lstrip().startswith("{")):  # else: JSON lines
+            raise ValueError(f"{path}: invalid JSON: {err}") from None
+        rows = None
+    if rows is None:  # JSON lines
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg} at column "
+                                 f"{err.colno}); expected one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
+            rows.append(row)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL), "
+                         f"got {type(rows).__name__}")
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
-        rows.append(row)
+            raise ValueError(f"{path}: row {i} is a {type(row).__name__}, expected an object")
+        for field in fields:
+            if field not in row:
+                raise ValueError(f"{path}: row {i} has no {field!r} field (fields: {sorted(row)}){hint}")
+            value = row[field]
+            if not isinstance(value, str) or (nonblank and not value.strip()):
+                raise ValueError(f"{path}: row {i} field {field!r} must be a {'non-empty ' * nonblank}"
+                                 f"string, got {type(value).__name__} {value!r:.60}")
     return rows
 
 
 def load_text_records(path: str | os.PathLike, column: str = "text") -> list[str]:
     """The texts in `column` of a JSON (a list of objects) or JSONL file. Beyond `load_text`'s errors,
-    a ValueError names the file, the line (from 1) or row (from 0) and the column: a line that is not
-    JSON, a row that is not an object, has no `column` or holds a non-string there."""
-    path = Path(path)
-    rows = _json_rows(path)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path}: expected a list of objects (JSON) or one object per line (JSONL)")
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    for i, row in enumerate(rows):
-        if column not in row:
-            raise ValueError(f"{path}: row {i} has no {column!r} field (fields: {sorted(row)}); choose the column "
-                             f"with --text_column_name")
-        value = row[column]
-        if not isinstance(value, str):
-            raise ValueError(f"{path}: row {i} field {column!r} must be a string, got {type(value).__name__} {value!r:.60}")
+    a ValueError names the file, the line (from 1) or row (from 0) and the column."""
+    rows = _json_objects(Path(path), [column], hint="; choose the column with --text_column_name")
     return [row[column] for row in rows]
 
 
@@ -219,11 +217,9 @@ def _as_id(value: Any) -> int | None:
 
 
 def infer_label_names(raw: Sequence[Any], source: str = "labels") -> list[str]:
-    """Class names of labels given without names: "0".."n-1" when the labels are the integer ids
-    0..n-1, else the distinct labels sorted. Where that would guess, a ValueError names `source`, the
-    row and the values: integer ids that skip one (0 and 5 would make a six-class head), an integer
-    among names, a number that is not an integer ("1.0" beside "1"), spaces around a label, labels
-    that differ only in case ("spam" / "Spam")."""
+    """Class names of unnamed labels: "0".."n-1" for the integer ids 0..n-1, else the distinct labels
+    sorted. A ValueError names `source`, the row and the values where that would guess: ids with a gap,
+    an integer among names, a non-integer number, spaces around a label, labels that differ by case."""
     first_row = {}
     for row, value in enumerate(raw):
         first_row.setdefault(value, row)
@@ -254,11 +250,9 @@ def labelled_dataset(
     text_column: str = "text",
     label_column: str = "label",
 ) -> tuple[datasets.Dataset, list[str]]:
-    """`(Dataset(text, label: ClassLabel), names)` from two columns of `ds`. A ValueError names
-    `source`, the row (from 0) and the column or value: a missing column, a blank text (it would be
-    classified from a padding position), a missing label, a label that is neither spelled as one of
-    `names` nor an id in range. A ClassLabel column is read by name (its names are the default);
-    other labels without `names` get `infer_label_names`."""
+    """`(Dataset(text, label: ClassLabel), names)` from two columns of `ds` (default names: a ClassLabel's,
+    else `infer_label_names`). A ValueError names `source`, the row and the column or value: a missing
+    column, a blank text, a missing label, a label neither spelled as one of `names` nor an id in range."""
     missing = [c for c in (text_column, label_column) if c not in ds.column_names]
     if missing:
         raise ValueError(f"{source}: missing column(s) {missing}; columns found: {ds.column_names} "
@@ -289,11 +283,9 @@ def load_sms_spam(
     *,
     quoting: int = csv.QUOTE_NONE,
 ) -> datasets.Dataset:
-    """The SMS Spam Collection (`label<TAB>text`, no header; by default
-    `fetch_book_file("SMSSpamCollection.tsv", data_dir)`) read with the book's pandas call, as a
-    Dataset of `text` and `label` (ClassLabel: 0 ham, 1 spam). `csv.QUOTE_NONE` keeps every line:
-    5,574 rows (747 spam); the book's notebook reads with pandas' default `csv.QUOTE_MINIMAL`, which
-    strips some quotes and merges lines: 5,572 rows, the book's exact rows."""
+    """The SMS Spam Collection (`label<TAB>text`, default `fetch_book_file("SMSSpamCollection.tsv")`) by
+    the book's pandas call as `text`, `label` (ClassLabel: 0 ham, 1 spam). `csv.QUOTE_NONE` keeps every
+    line: 5,574 rows (747 spam); the book's `csv.QUOTE_MINIMAL` merges some lines: its 5,572 rows."""
     import pandas as pd
 
     path = Path(path) if path is not None else fetch_book_file("SMSSpamCollection.tsv", data_dir)
@@ -310,10 +302,8 @@ def load_text_classification_file(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
 ) -> tuple[datasets.Dataset, list[str]]:
-    """`(Dataset(text, label: ClassLabel), label_names)` of a CSV, TSV (unquoted), JSON (a list of
-    objects) or JSONL file with a header / keys, read by `datasets.load_dataset` and checked by
-    `labelled_dataset`. Beyond `load_text`'s errors, a CSV/TSV row whose field count is not the
-    header's (an unquoted comma or an extra tab would cut the text) is a ValueError naming the row."""
+    """`labelled_dataset` of a CSV, TSV (unquoted), JSON or JSONL file read by `datasets.load_dataset`.
+    Beyond `load_text`'s errors, a ValueError names a CSV/TSV row whose field count is not the header's."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".json", ".jsonl"):
@@ -352,12 +342,9 @@ def balanced_split(
     label_column: str = "label",
     balance: bool = True,
 ) -> datasets.DatasetDict:
-    """Train / validation / test rows of `ds` (all columns kept) by the book's pandas calls
-    (`llms_from_scratch.ch06`; no library draws the same rows): with `balance`, each larger class
-    `df[df.label == c].sample(n_min, random_state=seed)` in label order, then the classes of size
-    n_min whole; `df.sample(frac=1, random_state=seed)`; `train_end = int(n * train_frac)`,
-    `validation_end = train_end + int(n * validation_frac)`. The defaults are the book's ch. 6 split
-    (the SMS data: 747 ham / 747 spam, 1045/149/300 rows)."""
+    """Train / validation / test rows of `ds` (all columns), with `balance` each class undersampled to the
+    smallest, by the book's pandas calls (`llms_from_scratch.ch06`; no library draws the same rows). The
+    defaults are the book's ch. 6 split (the SMS data: 747 ham / 747 spam, 1045/149/300 rows)."""
     import pandas as pd
 
     if label_column not in ds.column_names:
@@ -388,24 +375,13 @@ def load_instruction_data(
     book_file: str = "instruction-data.json",
 ) -> list[dict]:
     """A JSON list (or JSONL file) of Alpaca entries (default: `fetch_book_file(book_file, data_dir)`,
-    1,100 entries), other keys kept. A ValueError names the file, the entry (or JSONL line) and the
+    1,100 entries), other keys kept. A ValueError names the file, the row (or JSONL line) and the
     field unless each of `fields` is a non-empty string and `input`, if there, a string."""
     path = Path(path) if path is not None else fetch_book_file(book_file, data_dir)
-    entries = _json_rows(path)
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
-    if not entries:
-        raise ValueError(f"{path}: no entries")
+    entries = _json_objects(path, fields, nonblank=True)
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: entry {i} is a {type(entry).__name__}, not an object")
-        for field in fields:
-            if field not in entry:
-                raise ValueError(f"{path}: entry {i} has no {field!r} field (keys: {sorted(entry)})")
-            if not isinstance(entry[field], str) or not entry[field].strip():
-                raise ValueError(f"{path}: entry {i} field {field!r} must be a non-empty string, got {entry[field]!r}")
-        if "input" in entry and not isinstance(entry["input"], str):
-            raise ValueError(f"{path}: entry {i} field 'input' must be a string, got {entry['input']!r}")
+        if not isinstance(entry.get("input", ""), str):
+            raise ValueError(f"{path}: row {i} field 'input' must be a string, got {entry['input']!r}")
     return entries
 
 
@@ -443,9 +419,8 @@ def alpaca_prompt_completion(entry: Mapping[str, Any], eos_token: str) -> dict[s
 
 
 def pack_into_blocks(examples: dict, block_size: int) -> dict:
-    """transformers' run_clm `group_texts` (an example, not a library function), for `ds.map(...,
-    batched=True)`: the id-list columns concatenated and cut into blocks of `block_size` (the
-    remainder dropped), `labels` a copy of `input_ids`; other columns are dropped."""
+    """transformers' run_clm `group_texts` (an example, not a library function) for `ds.map(batched=True)`:
+    the id-list columns joined and cut into `block_size` blocks (the rest dropped), `labels` a copy."""
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
     if "input_ids" not in examples:
@@ -467,10 +442,9 @@ def pack_into_blocks(examples: dict, block_size: int) -> dict:
 def book_windows(
     token_ids: Sequence[int], context_length: int, stride: int, shift_labels: bool = True
 ) -> datasets.Dataset:
-    """The book's `GPTDatasetV1` windows, `i` in `range(0, len(ids) - context_length, stride)`:
-    `input_ids` = `ids[i : i + context_length]`, `labels` the same, and with `shift_labels` the book's
-    targets `ids[i + 1 : i + context_length + 1]`, used as they are by transformers' `ForCausalLMLoss`.
-    The Trainer forwards `shift_labels` only with `remove_unused_columns=False` (else: `labels`)."""
+    """The book's `GPTDatasetV1` windows as `input_ids` = `labels`, with `shift_labels` also the book's
+    targets, used as they are by transformers' `ForCausalLMLoss` (the Trainer forwards them only with
+    `remove_unused_columns=False`)."""
     if context_length < 1 or stride < 1:
         raise ValueError(f"context_length and stride must be positive, got {context_length}, {stride}")
     ids = list(token_ids)
