@@ -4,6 +4,7 @@ import math
 import json
 import io
 import os
+import re
 import subprocess
 import sys
 import unittest.mock
@@ -160,3 +161,18 @@ def client_model_dirs(tmp_path_factory) -> dict[str, Path]:
         m.save_pretrained(dirs[name])
         tok.save_pretrained(dirs[name])
     return dirs
+
+
+# The Trainer's resume files inside checkpoint-N folders (torch.save pickles; DeepSpeed's in global_stepN/).
+_TRAINER_PICKLES = re.compile(r"(.*/)?checkpoint-\d+/(.*/)?(optimizer\.pt|scheduler\.pt|scaler\.pt|"
+                              r"rng_state(_\d+)?\.pth|training_args\.bin|global_step[^/]*/.+)")
+
+
+def pickle_files(folder: str | Path, allow_trainer_checkpoints: bool = True) -> list[str]:
+    """Pickle-format files (by suffix) under `folder`, relative paths, sorted; with
+    `allow_trainer_checkpoints`, not the Trainer's resume files inside checkpoint-N folders."""
+    from hf_gpt_scratch.training.faults import PICKLE_SUFFIXES
+
+    found = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")
+                   if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    return [f for f in found if not (allow_trainer_checkpoints and _TRAINER_PICKLES.fullmatch(f))]

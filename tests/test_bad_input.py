@@ -22,11 +22,11 @@ import hf_gpt_scratch.tokenization
 from hf_gpt_scratch import GPTScratchConfig, GPTScratchForCausalLM, GPTScratchForSequenceClassification
 from hf_gpt_scratch.training.arguments import DataArguments, ModelArguments, parse_recipe_args
 from hf_gpt_scratch.training.data import load_instruction_data, load_text, load_text_classification_file, load_text_records
-from hf_gpt_scratch.training.faults import ExampleTooLongError, check_sequence_lengths, pickle_files
+from hf_gpt_scratch.training.faults import ExampleTooLongError, check_sequence_lengths
 from hf_gpt_scratch.training.loading import CheckpointMismatchError, from_pretrained_strict, load_causal_lm
 from hf_gpt_scratch.tokenization import train_bpe_tokenizer
 
-from conftest import RECIPES, REPO, load_recipe, tiny_config
+from conftest import RECIPES, REPO, load_recipe, pickle_files, tiny_config
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 TINY = "n_layers=2,emb_dim=32,n_heads=2,context_length=64,drop_rate=0.0"
@@ -217,7 +217,8 @@ def test_instruction_files(tmp_path, finished, entries, pattern):
 def test_length_policy_helper(caplog):
     with caplog.at_level(logging.WARNING, logger="hf_gpt_scratch.training.faults"):
         assert check_sequence_lengths([3, 9, 4, 12], 8, source="f.csv (train split)", what="text") == 2
-    assert "f.csv (train split): truncating 2 text(s) longer than 8 tokens (first: row 1 with 9 tokens; longest 12)" in caplog.text
+    assert ("f.csv (train split): 2 text(s) are longer than 8 tokens; the first is row 1 (9 tokens), "
+            "the longest 12 tokens: they are truncated.") in caplog.text
     assert check_sequence_lengths([3, 4], 8, source="f.csv") == 0
     with pytest.raises(ExampleTooLongError, match=r"f\.csv: 2 prompt\(s\) are longer than 8 tokens; the first is row 1 \(9 tokens\)"):
         check_sequence_lengths([3, 9, 4, 12], 8, source="f.csv", policy="refuse", what="prompt")
@@ -250,7 +251,7 @@ def test_instruct_refuses_a_prompt_that_fills_the_context(tmp_path, tiny_clm, ca
                      str(tmp_path / "out"), "--eval_before", "false", "--max_steps", "1"])
     message = str(info.value)
     assert "long.json (train split): 1 prompt(s) are longer than 255 tokens; the first is row 1" in message
-    assert "long.json (train split): truncating 2 entry(s) longer than 256 tokens (first: row 0" in caplog.text
+    assert "long.json (train split): 2 entry(s) are longer than 256 tokens; the first is row 0" in caplog.text
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -271,9 +272,9 @@ def test_classify_counts_truncated_texts(tmp_path, tiny_clm, caplog):
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for _, text in rows]
     expected = sum(n > 16 for n in lengths)
     assert 2 <= expected < len(rows)
-    assert (f"long.csv (train split): truncating {expected} text(s) longer than 16 tokens "
-            f"(first: row {next(i for i, n in enumerate(lengths) if n > 16)}") in caplog.text
-    assert f"longest {max(lengths)})" in caplog.text
+    assert (f"long.csv (train split): {expected} text(s) are longer than 16 tokens; the first is row "
+            f"{next(i for i, n in enumerate(lengths) if n > 16)} ") in caplog.text
+    assert f"the longest {max(lengths)} tokens: they are truncated." in caplog.text
 
 
 def test_pretrain_packs_rather_than_truncates(tmp_path):

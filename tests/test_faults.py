@@ -42,7 +42,6 @@ from hf_gpt_scratch.training.faults import (
     OutputDirNotEmptyError,
     check_output_dir,
     last_complete_checkpoint,
-    pickle_files,
     resolve_resume_checkpoint,
     save_pretrained_to,
 )
@@ -54,7 +53,7 @@ from hf_gpt_scratch.training.loading import (
 )
 from hf_gpt_scratch.tokenization import gpt2_tokenizer, load_tokenizer, train_bpe_tokenizer
 
-from conftest import RECIPES, REPO, VERDICT, load_recipe, needs_verdict, recipe_env, tiny_config
+from conftest import RECIPES, REPO, VERDICT, load_recipe, needs_verdict, pickle_files, recipe_env, tiny_config
 
 PRETRAIN = RECIPES / "pretrain.py"
 # dropout on: resuming must also restore the RNG state (the Trainer's rng_state.pth)

@@ -302,7 +302,7 @@ def test_the_length_check_counts_the_pairs_trl_truncates(tmp_path, tiny_checkpoi
     cut = sum(n > limit for n in lengths)
     with caplog.at_level("WARNING", logger="hf_gpt_scratch"):
         check_lengths({"train": dataset}, tok, limit, "prefs.json", completions=("chosen", "rejected"))
-    assert f"prefs.json (train split): truncating {cut} entry(s) longer than {limit} tokens" in caplog.text
+    assert f"prefs.json (train split): {cut} entry(s) are longer than {limit} tokens" in caplog.text
 
 
 def test_a_max_length_the_prompts_fill_is_refused_before_training(tmp_path, tiny_checkpoint, train_file):

@@ -13,8 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 class LogLastStepCallback(TrainerCallback):
-    """Makes the Trainer log at the last step too, so the last logged tokens seen and
-    `train_tokens_per_second` (the Trainer's counters) are the whole run's."""
+    """Log at the last step too: the Trainer's last logged tokens seen and tokens per second are the run's."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -22,8 +21,7 @@ class LogLastStepCallback(TrainerCallback):
 
 
 def default_callbacks() -> list[TrainerCallback]:
-    """`LogLastStepCallback` and `faults.NonFiniteLossGuard` (it stops at the first NaN or infinite
-    loss or weight, before a checkpoint of that step is written)."""
+    """`LogLastStepCallback` and `faults.NonFiniteLossGuard` (stops at a NaN or infinite loss or weight)."""
     return [LogLastStepCallback(), NonFiniteLossGuard()]
 
 

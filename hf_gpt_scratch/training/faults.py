@@ -1,6 +1,5 @@
-"""Faults the recipes survive, none of them silently: a NaN loss, a run killed while saving, a
-damaged checkpoint, a finished model or a user's file in the output folder, over-long examples,
-tokens and pickles (used by `arguments`, `callbacks` and `loading`)."""
+"""Faults the recipes survive, none of them silently: a NaN loss, a run killed while saving, a damaged
+checkpoint, a model or a user's file in the output folder, over-long examples, tokens and pickles."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -169,6 +167,7 @@ MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safe
 RUN_STATE = ("checkpoint-*", "*_results.json", "samples.json", "responses*.json", TRAINER_STATE_NAME,
              "training_args.*", "loss.png", "accuracy.png", "confusion_matrix.png", "reward_margins.png")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+STAGE = ".saving"  # `staged_save`'s folder inside an output folder
 
 
 class OutputDirNotEmptyError(FileExistsError):
@@ -176,7 +175,6 @@ class OutputDirNotEmptyError(FileExistsError):
 
 
 def _entries(output_dir, patterns) -> list[Path]:
-    """Entries of `output_dir` matching `patterns`, plus adapter folders (holding adapter_config.json)."""
     folder = Path(output_dir)
     found = [p for p in folder.iterdir() if any(fnmatch.fnmatch(p.name, pattern) for pattern in patterns)
              or (p.is_dir() and (p / "adapter_config.json").is_file())] if folder.is_dir() else []
@@ -221,9 +219,6 @@ def remove_previous_run(output_dir: str | Path) -> None:
         logger.warning("Removed the previous run's %s from %s.", ", ".join(p.name for p in removed), output_dir)
 
 
-STAGE = ".saving"
-
-
 @contextlib.contextmanager
 def staged_save(folder: str | Path):
     """Yield `folder/.saving` to save into; when the block succeeds, its files move into `folder`
@@ -260,30 +255,25 @@ class ExampleTooLongError(ValueError):
 
 def check_sequence_lengths(lengths: Iterable[int], limit: int, *, source: str, policy: str = "truncate",
                            what: str = "example", hint: str = "") -> int:
-    """The number of examples longer than `limit` tokens (`lengths[i]`: example i's); policy
-    "truncate" logs one warning with the count, the first row and the longest (the caller
-    truncates), "refuse" raises `ExampleTooLongError` naming `source`, the first row and the limit."""
+    """The number of examples longer than `limit` tokens (`lengths[i]`: example i's), named with `source`,
+    the first row and the longest in a warning (policy "truncate") or an `ExampleTooLongError` ("refuse")."""
     too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
     if not too_long:
         return 0
     (first, first_len), longest = too_long[0], max(n for _, n in too_long)
     hint = f" {hint}" if hint else ""
+    message = (f"{source}: {len(too_long)} {what}(s) are longer than {limit} tokens; the first is row "
+               f"{first} ({first_len} tokens), the longest {longest} tokens")
     if policy == "refuse":
-        raise ExampleTooLongError(
-            f"{source}: {len(too_long)} {what}(s) are longer than {limit} tokens; the first is row {first} "
-            f"({first_len} tokens), the longest {longest} tokens.{hint}"
-        )
-    logger.warning("%s: truncating %d %s(s) longer than %d tokens (first: row %d with %d tokens; longest %d).%s",
-                   source, len(too_long), what, limit, first, first_len, longest, hint)
+        raise ExampleTooLongError(f"{message}.{hint}")
+    logger.warning("%s: they are truncated.%s", message, hint)
     return len(too_long)
 
 
 def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions: Sequence[str] = ()) -> None:
-    """One warning per split of `splits` (None skipped) counting the examples longer than `limit`
-    tokens, which are truncated as the book does: classification texts (column "text"), or with
-    `completions`, TRL prompt + completion (or chosen/rejected) + eos as one text, as TRL tokenizes
-    them (it appends eos to a completion without one). A prompt that alone fills `limit` is an
-    `ExampleTooLongError` (no response token left; TRL would drop it silently)."""
+    """`check_sequence_lengths` of each split (None skipped): its texts (column "text"), or its prompt +
+    each of `completions` + eos as TRL tokenizes them, truncated; a prompt that alone fills `limit`
+    refused (`ExampleTooLongError`: TRL would drop it silently)."""
     from trl.data_utils import common_prefix_length
 
     eos = tokenizer.eos_token or ""
@@ -298,8 +288,7 @@ def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions:
             full = [tokenizer([p + t + eos * (not t.endswith(eos)) for p, t in zip(ds["prompt"], ds[c])],
                               verbose=False)["input_ids"] for c in completions]
             lengths = (max(len(ids[i]) for ids in full) for i in range(len(prompts)))
-            hint = ("The end of their responses is cut; raise --max_length (up to the model's context) to "
-                    "keep it.")
+            hint = "Raise --max_length (up to the model's context) to keep the end of their responses."
             check_sequence_lengths(lengths, limit, source=where, what="entry", hint=hint)
             hint = ("Each needs room for at least one response token: shorten those entries, drop them, or "
                     "raise --max_length (up to the model's context).")
@@ -315,16 +304,3 @@ def refuse_hub_token(training_args) -> None:
             "--hub_token is not accepted: a token given as a flag ends up in logs and in the saved training "
             "arguments. Log in once with `hf auth login` (or set HF_TOKEN in the environment) instead."
         )
-
-
-# The Trainer's resume files inside checkpoint-N folders (torch.save pickles; DeepSpeed's in global_stepN/).
-_TRAINER_PICKLES = re.compile(r"(.*/)?checkpoint-\d+/(.*/)?(optimizer\.pt|scheduler\.pt|scaler\.pt|"
-                              r"rng_state(_\d+)?\.pth|training_args\.bin|global_step[^/]*/.+)")
-
-
-def pickle_files(folder: str | Path, allow_trainer_checkpoints: bool = True) -> list[str]:
-    """Pickle-format files (by suffix) under `folder`, relative paths, sorted; with
-    `allow_trainer_checkpoints`, not the Trainer's resume files inside checkpoint-N folders."""
-    found = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")
-                   if p.suffix in PICKLE_SUFFIXES and p.is_file())
-    return [f for f in found if not (allow_trainer_checkpoints and _TRAINER_PICKLES.fullmatch(f))]

@@ -1,6 +1,5 @@
-"""Tokenizers and models for the recipes, loaded strictly (transformers only logs missing, unused or
-mis-shaped weights and initialises them randomly; its Trainer resumes non-strictly) with an explicit
-`trust_remote_code`; `train_model` from a checked checkpoint; `save_final_model`, `save_and_reload`."""
+"""Tokenizers and models loaded strictly, with an explicit `trust_remote_code` (transformers only logs
+missing or mis-shaped weights; its Trainer resumes non-strictly); `train_model`; the final save, reloaded."""
 
 from __future__ import annotations
 
@@ -15,12 +14,14 @@ from typing import Iterable, Sequence
 import torch
 from safetensors import safe_open
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel
 
 from .arguments import ModelArguments, parse_config_overrides, setup_logging
 from ..configuration_gpt_scratch import GPTScratchConfig
+from ..convert import gpt2_to_scratch
 from .sampling import length_within_context
 from .faults import STAGE, remove_previous_run, resolve_resume_checkpoint, save_pretrained_to, staged_save
+from .hub import prepare_push
 from ..tokenization import GPT2_EOS_ID, TOKENIZER_FILES, has_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -117,10 +118,6 @@ def load_causal_lm(model_args: ModelArguments, tokenizer=None):
     source = path or model_args.config_name
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust) if source else GPTScratchConfig()
     if path and config.model_type == "gpt2":
-        from transformers import GPT2LMHeadModel
-
-        from ..convert import gpt2_to_scratch
-
         model = gpt2_to_scratch(from_pretrained_strict(GPT2LMHeadModel, path, trust_remote_code=trust))
         # the overrides name GPTScratchConfig fields (drop_rate, ...): a model rebuilt with the same weights
         overrides = parse_config_overrides(model_args.config_overrides, model.config)
@@ -233,11 +230,8 @@ def save_final_model(trainer, output_dir: str | None = None) -> None:
 
 
 def start_tuning(model_args: ModelArguments, data_args, training_args) -> tuple:
-    """The TRL recipes' opening: logging, `hub.prepare_push`, seed, data splits (a bad file fails before
-    any model loads), tokenizer, causal LM on the training device, --max_length (default: the context).
-    Returns (repo id of the push or None, (train, validation, test) entries, tokenizer, model)."""
-    from .hub import prepare_push
-
+    """The TRL recipes' opening, in order: logging, `hub.prepare_push`, seed, data splits, tokenizer, model
+    on the device, --max_length (default: context). Returns (push repo or None, splits, tokenizer, model)."""
     setup_logging(training_args)
     repo_id = prepare_push(training_args)  # --push_to_hub: our push, not the Trainer's
     transformers.set_seed(training_args.seed)
