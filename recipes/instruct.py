@@ -75,7 +75,7 @@ def main(args: list[str] | None = None) -> dict:
     train_entries, val_entries, test_entries = entries
     total_parameters = get_model_param_count(model)
     eval_kwargs = dict(max_new_tokens=eval_args.max_new_tokens, max_length=training_args.max_length,
-                       batch_size=eval_args.generation_batch_size or training_args.per_device_eval_batch_size,
+                       batch_size=training_args.per_device_eval_batch_size,
                        response_header=eval_args.response_header_in_prompt, progress=not training_args.disable_tqdm)
 
     train_ds = sft_dataset(train_entries, tokenizer.eos_token)

@@ -1,7 +1,6 @@
-"""Recipe arguments: `HfArgumentParser` dataclasses with the flag names of transformers' example
-scripts, `parse_recipe_args` (preset files; nonsense flags, a finished --output_dir and --hub_token
-refused before any work), `--config_overrides` through `PretrainedConfig.update_from_string`, and
-the logging of a run under python, torchrun or accelerate launch (only the main process writes)."""
+"""Recipe arguments: `HfArgumentParser` dataclasses with run_clm's flag names, `parse_recipe_args` (presets;
+nonsense flags, a finished --output_dir and --hub_token refused before any work), `--config_overrides`
+through `PretrainedConfig.update_from_string`, and run_clm's logging (only the main process writes)."""
 
 from __future__ import annotations
 
@@ -204,12 +203,10 @@ def parse_recipe_args(dataclass_types: Sequence[type], presets: str | os.PathLik
                       defaults: dict[str, Any] | None = None, args: Sequence[str] | None = None,
                       description: str | None = None, check_output: bool = True) -> tuple[Any, ...]:
     """Parse a recipe's command line: one instance per dataclass type, then the preset's name or None.
-    Precedence, lowest first: dataclass defaults, `defaults`, `cpu_distributed_defaults()`, a preset
-    file (`<presets>/NAME.yaml` for `--preset NAME`, or a .yaml/.yml/.json file given first), the flags
-    (a flag's `--config_overrides` is appended to the file's). With TrainingArguments: `check_training_args`,
-    `--overwrite_output_dir` (gone from transformers 5), `faults.check_output_dir` (if `check_output`),
-    `faults.refuse_hub_token`. Raises ValueError for a key or flag that is no argument, SystemExit (argparse)
-    for an unknown preset."""
+    Precedence, lowest first: dataclass defaults, `defaults`, `cpu_distributed_defaults()`, a preset file
+    (`<presets>/NAME.yaml` for `--preset NAME`, or a .yaml/.yml/.json file given first), the flags (whose
+    --config_overrides add to the file's). TrainingArguments: `check_training_args`, `check_output_dir` (if
+    `check_output`), `refuse_hub_token`. ValueError: a key or flag that is no argument."""
     argv = list(sys.argv[1:] if args is None else args)
     names = sorted(p.stem for p in Path(presets).glob("*.yaml")) if presets else []
     # "resolve": a flag several dataclasses declare (SFTConfig's and ModelArguments' --trust_remote_code) is
@@ -257,8 +254,7 @@ def parse_recipe_args(dataclass_types: Sequence[type], presets: str | os.PathLik
     return (*outputs, file.stem if file else None)
 
 
-# Fields every PretrainedConfig has (dtype, architectures, label maps, ...): set by transformers or
-# the recipe, never by --config_overrides.
+# Fields of every PretrainedConfig (dtype, label maps, ...): set by transformers or the recipe, not overrides.
 _BASE_FIELDS = {f.name for f in dataclasses.fields(PretrainedConfig)}
 
 

@@ -1,8 +1,6 @@
-"""Command line of `hf_gpt_scratch.convert` (installed as `hf-gpt-scratch-convert`), in the training
-layer for its strict loading, folder checks, model card and upload. For example `--model_name_or_path
-openai-community/gpt2 --output_dir gpt2-scratch`, `--book_checkpoint model.pth --book_config "gpt2-small
-(124M)" --output_dir book`, `--model_name_or_path book --to gpt2 --output_dir book-gpt2`.
-"""
+"""Command line of `hf_gpt_scratch.convert` (`hf-gpt-scratch-convert`; here for the strict loading, folder
+checks, card and upload). E.g. `--model_name_or_path openai-community/gpt2 --output_dir gpt2-scratch`,
+`--book_checkpoint model.pth --book_config "gpt2-small (124M)" --output_dir book`, `... --to gpt2`."""
 
 from __future__ import annotations
 
@@ -21,7 +19,6 @@ PRESETS = ", ".join(BOOK_MODEL_CONFIGS)
 
 
 def _book_config(value: str) -> dict | str:
-    """--book_config: a preset name (read by `load_book_checkpoint`) or a JSON file's content."""
     if value in BOOK_MODEL_CONFIGS:
         return value
     try:

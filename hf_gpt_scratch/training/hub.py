@@ -1,8 +1,6 @@
-"""Share a run on the Hub (`--push_to_hub`, `--hub_model_id`; tokens come from `hf auth login` or
-HF_TOKEN, never from a flag): the model card, `model_card.md` through `ModelCard.from_template`,
-never written over a README.md of the user's; then one `HfApi.upload_folder` of exactly the files
-worth pushing, after a scan for tokens. A LoRA run pushes the merged model, and its adapter (in
-`adapter/`) only when the adapter's base is a Hub repo: a local base loads for nobody (docs/hub.md)."""
+"""Share a run on the Hub (`--push_to_hub`; the token from `hf auth login` or HF_TOKEN, never a flag): the
+model card (`model_card.md` via `ModelCard.from_template`, never over a user's README.md), then one
+`HfApi.upload_folder` of exactly the files worth pushing, after a token scan. LoRA: docs/hub.md."""
 
 from __future__ import annotations
 
@@ -35,7 +33,6 @@ _GPT2 = re.compile(r"^(openai-community/)?(distil)?gpt2(-\w+)?$")  # MIT-license
 
 
 def _hub_id(name: Any) -> str | None:
-    """`name` when it names a Hub repo (org/name) rather than a local folder."""
     name = str(name or "")
     return name if _REPO_ID.match(name) and not Path(name).expanduser().exists() else None
 
@@ -48,7 +45,6 @@ def _read_json(path: Path) -> dict:
 
 
 def _safetensors_header(path: Path) -> bytes:
-    """The JSON header of a safetensors file (tensor names, dtypes, shapes, metadata)."""
     with open(path, "rb") as f:
         return f.read(struct.unpack("<Q", f.read(8))[0])
 
@@ -109,12 +105,10 @@ _METRICS = {  # task: the model-index entries, (all_results.json key, split, met
     "preference": [("test_reward_accuracy_after", "test", "accuracy", "Reward accuracy (chosen over rejected)"),
                    ("test_reward_margin_after", "test", "reward_margin", "Reward margin (chosen - rejected)"),
                    ("test_loss_after", "test", "loss", "DPO loss")],
-    "convert": [],
 }
 
 
 def _card_path(output_dir: Path) -> Path:
-    """output_dir/README.md; ValueError when a README.md is there that is not one of our cards."""
     from huggingface_hub import ModelCard
 
     path = output_dir / "README.md"
@@ -128,10 +122,9 @@ def _card_path(output_dir: Path) -> Path:
 
 def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: str = "pretrain",
                      training_args=None, model_args=None, data_args=None, repo_id: str | None = None) -> Path:
-    """Write output_dir/README.md, the run's card: `task` (a recipe's name, or "convert") picks the tag
-    and the results (all_results.json; non-finite values left out); the parsed arguments (optional) add
-    hyperparameters, hardware, start and data; `repo_id` names the model in the snippets. ValueError:
-    unknown task, a README.md not ours."""
+    """Write output_dir/README.md, the run's card: `task` (a recipe's name, or "convert") picks the tag and
+    the results (all_results.json; non-finite left out); the parsed arguments (optional) add hyperparameters,
+    hardware, start and data; `repo_id` names the model. ValueError: unknown task, a README.md not ours."""
     import torch
     import transformers
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -155,7 +148,7 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
     eval_results = [
         EvalResult(task_type=pipeline_tag, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
                    dataset_split=split, metric_type=metric, metric_name=name, metric_value=results[key])
-        for key, split, metric, name in _METRICS[task] if isinstance(results.get(key), (int, float))
+        for key, split, metric, name in _METRICS.get(task, []) if isinstance(results.get(key), (int, float))
     ]
     remote_code = bool(config.get("auto_map"))
     tags = [CARD_TAG, "gpt_scratch", "llms-from-scratch", *["custom_code"] * remote_code,
@@ -186,9 +179,8 @@ def write_model_card(output_dir: str | Path, results: Mapping[str, Any], task: s
 
 def pushed_files(output_dir: str | Path) -> list[str]:
     """What a push sends, relative to `output_dir`: card, config, safetensors weights, the model's code,
-    tokenizer, PNG plots, {train,eval,test,all}_results.json, samples.json, responses.json, `adapter/`
-    over a Hub base. Raises FileNotFoundError without README.md, config.json or safetensors weights;
-    ValueError: a pickled adapter."""
+    tokenizer, PNG plots, {train,eval,test,all}_results.json, samples.json, responses.json, `adapter/` over
+    a Hub base. FileNotFoundError without README.md, config.json or weights; ValueError: a pickled adapter."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
     out = Path(output_dir)
@@ -259,7 +251,6 @@ def push_run(output_dir: str | Path, repo_id: str, private: bool | None = None, 
             f"The run is saved in {out}, but pushing it to {repo_id} failed ({type(err).__name__}: {err}). "
             f"Push it again with:\n  {upload_command(out, repo_id, names, revision)}"
         ) from err
-    logger.info("Pushed %d files to https://huggingface.co/%s (commit %s).", len(names), repo_id, info.oid)
     return info
 
 

@@ -1,6 +1,5 @@
-"""The book's chapter 7 for `recipes/instruct.py`, partly shared with `preference.py`: the flags, the
-book's splits as TRL prompt/completion data, and the evaluation (greedy responses, the token-weighted
-response loss, ROUGE-L). The book's LLM judge is `examples/judge.py`, run on responses.json."""
+"""The book's chapter 7 for `recipes/instruct.py` (and `preference.py`): flags, the book's splits as TRL
+prompt/completion data, evaluation (greedy responses, token-weighted response loss, ROUGE-L)."""
 
 from __future__ import annotations
 
@@ -38,18 +37,14 @@ class InstructDataArguments(DataArguments):
         super().__post_init__()
         if self.max_test_samples is not None and self.max_test_samples <= 0:
             raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
-        if self.dataset_name:
-            raise ValueError("--dataset_name is not supported here: pass --train_file (a JSON list or JSONL "
-                             "file of Alpaca-format entries).")
-        if self.validation_file:
-            raise ValueError("--validation_file is not supported: the splits come from --train_file "
-                             "(85% train / 10% test / 5% validation, as the book).")
-        if self.validation_split_percentage != 10.0:
-            raise ValueError("--validation_split_percentage does not apply: the splits are the book's (85% train / "
-                             "10% test / 5% validation); --max_train_samples / --max_eval_samples / --max_test_samples cut them.")
-        if self.block_size is not None or self.preprocessing_num_workers is not None:
-            raise ValueError("--block_size and --preprocessing_num_workers do not apply here: sequences are cut at "
-                             "--max_length (TRL's flag).")
+        unused = {"dataset_name": None, "validation_file": None, "validation_split_percentage": 10.0,
+                  "block_size": None, "preprocessing_num_workers": None}
+        for name, default in unused.items():
+            value = getattr(self, name)
+            if value != default:
+                raise ValueError(f"--{name} {value} does not apply here: the data is --train_file (Alpaca "
+                                 "entries, JSON list or JSONL), split as the book (85% train / 10% test / 5% "
+                                 "validation; --max_*_samples cut it), sequences cut at --max_length.")
 
     def load_entries(self) -> list[dict]:
         """The checked entries of --train_file (default: the book's instruction-data.json)."""
@@ -69,8 +64,9 @@ class InstructDataArguments(DataArguments):
 
 
 @dataclass
-class GenerationEvalArguments:
-    """The flags of the chapter-7 recipes' greedy test responses."""
+class InstructEvalArguments:
+    """The flags of the chapter-7 recipes' test evaluation (greedy responses, in batches of
+    --per_device_eval_batch_size)."""
 
     max_new_tokens: int = field(default=256, metadata={"help": "Longest generated response (the book: 256)."})
     response_header_in_prompt: bool = field(
@@ -78,23 +74,11 @@ class GenerationEvalArguments:
         metadata={"help": "End the prompt with '### Response:' (false: the book's prompt, the model writes the "
                   "header itself)."},
     )
+    eval_before: bool = field(default=True, metadata={"help": "Evaluate the untuned model too (test split)."})
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
             raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
-
-
-@dataclass
-class InstructEvalArguments(GenerationEvalArguments):
-    generation_batch_size: int | None = field(
-        default=None, metadata={"help": "Prompts per generate call (default: --per_device_eval_batch_size)."}
-    )
-    eval_before: bool = field(default=True, metadata={"help": "Evaluate the untuned model on the test split too."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.generation_batch_size is not None and self.generation_batch_size <= 0:
-            raise ValueError(f"--generation_batch_size must be positive, got {self.generation_batch_size}.")
 
 
 def sft_dataset(entries: list[dict], eos_token: str) -> datasets.Dataset:
@@ -123,10 +107,9 @@ def extract_response(generated: str, header_in_prompt: bool = True) -> str:
 def generate_responses(model, tokenizer, entries: Sequence[Mapping[str, Any]], max_new_tokens: int = 256,
                        batch_size: int = 8, response_header: bool = True, progress: bool = False,
                        stop_strings: Sequence[str] | None = STOP_STRINGS) -> list[dict[str, str]]:
-    """Greedy responses to `entries`: `[{"generated": raw new text, "response": extracted}]`, in
-    their order (`sampling.generate_batched`), stopping at the eos token or a stop string. A prompt
-    that fills the context by itself is cut from the left, keeping room for min(max_new_tokens,
-    context // 4) new tokens, with a warning naming the entry."""
+    """Greedy `[{"generated": raw new text, "response": extracted}]` for `entries` (`generate_batched`), up to
+    eos or a stop string. A prompt that fills the context is cut from the left, with a warning naming the
+    entry, to leave min(max_new_tokens, context // 4) new tokens."""
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     context = context_length_of(model)
@@ -146,9 +129,8 @@ def generate_responses(model, tokenizer, entries: Sequence[Mapping[str, Any]], m
 @torch.no_grad()
 def response_loss(model, tokenizer, entries: Sequence[Mapping[str, Any]], batch_size: int = 8,
                   max_length: int | None = None) -> tuple[float, int]:
-    """(summed loss, number of target tokens) over the response tokens of `entries`, tokenized as
-    `SFTTrainer` tokenizes `alpaca_prompt_completion` (the prompt masked whatever the training used),
-    cut to `max_length` (default: the model's context), padded by TRL's collator. Kept: no library
+    """(summed loss, number of target tokens) over the response tokens of `entries` (as `SFTTrainer` tokenizes
+    `alpaca_prompt_completion`, prompt masked), cut to `max_length` (default: the context). Kept: no library
     weighs the book's response loss by tokens across batches (so it does not depend on batch size)."""
     from trl.data_utils import common_prefix_length
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -195,11 +177,9 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
 def evaluate_instruction_model(model, tokenizer, entries: Sequence[Mapping[str, Any]], batch_size: int = 8,
                                max_length: int | None = None, progress: bool = False,
                                **generate_kwargs) -> dict[str, Any]:
-    """Response loss, greedy responses (`generate_responses` with `generate_kwargs`) and ROUGE-L of
-    `model` on `entries`: `{"loss": mean loss per response token, "loss_tokens": their number,
-    "rouge_l", "responses": [extracted response per entry], "generated": [raw new text per entry],
-    "runtime": seconds}`. Under several processes every rank must call this: each handles a contiguous
-    share of the entries (`PartialState.split_between_processes`); all get the full result."""
+    """`{"loss": mean per response token, "loss_tokens", "rouge_l", "responses": [extracted], "generated":
+    [raw], "runtime": seconds}` of `model` on `entries` (`generate_responses` with `generate_kwargs`). Every
+    rank must call it: each takes a share (`PartialState.split_between_processes`); all get the result."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 

@@ -13,7 +13,6 @@ from matplotlib.ticker import MaxNLocator
 
 
 def _pretty(name: str) -> str:
-    """'train_loss' -> 'Training loss', 'eval_loss' and 'eval_validation_loss' -> 'Validation loss'."""
     if name == "eval_train_loss":
         return "Training loss (eval mode)"
     name = name.removeprefix("eval_").removeprefix("validation_")
@@ -32,10 +31,9 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 def plot_losses(
     curves: dict[str, dict[str, list]], path: str | os.PathLike, metric: str = "loss", title: str | None = None
 ) -> Path:
-    """Plot every series named `<metric>` or `*_<metric>` of `curves` (`reporting.log_history_to_curves`)
-    against tokens seen (steps when the Trainer counted no tokens), with epochs on a top axis: the
-    book's figure 5.12. Training series are solid lines, evaluation series dash-dotted with markers.
-    Saves a PNG at `path` and returns it. Raises ValueError when there is nothing to plot."""
+    """The book's figure 5.12 as a PNG at `path` (returned): each `<metric>` or `*_<metric>` series of
+    `curves` (`reporting.log_history_to_curves`) against tokens seen (else steps), epochs on top, training
+    solid, evaluation dash-dotted. Raises ValueError when there is nothing to plot."""
     names = sorted((n for n in curves if n == metric or n.endswith("_" + metric)), key=lambda n: (n.startswith("eval"), n))
     if not names:
         raise ValueError(f"no '{metric}' series to plot (have {sorted(curves)})")

@@ -1,6 +1,5 @@
-"""Preference tuning with DPO (the book's chapter 7 bonus, `dpo-from-scratch.ipynb`) for
-`recipes/preference.py` on TRL's `DPOTrainer`: the recipe's flags beside `DPOConfig`, the preference
-file checked and split as the book, TRL's DPO metrics under our names, and the curves to plot."""
+"""DPO (the book's chapter 7 bonus, `dpo-from-scratch.ipynb`) for `recipes/preference.py` on TRL's
+`DPOTrainer`: flags beside `DPOConfig`, the book's data checked and split, TRL's metrics renamed, curves."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from typing import Any
 
 import datasets
 
-from .instruction import GenerationEvalArguments, InstructDataArguments
+from .instruction import InstructDataArguments, InstructEvalArguments
 from .data import RESPONSE_HEADER, format_alpaca_prompt, load_instruction_data
 from .reporting import log_history_to_curves
 
@@ -43,12 +42,11 @@ class PreferenceDataArguments(InstructDataArguments):
             raise ValueError(f"--identical_pairs must be one of {', '.join(IDENTICAL_PAIRS)}, got {self.identical_pairs!r}.")
 
     def load_entries(self) -> list[dict]:
-        """The checked entries of --train_file (default: the book's file), `load_preference_data`."""
         return load_preference_data(self.train_file, self.data_dir, self.identical_pairs)
 
 
 @dataclass
-class PreferenceEvalArguments(GenerationEvalArguments):
+class PreferenceEvalArguments(InstructEvalArguments):
     num_samples: int = field(
         default=3, metadata={"help": "Test prompts answered greedily by the reference and the tuned model, side by side."}
     )
@@ -66,11 +64,9 @@ class PreferenceEvalArguments(GenerationEvalArguments):
 
 def load_preference_data(path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                          identical_pairs: str | None = None) -> list[dict]:
-    """The entries of a JSON list or JSONL file (default: the book's, 1,100 entries) of `{"instruction",
-    "input"?, "chosen", "rejected"}` (other keys kept), checked by `data.load_instruction_data`.
-    `identical_pairs` ("error", "drop", "keep"; None: "keep" for the book's file, else "error") decides
-    about entries whose chosen and rejected texts are equal (ignoring surrounding whitespace).
-    ValueError naming the file, the entry index (0-based) and the field."""
+    """`data.load_instruction_data` of a file (default: the book's, 1,100 entries) of `{"instruction",
+    "input"?, "chosen", "rejected"}`; `identical_pairs`: see --identical_pairs (equal up to surrounding
+    whitespace). ValueError naming the file, the entry index (0-based) and the field."""
     book = path is None
     entries = load_instruction_data(path, data_dir, ("instruction", "chosen", "rejected"), BOOK_FILE)
     path = path or BOOK_FILE
@@ -103,10 +99,9 @@ def preference_dataset(entries: Sequence[Mapping[str, Any]]) -> datasets.Dataset
 
 
 def evaluate_preferences(trainer, splits: Mapping[str, datasets.Dataset | None]) -> dict[str, dict[str, float]]:
-    """`{split: {"loss", "reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward"}}` from
-    `trainer.evaluate(eval_dataset=...)`: TRL's numbers (reward = beta * log-probability ratio of policy
-    to reference; the accuracy is the share of pairs with margin > 0). Empty or None splits are
-    skipped. Call it on every process."""
+    """`{split: {"loss", "reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward"}}` of TRL's
+    `trainer.evaluate` (reward = beta * log-probability ratio of policy to reference; accuracy: the share of
+    pairs with margin > 0), empty or None splits skipped. Call it on every process."""
     results = {}
     for name, dataset in splits.items():
         if dataset is None or len(dataset) == 0:

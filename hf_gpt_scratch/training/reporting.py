@@ -42,10 +42,9 @@ def log_history_to_curves(log_history: Iterable[dict[str, Any]]) -> dict[str, di
 
 
 def save_metrics(trainer, splits: dict[str, dict[str, Any]], train_result=None) -> dict[str, Any]:
-    """run_clm's report: `trainer.log_metrics` and `save_metrics` of each split ("train", "eval", "test":
-    <split>_results.json, all_results.json; main process only), "train" after `train_result.metrics`,
-    the last logged loss, the Trainer's tokens/second counter, steps and processes. None values are
-    left out; non-finite ones are saved as NaN or Infinity, with a warning. Returns all values merged."""
+    """run_clm's report: `trainer.log_metrics`, `save_metrics` of each split (<split>_results.json,
+    all_results.json; main process), "train" after `train_result.metrics`, the last loss, tokens/second,
+    steps, processes. None left out; NaN/Infinity saved, with a warning. Returns all values merged."""
     if train_result is not None:
         history = trainer.state.log_history
         splits["train"] = {**train_result.metrics, "train_loss_last": logged(history, "loss"),

@@ -15,8 +15,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SamplingArguments:
-    """How a recipe generates text, with the book's convention: temperature 0 is greedy decoding, a
-    positive temperature samples (optionally among the top_k tokens)."""
+    """How a recipe generates text: temperature 0 is greedy decoding (the book's convention), > 0 samples."""
 
     max_new_tokens: int = field(default=50, metadata={"help": "Tokens to generate per prompt."})
     temperature: float = field(
@@ -66,10 +65,9 @@ def length_within_context(value: int | None, model, flag: str) -> int:
 @torch.no_grad()
 def generate_batched(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 1,
                      progress: bool = False, **gen_kwargs) -> list[str]:
-    """The new text (special tokens skipped) `model.generate(**gen_kwargs)` writes after each prompt
-    (token ids, shorter than the context), in order. Batches of `batch_size` prompts grouped by length,
-    left-padded by the tokenizer (it needs a pad token); at most context - (longest prompt) new tokens:
-    the book's `generate` slides its window instead, which `generate` with a KV cache cannot."""
+    """The new text (special tokens skipped) of `model.generate(**gen_kwargs)` after each prompt (token ids,
+    shorter than the context), in order; batches grouped by length, left-padded (needs a pad token); at most
+    context - longest prompt new tokens (the book's `generate` slides its window: no KV cache can)."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     context = context_length_of(model)

@@ -1,8 +1,6 @@
-"""ROUGE F-measures with Google's `rouge-score`, as the hub's `rouge` metric computes them, shipped
-here so it loads offline; aggregated scores are means over examples (the hub's: the median of random
-bootstrap means, which varies by run). Inputs: predictions (list of str), references (list of str, or
-of lists of str: the best F-measure counts); rouge_types (default rouge1, rouge2, rougeL);
-use_aggregator (default True, else a list of scores per type); use_stemmer (default False)."""
+"""The hub's `rouge` metric (Google's `rouge-score` F-measures), here to load offline; aggregates are means
+(the hub's: a bootstrap median). predictions: list of str; references: list of str or of lists (best counts);
+rouge_types (default rouge1, rouge2, rougeL); use_aggregator (True; False: per example); use_stemmer."""
 
 import datasets
 import evaluate

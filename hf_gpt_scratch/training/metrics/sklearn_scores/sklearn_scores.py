@@ -1,6 +1,5 @@
-"""Accuracy, precision, recall and F1 with scikit-learn, as the hub's metrics of those names compute
-them, shipped here so they load offline; the metric is the config name, as in the hub's `glue` module.
-Inputs: predictions, references (lists of int); other keywords go to scikit-learn's <name>_score.
+"""The hub's accuracy, precision, recall and F1 (scikit-learn), here to load offline; the config name picks
+the metric. predictions, references: lists of int; other keywords go to scikit-learn's <name>_score.
 Returns {name: float}, or a list of floats (one per class) with average=None."""
 
 import datasets
