@@ -161,7 +161,7 @@ def test_book_file_split_and_format(data_dir):
                              "word.\n\n### Input:\nOcassion")  # the notebook's format_input(data[50])
     assert row["chosen"] == "\n\n### Response:\nThe correct spelling is 'Occasion.'"
     assert row["rejected"] == "\n\n### Response:\nThe correct spelling is obviously 'Occasion.'"
-    with pytest.raises(ValueError, match=r"entry 122, 226, 400, 566, 628, 676: 'chosen' and 'rejected' are identical"):
+    with pytest.raises(ValueError, match=r"row 122, 226, 400, 566, 628, 676: 'chosen' and 'rejected' are identical"):
         load_preference_data(identical_pairs="error")
     assert len(load_preference_data(identical_pairs="drop")) == 1094
 
@@ -179,7 +179,7 @@ def _bad(entries, i, change):
         (lambda e: e.update(chosen="  "), r"row 5 field 'chosen' must be a non-empty string, got str '  '"),
         (lambda e: e.update(instruction=3),
          r"row 5 field 'instruction' must be a non-empty string, got int 3"),
-        (lambda e: e.update(rejected=e["chosen"]), r"entry 5: 'chosen' and 'rejected' are identical"),
+        (lambda e: e.update(rejected=e["chosen"]), r"row 5: 'chosen' and 'rejected' are identical"),
     ],
     ids=["missing", "empty", "not-a-string", "identical"],
 )

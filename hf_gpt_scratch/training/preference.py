@@ -66,7 +66,7 @@ def load_preference_data(path: str | os.PathLike | None = None, data_dir: str | 
                          identical_pairs: str | None = None) -> list[dict]:
     """`data.load_instruction_data` of a file (default: the book's, 1,100 entries) of `{"instruction",
     "input"?, "chosen", "rejected"}`; `identical_pairs`: see --identical_pairs (equal up to surrounding
-    whitespace). ValueError naming the file, the entry index (0-based) and the field."""
+    whitespace). ValueError naming the file, the row (0-based) and the field."""
     book = path is None
     entries = load_instruction_data(path, data_dir, ("instruction", "chosen", "rejected"), BOOK_FILE)
     path = path or BOOK_FILE
@@ -75,7 +75,7 @@ def load_preference_data(path: str | os.PathLike | None = None, data_dir: str | 
     if same and mode == "error":
         shown = ", ".join(map(str, same[:10])) + (f" and {len(same) - 10} more" if len(same) > 10 else "")
         raise ValueError(
-            f"{path}: entry {shown}: 'chosen' and 'rejected' are identical ({entries[same[0]]['chosen']!r}); such a "
+            f"{path}: row {shown}: 'chosen' and 'rejected' are identical ({entries[same[0]]['chosen']!r}); such a "
             "pair teaches nothing (its DPO loss is log 2 whatever the model). Fix the file, or pass "
             "--identical_pairs drop (or keep)."
         )
