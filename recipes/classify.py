@@ -2,8 +2,6 @@
 """Spam classification with the book's GPT and the transformers Trainer (chapter 6).
 Usage, data, what trains, outputs and examples: docs/recipes.md."""
 
-from __future__ import annotations
-
 import logging
 import time
 from pathlib import Path

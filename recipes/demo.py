@@ -2,8 +2,6 @@
 instruct.py, preference.py and generate.py, each a subprocess with its flags printed (the steps:
 README). The results land in `<output_dir>/summary.json`, each step's plots and log beside it."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

@@ -2,8 +2,6 @@
 """Generate text with a trained GPT, streaming tokens as they come.
 Usage, checkpoints, decoding and chat from stdin: docs/recipes.md."""
 
-from __future__ import annotations
-
 import logging
 import sys
 from dataclasses import dataclass, field, replace

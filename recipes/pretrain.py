@@ -2,8 +2,6 @@
 """Next-token pretraining of the book's GPT with the transformers Trainer (chapter 5).
 Usage, data, outputs and examples: docs/recipes.md."""
 
-from __future__ import annotations
-
 import logging
 import math
 from dataclasses import dataclass, field
