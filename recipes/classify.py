@@ -1,13 +1,6 @@
 #!/usr/bin/env python
 """Spam classification with the book's GPT and the transformers Trainer (chapter 6).
-
-    python recipes/classify.py --model_name_or_path runs/pretrain --output_dir runs/classify
-    python recipes/classify.py --model_name_or_path runs/pretrain --trainable lora --learning_rate 1e-3
-
-Data, what trains, outputs and more examples: docs/recipes.md.
-"""
-
-from __future__ import annotations
+Usage, data, what trains, outputs and examples: docs/recipes.md."""
 
 import logging
 import time
@@ -41,13 +34,11 @@ RECIPE_DEFAULTS = {
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 32,
     "lr_scheduler_type": "constant",
-    "warmup_steps": 0,
     "seed": 123,
     "eval_strategy": "epoch",
     "logging_steps": 10,
     "include_num_input_tokens_seen": True,
     "save_strategy": "no",
-    "report_to": "none",
 }
 
 PRESETS = Path(__file__).parent / "presets" / "classify"  # book_ch6.yaml, demo.yaml
@@ -120,9 +111,8 @@ def main(args: list[str] | None = None) -> dict:
 
         if cls_args.tfidf_baseline:
             baseline = tfidf_baseline(raw, len(label_names), seed=data_args.split_seed)
-            for split, metrics in (("validation", evaluation), ("test", test_metrics)):
-                prefix = "baseline_tfidf_" + ("eval" if split == "validation" else split)
-                metrics.update({f"{prefix}_{k}": v for k, v in baseline.get(split, {}).items()})
+            for split, name, metrics in (("validation", "eval", evaluation), ("test", "test", test_metrics)):
+                metrics.update({f"baseline_tfidf_{name}_{k}": v for k, v in baseline.get(split, {}).items()})
         curves = log_history_to_curves(trainer.state.log_history)
         save_plots(curves, out_dir, {"loss": "loss.png", "accuracy": "accuracy.png"}, preset or None)
         if test is not None:  # the counts and the names of their rows and columns, beside the test metrics

@@ -2,8 +2,6 @@
 instruct.py, preference.py and generate.py, each a subprocess with its flags printed (the steps:
 README). The results land in `<output_dir>/summary.json`, each step's plots and log beside it."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
@@ -51,10 +49,9 @@ def unlabeled_spam_texts(messages: datasets.Dataset, held_out: Iterable[datasets
 
 
 def build_corpus(out: Path, data_dir: str | None, seed: int = 123, validation_fraction: float = 0.1) -> dict[str, int]:
-    """Write `out`/train.txt and `out`/validation.txt, each with every source: the-verdict.txt (the
-    book's character split), `unlabeled_spam_texts` each + <|endoftext|> and the Alpaca-formatted
-    instruction training entries (of both, a random `validation_fraction` is validation). The later
-    steps' test splits are never in either file. Returns the characters written per file."""
+    """Write `out`/train.txt and validation.txt, each from every source: the-verdict.txt (the book's
+    character split), `unlabeled_spam_texts` + <|endoftext|> each and the Alpaca-formatted instruction
+    training entries (a random `validation_fraction` of both; no test text). Returns characters per file."""
     messages = data.load_sms_spam(data_dir=data_dir)
     spam = data.balanced_split(messages)
     sms = [text + ENDOFTEXT for text in unlabeled_spam_texts(messages, [spam["validation"], spam["test"]])]

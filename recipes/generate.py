@@ -1,13 +1,6 @@
 #!/usr/bin/env python
 """Generate text with a trained GPT, streaming tokens as they come.
-
-    python recipes/generate.py --model_name_or_path runs/book_ch5 --prompt "Every effort moves you"
-    python recipes/generate.py --model_name_or_path runs/instruct --alpaca --prompt "Name a color."
-
-Checkpoints, decoding and chat from stdin: docs/recipes.md.
-"""
-
-from __future__ import annotations
+Usage, checkpoints, decoding and chat from stdin: docs/recipes.md."""
 
 import logging
 import sys
@@ -63,7 +56,6 @@ def load_for_generation(model_args: ModelArguments, base_model_name_or_path: str
 
 
 def _stdin_prompts():
-    """The non-empty lines of stdin until EOF (an interactive session in a terminal)."""
     prompt = "> " if sys.stdin.isatty() else ""
     if prompt:
         print("Type a prompt and press Enter (Ctrl-D to quit).", file=sys.stderr)

@@ -1,14 +1,6 @@
 #!/usr/bin/env python
 """Next-token pretraining of the book's GPT with the transformers Trainer (chapter 5).
-
-    python recipes/pretrain.py --preset book_ch5 --output_dir runs/book_ch5
-    python recipes/pretrain.py --config_overrides n_layers=2,emb_dim=64,n_heads=2,context_length=128 \\
-        --max_steps 50 --output_dir runs/tiny
-
-Data, outputs and more examples: docs/recipes.md.
-"""
-
-from __future__ import annotations
+Usage, data, outputs and examples: docs/recipes.md."""
 
 import logging
 import math
@@ -58,7 +50,7 @@ class PretrainDataArguments(DataArguments):
             raise ValueError(f"--eval_train_samples must be >= 0, got {self.eval_train_samples}.")
         if self.dataset_name and self.train_file:
             raise ValueError("Pass either --dataset_name or --train_file, not both.")
-        if self.validation_file and not (self.train_file or self.dataset_name):
+        if self.validation_file and not self.train_file:
             raise ValueError("--validation_file needs --train_file.")
 
 
@@ -77,21 +69,8 @@ RECIPE_DEFAULTS = {
     "logging_steps": 10,
     "include_num_input_tokens_seen": True,  # tokens seen: the x axis of the book's loss plot
     "save_strategy": "no",
-    "report_to": "none",
     "ddp_find_unused_parameters": False,  # every parameter takes part in the loss
 }
-
-
-def _pieces(text: str, size: int = 1 << 16) -> list[str]:
-    """`text` cut after line ends into pieces of about `size` characters, so that tokenization can run
-    in several processes (a short text stays one piece: the book's exact ids)."""
-    pieces, start = [], 0
-    while start < len(text):
-        end = text.find("\n", start + size)
-        end = len(text) if end == -1 else end + 1
-        pieces.append(text[start:end])
-        start = end
-    return pieces
 
 
 def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
@@ -110,13 +89,12 @@ def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
                 raw[name] = datasets.Dataset.from_dict({col: load_text_records(path, col)})
     elif suffix in (".txt", ".text", ".md"):
         text = load_text(data_args.train_file or fetch_book_file("the-verdict.txt", data_args.data_dir))
+        texts = {"train": text}
         if data_args.validation_file:
-            texts = {"train": text, "validation": load_text(data_args.validation_file)}
-        elif percent > 0:
-            texts = dict(zip(("train", "validation"), split_text(text, 1.0 - percent / 100.0)))  # the book's split
-        else:
-            texts = {"train": text}
-        return datasets.DatasetDict({k: datasets.Dataset.from_dict({col: _pieces(v)}) for k, v in texts.items()})
+            texts["validation"] = load_text(data_args.validation_file)
+        elif percent > 0:  # the book's split
+            texts = dict(zip(("train", "validation"), split_text(text, 1.0 - percent / 100.0)))
+        return datasets.DatasetDict({k: datasets.Dataset.from_dict({col: [v]}) for k, v in texts.items()})
     else:
         raise ValueError(f"--train_file {data_args.train_file}: use a .txt, .json or .jsonl file.")
     splits = {name: raw[name] for name in ("train", "validation") if name in raw}
