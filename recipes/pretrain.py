@@ -73,6 +73,18 @@ RECIPE_DEFAULTS = {
 }
 
 
+def _pieces(text: str, size: int = 1 << 16) -> list[str]:
+    """`text` cut after line ends into pieces of about `size` characters, so that tokenization can run
+    in several processes (a short text stays one piece: the book's exact ids)."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end == -1 else end + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
 def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
     """Train (and validation) text in the column --text_column_name."""
     col, percent = data_args.text_column_name, data_args.validation_split_percentage
@@ -94,7 +106,7 @@ def load_raw_splits(data_args: PretrainDataArguments) -> datasets.DatasetDict:
             texts["validation"] = load_text(data_args.validation_file)
         elif percent > 0:  # the book's split
             texts = dict(zip(("train", "validation"), split_text(text, 1.0 - percent / 100.0)))
-        return datasets.DatasetDict({k: datasets.Dataset.from_dict({col: [v]}) for k, v in texts.items()})
+        return datasets.DatasetDict({k: datasets.Dataset.from_dict({col: _pieces(v)}) for k, v in texts.items()})
     else:
         raise ValueError(f"--train_file {data_args.train_file}: use a .txt, .json or .jsonl file.")
     splits = {name: raw[name] for name in ("train", "validation") if name in raw}
