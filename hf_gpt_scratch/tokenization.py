@@ -138,4 +138,9 @@ def load_tokenizer(source: str | None, trust_remote_code: bool) -> PreTrainedTok
             raise FileNotFoundError(f"{source}: no such folder (and not a hub repo id)") from None
     elif not has_tokenizer(source):
         raise ValueError(f"{source} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}).")
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as err:  # "runs/typo" is also a valid hub id: transformers then speaks of the network
+        if Path(source).exists():
+            raise
+        raise OSError(f"{source}: no such local folder, and as a hub repo id it did not load: {err}") from err

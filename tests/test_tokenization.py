@@ -135,6 +135,9 @@ def test_load_tokenizer(tmp_path):
     for missing in (tmp_path / "no" / "such", "./runs/nothing_here"):
         with pytest.raises(FileNotFoundError, match=re.escape(f"{missing}: no such folder (and not a hub repo id)")):
             load_tokenizer(str(missing), trust_remote_code=False)
+    # "runs/typo" is a valid hub repo id too: the error says first that no such folder exists (offline here)
+    with pytest.raises(OSError, match=r"^runs/typo: no such local folder, and as a hub repo id it did not load"):
+        load_tokenizer("runs/typo", trust_remote_code=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty holds no tokenizer"):
         load_tokenizer(str(tmp_path / "empty"), trust_remote_code=False)
