@@ -400,7 +400,7 @@ def _fake_run(folder: Path) -> Path:
 
 
 CLASSIFY_RESULTS = {
-    "trainable": "last_block", "eval_accuracy": 0.91, "eval_f1": 0.9, "test_accuracy": 0.95, "test_f1": 0.949,
+    "trainable": "last_block", "trainable_parameters": 1234, "eval_accuracy": 0.91, "eval_f1": 0.9, "test_accuracy": 0.95, "test_f1": 0.949,
     "test_precision": 0.96, "test_recall": 0.94, "baseline_tfidf_test_accuracy": 0.97, "train_runtime": 75.5,
     "test_confusion_matrix": [[140, 10], [5, 145]], "label_names": ["ham", "spam"], "world_size": 1,
 }
@@ -450,11 +450,13 @@ def test_card_metadata_and_text(tmp_path, task, results, metrics):
     assert "trust_remote_code=True" in text and '"org/card-test"' in text
     if task == "classify":
         assert "AutoModelForSequenceClassification" in text and "| test accuracy | 0.95 | 0.97 |" in text
+        assert "| trained part | last_block |" in text and "| trainable parameters | 1,234 |" in text
     if task == "instruct":
-        assert "| ROUGE-L | 0.05 | 0.41 |" in text and "judge" not in text
+        assert "| test ROUGE-L | 0.05 | 0.41 |" in text and "judge" not in text
     if task == "preference":
         assert "| test reward accuracy | 0 | 0.75 |" in text and "| validation reward accuracy | – | 0.7 |" in text
         assert "DPOTrainer" in text and "| DPO beta | 0.1 |" in text
+        assert "preference tuning (DPO) work;" in text
         assert "Used in this run: 40 train, 5\nvalidation and 4 test entries." in text  # --max_*_samples show
     if task == "pretrain":
         assert "*Every effort* →  moves you" in text and "| validation loss before training | 10.9 |" in text
