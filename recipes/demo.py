@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--data_dir", default=None, help="folder with the book's data files (default: $HF_GPT_SCRATCH_DATA)")
     parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, not minutes); numbers are meaningless")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of every step (about 2 minutes); numbers are meaningless")
     args = parser.parse_args(argv)
 
     out = Path(args.output_dir)
