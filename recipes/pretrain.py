@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import get_model_param_count
 
-from hf_gpt_scratch.training.arguments import DataArguments, ModelArguments, parse_recipe_args, setup_logging
+from hf_gpt_scratch.training.arguments import DatasetArguments, ModelArguments, parse_recipe_args, setup_logging
 from hf_gpt_scratch.training.callbacks import default_callbacks, evaluate_once, train_without_evaluation
 from hf_gpt_scratch.training.data import book_windows, fetch_book_file, load_text, load_text_records, pack_into_blocks, split_text
 from hf_gpt_scratch.training.hub import finish_run, prepare_push
@@ -29,7 +29,9 @@ PRESETS = Path(__file__).parent / "presets" / "pretrain"
 
 
 @dataclass
-class PretrainDataArguments(DataArguments):
+class PretrainDataArguments(DatasetArguments):
+    block_size: int | None = field(
+        default=None, metadata={"help": "Tokens per training sequence; default: the model's context_length."})
     text_column_name: str = field(
         default="text", metadata={"help": "Column with the text in --train_file (json/jsonl) or --dataset_name."}
     )
@@ -44,12 +46,9 @@ class PretrainDataArguments(DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.stride is not None and self.stride <= 0:
-            raise ValueError(f"--stride must be a positive integer, got {self.stride}.")
+        self._positive("block_size", "stride")
         if self.eval_train_samples < 0:
             raise ValueError(f"--eval_train_samples must be >= 0, got {self.eval_train_samples}.")
-        if self.dataset_name and self.train_file:
-            raise ValueError("Pass either --dataset_name or --train_file, not both.")
         if self.validation_file and not self.train_file:
             raise ValueError("--validation_file needs --train_file.")
 

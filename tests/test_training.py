@@ -17,6 +17,7 @@ from transformers import (
 import hf_gpt_scratch
 from hf_gpt_scratch.training.arguments import (
     DataArguments,
+    DatasetArguments,
     LoraArguments,
     ModelArguments,
     cpu_distributed_defaults,
@@ -30,7 +31,7 @@ from hf_gpt_scratch.training.reporting import log_history_to_curves, logged, sav
 from hf_gpt_scratch.training.sampling import SamplingArguments, context_length_of, generate_samples
 from hf_gpt_scratch.tokenization import gpt2_tokenizer
 
-from conftest import tiny_config
+from conftest import load_recipe, tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -178,7 +179,7 @@ def test_tokenizer_source(tmp_path, gpt2_tok):
 def presets(tmp_path):
     folder = tmp_path / "presets"
     folder.mkdir()
-    (folder / "small.yaml").write_text("# a comment\nlearning_rate: 0.25\nconfig_overrides: n_layers=3,emb_dim=64\nblock_size: 32\n")
+    (folder / "small.yaml").write_text("# a comment\nlearning_rate: 0.25\nconfig_overrides: n_layers=3,emb_dim=64\nmax_train_samples: 32\n")
     return folder
 
 
@@ -196,11 +197,11 @@ def test_parse_recipe_args_preset_and_explicit_flags(tmp_path, presets, capsys):
         TYPES,
         presets=presets,
         defaults={"logging_steps": 7, "learning_rate": 0.5},
-        args=["--preset", "small", "--output_dir", str(tmp_path), "--block_size", "16", "--config_overrides", "n_layers=1"],
+        args=["--preset", "small", "--output_dir", str(tmp_path), "--max_train_samples", "16", "--config_overrides", "n_layers=1"],
     )
     assert preset == "small"
     assert training_args.learning_rate == 0.25 and training_args.logging_steps == 7  # preset beats recipe defaults
-    assert data_args.block_size == 16  # explicit flag beats preset
+    assert data_args.max_train_samples == 16  # explicit flag beats preset
     assert model_args.config_overrides == "n_layers=3,emb_dim=64,n_layers=1"  # appended: later keys win
     assert parse_config_overrides(model_args.config_overrides, hf_gpt_scratch.GPTScratchConfig()) == {
         "n_layers": 1,
@@ -269,9 +270,18 @@ def test_lora_arguments():
 
 def test_data_arguments_validation(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="validation_split_percentage"):
-        DataArguments(validation_split_percentage=100)
-    with pytest.raises(ValueError, match="block_size"):
-        DataArguments(block_size=0)
+        DatasetArguments(validation_split_percentage=100)
+    (tmp_path / "t.txt").write_text("text")
+    with pytest.raises(ValueError, match=r"either --dataset_name or data files \(--train_file\), not both"):
+        DatasetArguments(dataset_name="wikitext", train_file=str(tmp_path / "t.txt"))
+    from hf_gpt_scratch.training.classification import ClassifyDataArguments
+
+    with pytest.raises(ValueError, match=r"data files \(--test_file\), not both"):  # a subclass's file flag too
+        ClassifyDataArguments(dataset_name="glue", test_file=str(tmp_path / "t.txt"))
+    for cls, name in ((DataArguments, "max_train_samples"), (DatasetArguments, "preprocessing_num_workers"),
+                      (load_recipe("pretrain").PretrainDataArguments, "block_size")):
+        with pytest.raises(ValueError, match=f"--{name} must be a positive integer, got 0"):
+            cls(**{name: 0})
     with pytest.raises(FileNotFoundError, match="train_file"):
         DataArguments(train_file=str(tmp_path / "missing.txt"))
     monkeypatch.setenv("HF_GPT_SCRATCH_DATA", "/elsewhere")

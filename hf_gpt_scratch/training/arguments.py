@@ -52,41 +52,55 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Data flags shared by the recipes (each recipe subclasses this and adds its own)."""
+    """Data flags every recipe has (instruct and preference read only files; see `DatasetArguments`)."""
 
     data_dir: str | None = field(default=None, metadata={"help": (
         f"Folder with the book's data files (default: ${DATA_ENV}, else downloaded).")})
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the hub, or a local one."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
-    train_file: str | None = field(default=None, metadata={"help": "Training data file (txt, json or jsonl)."})
-    validation_file: str | None = field(
-        default=None, metadata={"help": "Validation data file; default: hold out part of the training data."})
-    block_size: int | None = field(
-        default=None, metadata={"help": "Tokens per training sequence; default: the model's context_length."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data file (default: the book's)."})
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep at most this many training examples (for quick runs)."})
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep at most this many validation examples (for quick runs)."})
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name} must be a positive integer, got {value}.")
+
+    def __post_init__(self):
+        if self.data_dir is not None:  # the book-data helpers (`hf_gpt_scratch.training.data`) read it
+            os.environ[DATA_ENV] = str(Path(self.data_dir).expanduser().resolve())
+        self._positive("max_train_samples", "max_eval_samples")
+        if self.train_file is not None and not Path(self.train_file).is_file():
+            raise FileNotFoundError(f"--train_file {self.train_file}: no such file.")
+
+
+@dataclass
+class DatasetArguments(DataArguments):
+    """run_clm's and run_glue's dataset flags (pretrain, classify)."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the hub, or a local one."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Validation data file; default: hold out part of the training data."})
     validation_split_percentage: float = field(
         default=10.0, metadata={"help": "Percent of the training data held out without a validation file."})
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."})
 
     def __post_init__(self):
-        if self.data_dir is not None:  # the book-data helpers (`hf_gpt_scratch.training.data`) read it
-            os.environ[DATA_ENV] = str(Path(self.data_dir).expanduser().resolve())
+        super().__post_init__()
         if not 0.0 <= self.validation_split_percentage < 100.0:
             raise ValueError(
                 f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}."
             )
-        for name in ("block_size", "max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"--{name} must be a positive integer, got {value}.")
-        for name in ("train_file", "validation_file"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                raise FileNotFoundError(f"--{name} {value}: no such file.")
+        self._positive("preprocessing_num_workers")
+        files = [f"--{name}" for name in ("train_file", "validation_file", "test_file") if getattr(self, name, None)]
+        if self.dataset_name and files:
+            raise ValueError(f"Pass either --dataset_name or data files ({', '.join(files)}), not both.")
+        if self.validation_file is not None and not Path(self.validation_file).is_file():
+            raise FileNotFoundError(f"--validation_file {self.validation_file}: no such file.")
 
 
 @dataclass

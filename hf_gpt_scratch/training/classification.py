@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig
 
 from ..modeling_gpt_scratch import GPTScratchForSequenceClassification as Classifier
-from .arguments import DataArguments, LoraArguments, ModelArguments, parse_config_overrides
+from .arguments import DatasetArguments, LoraArguments, ModelArguments, parse_config_overrides
 from .data import SPAM_LABELS, balanced_split, labelled_dataset, load_sms_spam, load_text_classification_file
 from .loading import from_pretrained_strict, load_causal_lm
 from .metrics import load_metric
@@ -49,7 +49,7 @@ class ClassificationArguments:
 
 
 @dataclass
-class ClassifyDataArguments(DataArguments):
+class ClassifyDataArguments(DatasetArguments):
     """Labelled texts. Default: the UCI SMS Spam Collection, balanced and split as in the book."""
 
     test_file: str | None = field(default=None, metadata={"help": "Test data file (CSV/TSV/JSON/JSONL)."})
@@ -84,14 +84,9 @@ class ClassifyDataArguments(DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.block_size is not None:
-            raise ValueError("--block_size does not apply to classification; use --max_seq_length.")
         if self.test_file is not None and not Path(self.test_file).is_file():
             raise FileNotFoundError(f"--test_file {self.test_file}: no such file.")
-        for name in ("max_seq_length", "max_test_samples"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"--{name} must be a positive integer, got {value}.")
+        self._positive("max_seq_length", "max_test_samples")
         if self.eval_train_samples < 0:
             raise ValueError(f"--eval_train_samples must be >= 0, got {self.eval_train_samples}.")
         if not 0.0 <= self.test_split_percentage < 100.0:
@@ -101,8 +96,6 @@ class ClassifyDataArguments(DataArguments):
                 "--validation_split_percentage + --test_split_percentage must leave some training data "
                 f"(got {self.validation_split_percentage} + {self.test_split_percentage})."
             )
-        if self.dataset_name and (self.train_file or self.validation_file or self.test_file):
-            raise ValueError("Pass either --dataset_name or data files (--train_file ...), not both.")
         if (self.validation_file or self.test_file) and not self.train_file:
             raise ValueError("--validation_file / --test_file need --train_file.")
         if not (self.train_file or self.dataset_name) and (self.text_column, self.label_column) != ("text", "label"):

@@ -37,14 +37,6 @@ class InstructDataArguments(DataArguments):
         super().__post_init__()
         if self.max_test_samples is not None and self.max_test_samples <= 0:
             raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
-        unused = {"dataset_name": None, "validation_file": None, "validation_split_percentage": 10.0,
-                  "block_size": None, "preprocessing_num_workers": None}
-        for name, default in unused.items():
-            value = getattr(self, name)
-            if value != default:
-                raise ValueError(f"--{name} {value} does not apply here: the data is --train_file (Alpaca "
-                                 "entries, JSON list or JSONL), split as the book (85% train / 10% test / 5% "
-                                 "validation; --max_*_samples cut it), sequences cut at --max_length.")
 
     def load_entries(self) -> list[dict]:
         """The checked entries of --train_file (default: the book's instruction-data.json)."""
