@@ -278,6 +278,9 @@ def test_data_arguments_validation(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match=r"data files \(--test_file\), not both"):  # a subclass's file flag too
         ClassifyDataArguments(dataset_name="glue", test_file=str(tmp_path / "t.txt"))
+    for cls, name in ((DatasetArguments, "validation_file"), (ClassifyDataArguments, "test_file")):
+        with pytest.raises(FileNotFoundError, match=f"--{name} .*missing.csv: no such file"):
+            cls(**{name: str(tmp_path / "missing.csv")})
     for cls, name in ((DataArguments, "max_train_samples"), (DatasetArguments, "preprocessing_num_workers"),
                       (load_recipe("pretrain").PretrainDataArguments, "block_size")):
         with pytest.raises(ValueError, match=f"--{name} must be a positive integer, got 0"):

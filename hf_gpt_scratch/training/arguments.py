@@ -61,6 +61,7 @@ class DataArguments:
         default=None, metadata={"help": "Keep at most this many training examples (for quick runs)."})
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep at most this many validation examples (for quick runs)."})
+    _files = ("train_file",)  # the file flags: each must exist (and `DatasetArguments`: not beside a dataset)
 
     def _positive(self, *names: str) -> None:
         for name in names:
@@ -72,8 +73,10 @@ class DataArguments:
         if self.data_dir is not None:  # the book-data helpers (`hf_gpt_scratch.training.data`) read it
             os.environ[DATA_ENV] = str(Path(self.data_dir).expanduser().resolve())
         self._positive("max_train_samples", "max_eval_samples")
-        if self.train_file is not None and not Path(self.train_file).is_file():
-            raise FileNotFoundError(f"--train_file {self.train_file}: no such file.")
+        for name in self._files:
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise FileNotFoundError(f"--{name} {value}: no such file.")
 
 
 @dataclass
@@ -88,6 +91,7 @@ class DatasetArguments(DataArguments):
         default=10.0, metadata={"help": "Percent of the training data held out without a validation file."})
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."})
+    _files = ("train_file", "validation_file")
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,11 +100,9 @@ class DatasetArguments(DataArguments):
                 f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}."
             )
         self._positive("preprocessing_num_workers")
-        files = [f"--{name}" for name in ("train_file", "validation_file", "test_file") if getattr(self, name, None)]
+        files = [f"--{name}" for name in self._files if getattr(self, name)]
         if self.dataset_name and files:
             raise ValueError(f"Pass either --dataset_name or data files ({', '.join(files)}), not both.")
-        if self.validation_file is not None and not Path(self.validation_file).is_file():
-            raise FileNotFoundError(f"--validation_file {self.validation_file}: no such file.")
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import datasets
@@ -81,11 +80,10 @@ class ClassifyDataArguments(DatasetArguments):
     eval_train_samples: int = field(
         default=0, metadata={"help": "Also evaluate on this many training examples (logged as eval_train_*)."}
     )
+    _files = ("train_file", "validation_file", "test_file")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.test_file is not None and not Path(self.test_file).is_file():
-            raise FileNotFoundError(f"--test_file {self.test_file}: no such file.")
         self._positive("max_seq_length", "max_test_samples")
         if self.eval_train_samples < 0:
             raise ValueError(f"--eval_train_samples must be >= 0, got {self.eval_train_samples}.")

@@ -279,11 +279,13 @@ def check_lengths(splits: dict, tokenizer, limit: int, source: str, completions:
     eos = tokenizer.eos_token or ""
     for split, ds in splits.items():
         where = f"{source} ({split} split)"
-        if ds is not None and not completions:
+        if ds is None:
+            continue
+        if not completions:
             ids = tokenizer(list(ds["text"]), add_special_tokens=False, verbose=False)["input_ids"]
             hint = "Raise --max_seq_length (up to the model's context) to keep more of them."
             check_sequence_lengths(map(len, ids), limit, source=where, what="text", hint=hint)
-        elif ds is not None:
+        else:
             prompts = tokenizer(list(ds["prompt"]), verbose=False)["input_ids"]
             full = [tokenizer([p + t + eos * (not t.endswith(eos)) for p, t in zip(ds["prompt"], ds[c])],
                               verbose=False)["input_ids"] for c in completions]

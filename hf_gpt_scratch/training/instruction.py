@@ -35,8 +35,7 @@ class InstructDataArguments(DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.max_test_samples is not None and self.max_test_samples <= 0:
-            raise ValueError(f"--max_test_samples must be a positive integer, got {self.max_test_samples}.")
+        self._positive("max_test_samples")
 
     def load_entries(self) -> list[dict]:
         """The checked entries of --train_file (default: the book's instruction-data.json)."""
