@@ -436,7 +436,7 @@ def test_card_metadata_and_text(tmp_path, task, results, metrics):
 
     out = _fake_run(tmp_path / "run")
     args = TrainingArguments(output_dir=str(out), learning_rate=3e-4, per_device_train_batch_size=4,
-                             gradient_accumulation_steps=2, seed=7, report_to="none", use_cpu=True)
+                             gradient_accumulation_steps=2, seed=7, warmup_steps=0.1, report_to="none", use_cpu=True)
     card = ModelCard.load(hub.write_model_card(out, results, task, training_args=args, repo_id="org/card-test"))
     assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
         key: results[name] for key, name in metrics.items()}
@@ -447,6 +447,7 @@ def test_card_metadata_and_text(tmp_path, task, results, metrics):
                     "## Intended use and limits", "| parameters | 32,512 |"):
         assert section in text
     assert "| learning rate | 0.0003 |" in text and "| effective batch size | 8 |" in text and "| seed | 7 |" in text
+    assert "| warmup | 10% of the steps |" in text  # transformers 5: warmup_steps < 1 is a ratio
     assert "trust_remote_code=True" in text and '"org/card-test"' in text
     if task == "classify":
         assert "AutoModelForSequenceClassification" in text and "| test accuracy | 0.95 | 0.97 |" in text
